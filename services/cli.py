@@ -1,0 +1,89 @@
+"""The ``postergenre`` command: one subcommand per job.
+
+Each service registers its own subcommands (``services/<name>/cli.py``); those modules import their
+heavy dependencies (TensorFlow, Scrapy) inside the handlers so that ``postergenre --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _db(args: argparse.Namespace) -> int:
+    from shared.config import get_settings
+    from shared.db import upgrade_database
+
+    url = get_settings().effective_database_url
+    upgrade_database(url)
+    print(f"database is at the latest schema: {url.split('@')[-1]}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from shared.celery_app import celery_app
+
+    argv = ["worker", f"--queues={args.queues}", f"--concurrency={args.concurrency}",
+            f"--loglevel={args.loglevel}", f"--pool={args.pool}"]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    celery_app.worker_main(argv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from services.crawler import cli as crawler_cli
+    from services.dataset import cli as dataset_cli
+    from services.inference import cli as inference_cli
+    from services.trainer import cli as trainer_cli
+    from services.web import cli as web_cli
+
+    parser = argparse.ArgumentParser(prog="postergenre", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="database schema (Alembic)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply every migration").set_defaults(handler=_db)
+
+    worker = commands.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default="gpu,crawl,dataset,default")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--hostname", default="")
+    worker.set_defaults(handler=_worker)
+
+    serve = commands.add_parser("serve", help="run a server (web, inference)")
+    serve_commands = serve.add_subparsers(dest="serve_command", required=True)
+    bench = commands.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+
+    crawler_cli.register(commands, bench_commands)
+    dataset_cli.register(commands, bench_commands)
+    trainer_cli.register(commands, bench_commands)
+    inference_cli.register(commands, serve_commands, bench_commands)
+    web_cli.register(commands, serve_commands, bench_commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Code every Poster Genre service imports: configuration, database, object store, genres, images."""

@@ -1,0 +1,148 @@
+"""Real servers for the tests: PostgreSQL, Redis and an S3-protocol server (moto) on loopback.
+
+PostgreSQL and Redis come from ``POSTERGENRE_TEST_DATABASE_URL`` / ``POSTERGENRE_TEST_REDIS_URL``,
+else the ones on their default local ports, else throw-away servers started from the local binaries.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_answers(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing answers on {host}:{port} after {timeout}s")
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError(f"PostgreSQL binary {name} not found: install postgresql")
+    return candidates[-1]
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield an admin URL (to the ``postgres`` database) of a reachable PostgreSQL server."""
+    url = os.environ.get("POSTERGENRE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if port_answers("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+        return
+    data = Path(tempfile.mkdtemp(prefix="pg-test-"))
+    port = free_port()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*run_as, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([*run_as, _pg_bin("postgres"), "-D", str(data), "-p", str(port),
+                             "-k", str(data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        time.sleep(0.5)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def create_database(admin_url: str, prefix: str = "pgtest") -> str:
+    """Create an empty database on the server of ``admin_url`` and return its URL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parsed = urlparse(admin_url)
+    return parsed._replace(path=f"/{name}").geturl()
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    import psycopg
+
+    from shared.db import get_engine
+
+    name = urlparse(url).path.lstrip("/")
+    get_engine(url).dispose()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    url = os.environ.get("POSTERGENRE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if port_answers("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no Redis answers on 127.0.0.1:6379 and redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """Run moto's S3-protocol server on loopback; yield its ``host:port`` endpoint."""
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.storage import (
+    LocalObjectStore,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStore,
+    download_prefix,
+    open_object_store,
+)
+
+
+def exercise(store: ObjectStore, tmp_path: Path) -> None:
+    store.put("posters/a/1.jpg", b"one", content_type="image/jpeg")
+    store.put("posters/b/2.jpg", b"two", content_type="image/jpeg")
+    store.put("models/x/1/saved_model.pb", b"pb")
+    assert store.get("posters/a/1.jpg") == b"one"
+    assert store.exists("posters/b/2.jpg") and not store.exists("posters/c/3.jpg")
+    assert store.size("posters/b/2.jpg") == 3
+    assert sorted(store.list("posters/")) == ["posters/a/1.jpg", "posters/b/2.jpg"]
+    with pytest.raises(ObjectExistsError):
+        store.put("posters/a/1.jpg", b"changed", overwrite=False)
+    assert store.get("posters/a/1.jpg") == b"one"
+    with pytest.raises(ObjectNotFoundError):
+        store.get("nope")
+    with pytest.raises(ValueError):
+        store.put("../escape", b"x")
+    with pytest.raises(ValueError):
+        store.get("a/../../etc/passwd")
+    written = download_prefix(store, "models/x", tmp_path / "dl")
+    assert [p.read_bytes() for p in written] == [b"pb"]
+    store.delete("posters/a/1.jpg")
+    assert not store.exists("posters/a/1.jpg")
+
+
+def test_local_store(tmp_path: Path) -> None:
+    exercise(LocalObjectStore(tmp_path / "objects"), tmp_path)
+    assert not list((tmp_path / "objects").rglob(".tmp-*"))
+
+
+def test_s3_store_against_s3_protocol_server(s3_endpoint: str, s3_bucket_url: str, tmp_path: Path) -> None:
+    store = open_object_store(s3_bucket_url, s3_endpoint, "access", "secret")
+    exercise(store, tmp_path)
+
+
+def test_bad_url() -> None:
+    with pytest.raises(ValueError, match="file:///path or s3://bucket"):
+        open_object_store("ftp://x")
