@@ -131,6 +131,7 @@ class ModelVersion(Base):
     window: Mapped[str] = mapped_column(String(16), default="year")
     layout: Mapped[str] = mapped_column(String(16), default="independent")
     architecture: Mapped[str] = mapped_column(String(32), default="smallcnn")
+    image_size: Mapped[int] = mapped_column(Integer, default=128)
     dataset_version: Mapped[str | None] = mapped_column(String(64))
     task_id: Mapped[str | None] = mapped_column(String(64))
     genres: Mapped[list[Any]] = mapped_column(JSON, default=list)

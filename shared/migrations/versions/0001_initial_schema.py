@@ -57,6 +57,7 @@ def upgrade() -> None:
     sa.Column('window', sa.String(length=16), nullable=False),
     sa.Column('layout', sa.String(length=16), nullable=False),
     sa.Column('architecture', sa.String(length=32), nullable=False),
+    sa.Column('image_size', sa.Integer(), nullable=False),
     sa.Column('dataset_version', sa.String(length=64), nullable=True),
     sa.Column('task_id', sa.String(length=64), nullable=True),
     sa.Column('genres', sa.JSON(), nullable=False),
