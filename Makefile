@@ -5,8 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= $(shell [ -d ../shared/data/posters-imdb ] && echo ../shared/data/posters-imdb)
 PYTEST_ARGS ?=
+# apt-get needs root; use sudo when we are not root and it exists.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: demo test lint venv test-deps tfjs-env clean help
+.PHONY: demo test lint venv test-deps system-deps tfjs-env node-deps clean help
 
 help:
 	@echo "make demo   - install, import posters from DATA, train CPU-quick models, serve http://127.0.0.1:8000"
@@ -24,7 +26,27 @@ $(VENV)/.test-deps: $(BIN)/postergenre pyproject.toml
 	$(BIN)/pip install -q -e '.[test,litert]'
 	@touch $@
 
-test-deps: $(VENV)/.test-deps
+test-deps: $(VENV)/.test-deps system-deps tfjs-env node-deps
+
+# Binaries the tests start when no server answers (PostgreSQL, Redis) and the browser of the
+# end-to-end test. Installed from Debian's packages only when missing.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from Debian's packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+# The TF.js converter needs its own pinned environment (it does not install beside TF 2.21).
+tfjs-env:
+	@if [ -f scripts/make_tfjs_env.sh ]; then bash scripts/make_tfjs_env.sh; fi
+
+node-deps:
+	@if [ -f package-lock.json ] && [ ! -d node_modules ]; then npm ci --no-audit --no-fund; fi
 
 demo: venv
 	$(BIN)/postergenre demo --data "$(DATA)"
