@@ -113,7 +113,8 @@ def upsert_movie(session: Session, store: ObjectStore, record: MovieRecord, post
     return movie, written
 
 
-def record_rejection(session: Session, source: str, source_id: str, reason: str, url: str | None = None) -> None:
+def record_rejection(session: Session, source: str, source_id: str, reason: str,
+                     url: str | None = None) -> None:
     row = session.scalar(select(RejectedPoster).where(RejectedPoster.source == source,
                                                       RejectedPoster.source_id == source_id))
     if row is None:

@@ -22,7 +22,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path("./var"), description="Where embedded mode keeps its files.")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in home.")
-    object_store: str = Field(default="", description="file:///path or s3://bucket; empty means home/objects.")
+    object_store: str = Field(default="", description="file:///path or s3://bucket; empty: home/objects.")
     s3_endpoint: str = Field(default="", description="host:port of the S3/MinIO server.")
     s3_access_key: str = ""
     s3_secret_key: str = ""

@@ -55,7 +55,7 @@ class Genre(Base):
 
 
 class Movie(Base):
-    """A movie and its poster. ``(source, source_id)`` identifies it: ("imdb", "tt0084058"), ("tmdb", "603")."""
+    """A movie and its poster, identified by ``(source, source_id)``: ("imdb", "tt0084058"), ("tmdb", "603")."""
 
     __tablename__ = "movies"
     __table_args__ = (UniqueConstraint("source", "source_id", name="uq_movies_source"),)
@@ -209,9 +209,10 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 def upgrade_database(url: str | None = None) -> None:
     """Apply every Alembic migration to the database at ``url`` (the configured one by default)."""
+    from pathlib import Path
+
     from alembic import command
     from alembic.config import Config
-    from pathlib import Path
 
     if url is None:
         from shared.config import get_settings

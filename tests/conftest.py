@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.config import Settings
 from tests import servers
 
 SHARED_POSTERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "posters-imdb"
@@ -40,7 +41,7 @@ def write_poster_folder(folder: Path, rows: list[tuple[str, int, str, str]]) -> 
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator["object"]:
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Embedded-mode settings in a fresh temporary home; every POSTERGENRE_* variable cleared."""
     from shared.config import get_settings
 
@@ -88,7 +89,7 @@ def s3_bucket_url(s3_endpoint: str) -> str:
 
 @pytest.fixture
 def stack_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str, redis_url: str,
-                   s3_endpoint: str, s3_bucket_url: str) -> Iterator["object"]:
+                   s3_endpoint: str, s3_bucket_url: str) -> Iterator[Settings]:
     """Stack-mode settings: real PostgreSQL, Redis and an S3-protocol server."""
     from shared.config import get_settings
 
