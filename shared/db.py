@@ -55,7 +55,7 @@ class Genre(Base):
 
 
 class Movie(Base):
-    """A movie and its poster, identified by ``(source, source_id)``: ("imdb", "tt0084058"), ("tmdb", "603")."""
+    """A movie and its poster, identified by ``(source, source_id)`` such as ("imdb", "tt0084058")."""
 
     __tablename__ = "movies"
     __table_args__ = (UniqueConstraint("source", "source_id", name="uq_movies_source"),)
