@@ -36,6 +36,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from services import demo
     from services.crawler import cli as crawler_cli
     from services.dataset import cli as dataset_cli
     from services.inference import cli as inference_cli
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_cli.register(commands, bench_commands)
     inference_cli.register(commands, serve_commands, bench_commands)
     web_cli.register(commands, serve_commands, bench_commands)
+    demo.register(commands)
     return parser
 
 
@@ -85,5 +87,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m services.cli`, used by the demo
     sys.exit(main())

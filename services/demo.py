@@ -1,0 +1,101 @@
+"""``postergenre demo``: the main job end to end in embedded mode, then the web page.
+
+import posters -> build a per-year dataset -> train one CPU-quick model per year (Celery) -> serve.
+Each step runs as its own ``postergenre`` command, exactly as a user would run it. A second run
+reuses what exists (imported posters, blessed models) and starts the page in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from services.crawler.cli import parse_years
+from shared.config import get_settings
+from shared.db import Movie, ModelVersion, session_scope, upgrade_database
+
+DEMO_YEARS = "2000-2015"
+
+
+def run_step(title: str, *args: str) -> str:
+    """Run one ``postergenre`` command, streaming its output; return its last line."""
+    print(f"\n==> {title}: postergenre {' '.join(args)}", flush=True)
+    command = [sys.executable, "-m", "services.cli", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    last_line = ""
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if line.strip():
+            last_line = line.strip()
+    if process.wait() != 0:
+        raise SystemExit(f"demo stopped: `postergenre {' '.join(args)}` failed (exit {process.returncode})")
+    return last_line
+
+
+def blessed_years(prefix: str) -> set[int]:
+    with session_scope() as session:
+        rows = session.scalars(select(ModelVersion).where(ModelVersion.status == "blessed")).all()
+    years: set[int] = set()
+    for row in rows:
+        if row.name.startswith(prefix + "-"):
+            years.update(row.years or ([row.year] if row.year is not None else []))
+    return years
+
+
+def movie_count(years: range) -> int:
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(Movie).where(
+            Movie.year >= years.start, Movie.year < years.stop)) or 0)
+
+
+def demo(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    years = parse_years(args.years)
+    upgrade_database()
+    missing = sorted(set(years) - blessed_years(settings.model_prefix))
+    if missing and not args.skip_training:
+        data = Path(args.data) if args.data else None
+        if movie_count(years) == 0:
+            if data is None or not (data / "labels.csv").is_file():
+                print("No posters to learn from. Point DATA at a poster folder laid out as "
+                      "images/<id>.jpg + labels.csv (imdb_id,year,title,genres), e.g.\n"
+                      "  make demo DATA=/path/to/posters-imdb\n"
+                      "or set TMDB_API_KEY and crawl TMDB first:\n"
+                      f"  TMDB_API_KEY=... .venv/bin/postergenre crawl --years {args.years} "
+                      "--max-movies-per-year 300", file=sys.stderr)
+                return 2
+            run_step("import posters", "import", "--from", str(data), "--years", args.years)
+        last = run_step("build the per-year dataset", "dataset", "build", "--years", args.years,
+                        "--window", "year", "--image-size", str(args.image_size), "--seed", "1")
+        dataset_id = last.split()[-1]
+        run_step("train one model per year", "train", "--dataset", dataset_id, "--years", args.years,
+                 "--layout", "independent", "--arch", "smallcnn", "--weights", "none",
+                 "--epochs", str(args.epochs), "--formats", "savedmodel,tflite")
+    else:
+        print(f"models for {args.years} exist in {settings.home_dir}: starting the page")
+    print(f"\n==> the poster page: http://{args.host}:{args.port}", flush=True)
+    if args.no_serve:
+        return 0
+    os.execv(sys.executable, [sys.executable, "-m", "services.cli", "serve", "web",
+                              "--host", args.host, "--port", str(args.port)])
+    return 0  # not reached
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser("demo", help="import, build, train CPU-quick models, serve the page")
+    parser.add_argument("--data", default="", help="poster folder (images/ + labels.csv)")
+    parser.add_argument("--years", default=DEMO_YEARS)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--skip-training", action="store_true", help="serve what exists")
+    parser.add_argument("--no-serve", action="store_true", help="prepare the models, do not serve")
+    parser.set_defaults(handler=demo)
