@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     s3_secret_key: str = ""
     s3_secure: bool = Field(default=False, description="Use HTTPS for the S3 endpoint.")
     s3_region: str = "us-east-1"
+    s3_retry_seconds: float = Field(default=30.0, description="How long to retry an unreachable store.")
     broker_url: str = Field(default="", description="Celery broker; empty means the filesystem transport.")
     result_backend: str = Field(default="", description="Celery results; empty means files in home.")
     inference_url: str = Field(
@@ -36,6 +37,11 @@ class Settings(BaseSettings):
     )
     inference_timeout_s: float = Field(default=10.0, description="Deadline of one inference call.")
     inference_rest_url: str = Field(default="", description="http://host:port of TF Serving's REST API.")
+    inference_max_batch_size: int = Field(default=32, description="Largest batch the inference server forms.")
+    inference_batch_timeout_ms: float = Field(
+        default=2.0, description="How long the inference server waits to fill a batch.")
+    inference_poll_seconds: float = Field(
+        default=1.0, description="How often the embedded inference server looks for new model versions.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
     model_prefix: str = Field(default="genre", description="Yearly models are named <prefix>-<year>.")
     image_size: int = Field(default=128, description="Side of the square model input, in pixels.")

@@ -8,12 +8,17 @@ existing object, which is how immutable dataset and model versions are protected
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ObjectStoreError(ValueError):
@@ -121,21 +126,52 @@ class S3ObjectStore:
     """Objects in one bucket of an S3-protocol server (MinIO in deployment), through the ``minio`` client."""
 
     def __init__(self, bucket: str, endpoint: str, access_key: str, secret_key: str,
-                 secure: bool = False, region: str = "us-east-1", prefix: str = "") -> None:
+                 secure: bool = False, region: str = "us-east-1", prefix: str = "",
+                 retry_seconds: float = 30.0) -> None:
         from minio import Minio
 
         if not endpoint:
             raise ObjectStoreError("POSTERGENRE_S3_ENDPOINT must be set for an s3:// object store")
         endpoint = endpoint.removeprefix("http://").removeprefix("https://")
+        import urllib3
+
+        # Short connect timeout and few internal retries: _retry owns the waiting, with a deadline.
+        http_client = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=120), maxsize=16,
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
-                            region=region)
+                            region=region, http_client=http_client)
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
+        self.retry_seconds = retry_seconds
+
+    def _retry(self, operation: Callable[[], T]) -> T:
+        """Run ``operation``, retrying with exponential backoff while the server is unreachable.
+
+        A server that is down for a while (a MinIO restart) must not fail a crawl or a dataset
+        build; S3 errors (no such key, access denied) are answers and are not retried.
+        """
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return operation()
+            except (Urllib3Error, ConnectionError, TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ObjectStoreError(f"object store {self.url} unreachable: {exc}") from exc
+                log.warning("object store unreachable (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def ensure_bucket(self) -> None:
-        if not self.client.bucket_exists(bucket_name=self.bucket):
-            self.client.make_bucket(bucket_name=self.bucket)
+        def create() -> None:
+            if not self.client.bucket_exists(bucket_name=self.bucket):
+                self.client.make_bucket(bucket_name=self.bucket)
+
+        self._retry(create)
 
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -144,29 +180,35 @@ class S3ObjectStore:
             overwrite: bool = True) -> None:
         if not overwrite and self.exists(key):
             raise ObjectExistsError(f"object exists and is immutable: {key}")
-        self.client.put_object(bucket_name=self.bucket, object_name=self._name(key),
-                               data=io.BytesIO(data), length=len(data), content_type=content_type)
+        # One PUT: the object appears whole or not at all.
+        self._retry(lambda: self.client.put_object(
+            bucket_name=self.bucket, object_name=self._name(key), data=io.BytesIO(data),
+            length=len(data), content_type=content_type))
 
     def get(self, key: str) -> bytes:
         from minio.error import S3Error
 
-        try:
+        def read() -> bytes:
             response = self.client.get_object(bucket_name=self.bucket, object_name=self._name(key))
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        try:
+            return self._retry(read)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 raise ObjectNotFoundError(key) from None
             raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
 
     def _stat(self, key: str) -> int | None:
         from minio.error import S3Error
 
         try:
-            stat = self.client.stat_object(bucket_name=self.bucket, object_name=self._name(key))
+            stat = self._retry(lambda: self.client.stat_object(bucket_name=self.bucket,
+                                                               object_name=self._name(key)))
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                 return None
@@ -183,23 +225,25 @@ class S3ObjectStore:
         return size
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        for obj in self.client.list_objects(bucket_name=self.bucket, prefix=self.prefix + prefix,
-                                            recursive=True):
+        objects = self._retry(lambda: list(self.client.list_objects(
+            bucket_name=self.bucket, prefix=self.prefix + prefix, recursive=True)))
+        for obj in objects:
             name = obj.object_name or ""
             yield name[len(self.prefix):]
 
     def delete(self, key: str) -> None:
-        self.client.remove_object(bucket_name=self.bucket, object_name=self._name(key))
+        self._retry(lambda: self.client.remove_object(bucket_name=self.bucket, object_name=self._name(key)))
 
 
 def open_object_store(url: str, endpoint: str = "", access_key: str = "", secret_key: str = "",
-                      secure: bool = False, region: str = "us-east-1") -> ObjectStore:
+                      secure: bool = False, region: str = "us-east-1",
+                      retry_seconds: float = 30.0) -> ObjectStore:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalObjectStore(Path(parsed.path))
     if parsed.scheme == "s3":
         store = S3ObjectStore(parsed.netloc, endpoint, access_key, secret_key, secure, region,
-                              prefix=parsed.path)
+                              prefix=parsed.path, retry_seconds=retry_seconds)
         store.ensure_bucket()
         return store
     raise ObjectStoreError(f"POSTERGENRE_OBJECT_STORE must be file:///path or s3://bucket, not {url!r}")
@@ -210,7 +254,7 @@ def object_store_from_settings() -> ObjectStore:
 
     s = get_settings()
     return open_object_store(s.effective_object_store, s.s3_endpoint, s.s3_access_key, s.s3_secret_key,
-                             s.s3_secure, s.s3_region)
+                             s.s3_secure, s.s3_region, s.s3_retry_seconds)
 
 
 def download_prefix(store: ObjectStore, prefix: str, dest: Path) -> list[Path]:

@@ -146,3 +146,28 @@ def s3_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class RestartableS3Server:
+    """moto's S3 server on a fixed loopback port that a test can stop and start again.
+
+    moto keeps its data in memory, so a restart loses objects: tests write after the restart.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        moto = Path(sys.executable).with_name("moto_server")
+        cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
+        self.proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.proc = None

@@ -50,3 +50,39 @@ def test_s3_store_against_s3_protocol_server(s3_endpoint: str, s3_bucket_url: st
 def test_bad_url() -> None:
     with pytest.raises(ValueError, match="file:///path or s3://bucket"):
         open_object_store("ftp://x")
+
+
+@pytest.mark.slow
+def test_s3_store_rides_out_a_10_second_outage() -> None:
+    import threading
+    import time
+
+    from tests.servers import RestartableS3Server
+
+    server = RestartableS3Server()
+    server.start()
+    try:
+        store = open_object_store("s3://outage", server.endpoint, "a", "b", retry_seconds=40)
+        server.stop()
+        started = time.monotonic()
+        restart = threading.Timer(10.0, server.start)
+        restart.start()
+        # moto keeps buckets in memory: once it is back, create the bucket as a deployment's
+        # bucket job would. This call is the one that waits out the outage.
+        assert isinstance(store, S3ObjectStore)
+        store.ensure_bucket()
+        store.put("posters/x.jpg", b"poster", content_type="image/jpeg")
+        restart.join()
+        assert time.monotonic() - started >= 9.5
+        assert store.get("posters/x.jpg") == b"poster"
+    finally:
+        server.stop()
+
+
+def test_s3_store_gives_up_after_its_deadline() -> None:
+    from shared.storage import ObjectStoreError, S3ObjectStore
+    from tests.servers import free_port
+
+    store = S3ObjectStore("nobucket", f"127.0.0.1:{free_port()}", "a", "b", retry_seconds=1.0)
+    with pytest.raises(ObjectStoreError, match="unreachable"):
+        store.put("k", b"v", content_type="text/plain")
