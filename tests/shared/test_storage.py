@@ -9,6 +9,8 @@ from shared.storage import (
     ObjectExistsError,
     ObjectNotFoundError,
     ObjectStore,
+    ObjectStoreError,
+    S3ObjectStore,
     download_prefix,
     open_object_store,
 )
