@@ -82,7 +82,7 @@ def test_s3_store_rides_out_a_10_second_outage() -> None:
 
 
 def test_s3_store_gives_up_after_its_deadline() -> None:
-    from shared.storage import ObjectStoreError, S3ObjectStore
+
     from tests.servers import free_port
 
     store = S3ObjectStore("nobucket", f"127.0.0.1:{free_port()}", "a", "b", retry_seconds=1.0)
