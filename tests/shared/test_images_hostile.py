@@ -39,6 +39,12 @@ def jpeg_with_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 def gif_bomb() -> bytes:
     return b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b";"
 
@@ -59,10 +65,11 @@ CORPUS = {
     "polyglot jpeg+zip": VALID_JPEG + b"PK\x03\x04" + b"\x00" * 100,
     "polyglot gif+js": b"GIF89a/*\x01\x00\x01\x00\x00\x00\x00;*/=alert(1);",
     "png truncated": png_with_size(10, 10)[:30],
-    "bmp (unsupported)": (lambda: (b := io.BytesIO(), Image.new("RGB", (4, 4)).save(b, "BMP"), b.getvalue())[2])(),
-    "tiff (unsupported)": (lambda: (b := io.BytesIO(), Image.new("RGB", (4, 4)).save(b, "TIFF"), b.getvalue())[2])(),
+    "bmp (unsupported)": encoded("BMP"),
+    "tiff (unsupported)": encoded("TIFF"),
 }
-CORPUS.update({f"jpeg cut at {n}": VALID_JPEG[:n] for n in (2, 100, 300, len(VALID_JPEG) // 2, len(VALID_JPEG) - 2)})
+CUTS = (2, 100, 300, len(VALID_JPEG) // 2, len(VALID_JPEG) - 2)
+CORPUS.update({f"jpeg cut at {n}": VALID_JPEG[:n] for n in CUTS})
 
 
 def check(data: bytes) -> None:
