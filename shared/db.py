@@ -207,8 +207,8 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
-def upgrade_database(url: str | None = None) -> None:
-    """Apply every Alembic migration to the database at ``url`` (the configured one by default)."""
+def upgrade_database(url: str | None = None, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to ``revision`` to the database at ``url`` (default: configured)."""
     from pathlib import Path
 
     from alembic import command
@@ -222,4 +222,4 @@ def upgrade_database(url: str | None = None) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, revision)

@@ -1,0 +1,40 @@
+"""Migrations run forward on a database that holds data, and keep it."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, inspect, text
+
+from shared.db import Base, upgrade_database
+
+
+def test_migrations_from_the_first_revision_keep_data(postgres_url: str) -> None:
+    upgrade_database(postgres_url, revision="0001")
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO genres (id, name) VALUES (1, 'Drama')"))
+        conn.execute(text(
+            "INSERT INTO movies (id, source, source_id, title, year, extra, created_at, updated_at) "
+            "VALUES (1, 'imdb', 'tt0000001', 'Kept', 2001, '{}', now(), now())"))
+        conn.execute(text("INSERT INTO movie_genres (movie_id, genre_id) VALUES (1, 1)"))
+    upgrade_database(postgres_url)  # every later revision
+    upgrade_database(postgres_url)  # and again: a no-op
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT title FROM movies WHERE source_id = 'tt0000001'")).scalar() == "Kept"
+        assert conn.execute(text("SELECT count(*) FROM movie_genres")).scalar() == 1
+    engine.dispose()
+
+
+def test_head_schema_matches_the_models(postgres_url: str) -> None:
+    upgrade_database(postgres_url)
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        columns = {column["name"] for column in inspector.get_columns(table.name)}
+        assert columns == {column.name for column in table.columns}, table.name
+    engine.dispose()
+
+
+def test_sqlite_upgrade(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    upgrade_database(url)
+    upgrade_database(url)
