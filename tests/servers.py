@@ -171,3 +171,69 @@ class RestartableS3Server:
             self.proc.kill()
             self.proc.wait(timeout=30)
             self.proc = None
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL server from the local binaries, on a fixed port, that a test may restart."""
+
+    def __init__(self) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix="pg-restart-"))
+        self.port = free_port()
+        self.run_as: list[str] = []
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            shutil.chown(self.data, "postgres", "postgres")
+            self.run_as = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*self.run_as, _pg_bin("initdb"), "-D", str(self.data), "-U", "postgres",
+                        "--auth=trust"], check=True, stdout=subprocess.DEVNULL)
+        self.proc: subprocess.Popen | None = None
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*self.run_as, _pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-k",
+             str(self.data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, proc=self.proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the port opens before connections are accepted
+            try:
+                import psycopg
+
+                psycopg.connect(self.url, connect_timeout=2).close()
+                return
+            except Exception:
+                time.sleep(0.2)
+        raise TimeoutError("throw-away PostgreSQL did not accept connections")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()  # smart shutdown would wait for clients: use fast (SIGINT)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+class ThrowawayRedis:
+    """A private Redis server on a fixed port that a test may restart (data kept in memory only)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.proc = None
