@@ -1,0 +1,445 @@
+"""Exporting a trained Keras model: SavedModel for TF Serving, TFLite, and a TF.js graph model.
+
+Every model version is written once, in the layout of ``docs/contracts.md``::
+
+    <name>/<version>/                         SavedModel (TF Serving's layout)
+        saved_model.pb, variables/
+        assets.extra/tf_serving_warmup_requests
+        assets.extra/genres.json              (when the genre list is given)
+        assets.extra/postergenre.json         (the metadata given by the trainer)
+        exports/model.tflite                  fp32
+        exports/model_int8.tflite             dynamic-range int8 weights
+        exports/tfjs/model.json, *.bin        TF.js graph model of the ``pixels`` signature
+
+The Keras model takes float32 pixels ``[None, S, S, 3]`` (RGB, 0..255) and returns sigmoid scores
+``[None, G]`` or ``[None, Y, G]``. The SavedModel has two signatures:
+
+* ``serving_default``: ``images`` (tf.string ``[None]``, raw JPEG/PNG bytes) -> ``scores``. The
+  decoding and resizing happen in the graph and reproduce :func:`shared.images.poster_pixels`:
+  JPEG decoded with the accurate integer DCT (Pillow's libjpeg default, bit-exact), transparency
+  composited on white, greyscale expanded to RGB, and an antialiased bilinear resize, which is
+  the triangle filter Pillow's ``BILINEAR`` uses when it shrinks an image (values then rounded to
+  integers, as Pillow's uint8 output is). What TF cannot do: EXIF orientation is not applied
+  (posters almost never carry it) and Pillow's fixed-point resize differs by at most one grey level.
+* ``pixels``: ``pixels`` (float32 ``[None, S, S, 3]``) -> ``scores``: the model as trained.
+
+Each export is loaded back and compared with Keras on sample inputs (:func:`check_exports`); the
+largest absolute difference of each is returned and stored with the model version.
+
+The TF.js converter (tensorflowjs 4.22.0) cannot be installed beside TensorFlow 2.21, so it runs as
+a subprocess from its own environment, created by ``scripts/make_tfjs_env.sh``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TFJS_ENV_SCRIPT = "scripts/make_tfjs_env.sh"
+DEFAULT_TFJS_CONVERTER = REPO_ROOT / ".venv-tfjs" / "bin" / "tensorflowjs_converter"
+TFJS_CONVERTER_ENV = "POSTERGENRE_TFJS_CONVERTER"
+TFJS_LOADER_SCRIPT = Path(__file__).resolve().parent / "tfjs" / "load_graph_model.mjs"
+
+BYTES_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "pixels"
+BYTES_INPUT = "images"
+PIXELS_INPUT = "pixels"
+SCORES_OUTPUT = "scores"
+
+EXPORTS_DIR = "exports"
+TFLITE_FILE = "model.tflite"
+TFLITE_INT8_FILE = "model_int8.tflite"
+TFJS_DIR = "tfjs"
+WARMUP_FILE = "tf_serving_warmup_requests"
+ALL_FORMATS = ("savedmodel", "tflite", "tfjs")
+
+# Number of generated sample images when the caller gives none: enough to catch a wrong layout,
+# small enough for a quick check.
+DEFAULT_SAMPLE_COUNT = 4
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or read back; the message says which and why."""
+
+
+class TfjsConverterMissing(ExportError):
+    """The separate TF.js converter environment has not been created."""
+
+
+class TfjsRuntimeMissing(ExportError):
+    """Node.js or the @tensorflow/tfjs package is not available to load a TF.js model back."""
+
+
+# ---------------------------------------------------------------------------------------------
+# In-graph preprocessing: poster bytes -> pixels, as shared.images.poster_pixels does it.
+# ---------------------------------------------------------------------------------------------
+
+
+def _composite_on_white(image: tf.Tensor) -> tf.Tensor:
+    """``[H, W, C]`` uint8 with C in 1..4 -> float32 ``[H, W, 3]``; alpha composited on white.
+
+    Pillow's ``alpha_composite`` onto an opaque white background rounds to uint8; so do we.
+    """
+    channels = tf.shape(image)[-1]
+    has_alpha = tf.equal(channels % 2, 0)  # 2 = grey + alpha, 4 = RGB + alpha
+    colour_channels = channels - tf.cast(has_alpha, tf.int32)
+    pixels = tf.cast(image, tf.float32)
+    colour = pixels[..., :colour_channels]
+    colour = tf.cond(tf.equal(colour_channels, 1), lambda: tf.tile(colour, [1, 1, 3]), lambda: colour)
+    alpha = tf.cond(has_alpha, lambda: pixels[..., -1:] / 255.0, lambda: tf.ones_like(pixels[..., :1]))
+    blended = tf.round(colour * alpha + 255.0 * (1.0 - alpha))
+    return tf.ensure_shape(blended, [None, None, 3])
+
+
+def decode_poster(data: tf.Tensor) -> tf.Tensor:
+    """One poster's bytes (scalar tf.string) -> float32 ``[H, W, 3]`` RGB 0..255.
+
+    JPEG takes its own path because only ``decode_jpeg`` lets us choose the accurate integer DCT,
+    which is what Pillow uses (TF's default, the fast DCT, is off by up to 7 grey levels).
+    Other formats (PNG, GIF's first frame, BMP, WebP) keep their alpha channel for compositing.
+    """
+
+    def jpeg() -> tf.Tensor:
+        decoded = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+        return tf.cast(decoded, tf.float32)
+
+    def other() -> tf.Tensor:
+        decoded = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+        return _composite_on_white(decoded)
+
+    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+def resize_like_pillow(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Float32 ``[H, W, 3]`` -> float32 ``[S, S, 3]``, integer-valued.
+
+    With ``antialias=True`` a bilinear shrink widens its triangle filter by the scale factor, as
+    Pillow's ``BILINEAR`` does (``reducing_gap=None``); an enlargement is plain bilinear in both.
+    Aspect ratio is not kept, as in ``shared.images.resize_pixels``.
+    """
+    resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
+
+
+def poster_bytes_to_pixels(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """A batch of poster bytes ``[B]`` -> float32 pixels ``[B, S, S, 3]``."""
+    return tf.map_fn(
+        lambda data: resize_like_pillow(decode_poster(data), image_size),
+        images,
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# SavedModel
+# ---------------------------------------------------------------------------------------------
+
+
+def _scores_from_pixels_fn(model: keras.Model) -> Any:
+    def scores_from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Cast: a mixed-precision model may still answer in float16; the contract says float32.
+        return {SCORES_OUTPUT: tf.cast(model(pixels, training=False), tf.float32)}
+
+    return scores_from_pixels
+
+
+def serving_archive(model: keras.Model, image_size: int, with_bytes: bool = True) -> Any:
+    """Keras' ExportArchive with the signatures of docs/contracts.md.
+
+    ExportArchive, not a hand-made tf.Module holding the model: it saves the model's variables as
+    plain TF variables, which the TFLite converter freezes correctly (with the Keras model as a
+    tracked child, the converted model reads uninitialised variables and answers NaN).
+    """
+    scores_from_pixels = _scores_from_pixels_fn(model)
+
+    def scores_from_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return scores_from_pixels(poster_bytes_to_pixels(images, image_size))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if with_bytes:
+        archive.add_endpoint(name=BYTES_SIGNATURE, fn=scores_from_images,
+                             input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    archive.add_endpoint(
+        name=PIXELS_SIGNATURE, fn=scores_from_pixels,
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=PIXELS_INPUT)])
+    return archive
+
+
+def model_image_size(model: keras.Model) -> int:
+    """The side S of the model's square ``[None, S, S, 3]`` input."""
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3 or shape[1] is None:
+        raise ExportError(f"the model must take pixels [None, S, S, 3]; its input is {list(shape)}")
+    return int(shape[1])
+
+
+def write_warmup_requests(saved_model_dir: Path, model_name: str, sample_pixels: np.ndarray) -> Path:
+    """TF Serving replays these ``pixels`` requests before serving, so the first user does not wait."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=PIXELS_SIGNATURE))
+    request.inputs[PIXELS_INPUT].CopyFrom(tf.make_tensor_proto(sample_pixels.astype(np.float32)))
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    path = saved_model_dir / "assets.extra" / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(log.SerializeToString())
+    return path
+
+
+def write_metadata(saved_model_dir: Path, metadata: dict[str, Any], image_size: int) -> None:
+    """``postergenre.json`` holds the trainer's metadata; ``genres.json`` the output layout."""
+    extra = saved_model_dir / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    (extra / "postergenre.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+    if "genres" in metadata:
+        layout = {"genres": list(metadata["genres"]), "years": list(metadata.get("years") or []),
+                  "image_size": image_size}
+        (extra / "genres.json").write_text(json.dumps(layout, indent=2))
+
+
+def export_saved_model(model: keras.Model, dest: Path, image_size: int,
+                       metadata: dict[str, Any] | None = None,
+                       warmup_pixels: np.ndarray | None = None) -> Path:
+    """Write the SavedModel to ``dest`` (``.../<name>/<version>``) with signatures and warm-up file.
+
+    ``dest`` must not hold a SavedModel already: versions are immutable.
+    """
+    dest = Path(dest)
+    if (dest / "saved_model.pb").exists():
+        raise ExportError(f"{dest} already holds a SavedModel; model versions are immutable")
+    if model_image_size(model) != image_size:
+        raise ExportError(f"image_size {image_size} does not match the model's input "
+                          f"{model_image_size(model)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    serving_archive(model, image_size).write_out(str(dest), verbose=False)
+    if warmup_pixels is None:
+        warmup_pixels = np.full((1, image_size, image_size, 3), 127.0, np.float32)
+    write_warmup_requests(dest, dest.parent.name or "model", warmup_pixels[:1])
+    if metadata is not None:
+        write_metadata(dest, metadata, image_size)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# TFLite
+# ---------------------------------------------------------------------------------------------
+
+
+def export_tflite(model: keras.Model, out_dir: Path) -> dict[str, Path]:
+    """fp32 ``model.tflite`` and dynamic-range int8 ``model_int8.tflite`` (weights int8, math fp32).
+
+    Converted from a pixels-only SavedModel in a temporary folder: the converter's supported path
+    for Keras 3 models (``from_keras_model`` and bare concrete functions do not freeze Keras 3
+    variables reliably).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="tflite-src-") as folder:
+        serving_archive(model, model_image_size(model), with_bytes=False).write_out(folder, verbose=False)
+        for key, filename, optimize in (("tflite", TFLITE_FILE, False),
+                                        ("tflite_int8", TFLITE_INT8_FILE, True)):
+            converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[PIXELS_SIGNATURE])
+            if optimize:
+                # No representative dataset: dynamic-range quantisation (int8 weights, float math).
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            path = out_dir / filename
+            path.write_bytes(converter.convert())
+            paths[key] = path
+    return paths
+
+
+def run_tflite(path: Path, pixels: np.ndarray) -> np.ndarray:
+    """Scores of a TFLite model through the LiteRT interpreter (ai-edge-litert)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    input_index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(input_index, list(pixels.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(input_index, pixels.astype(np.float32))
+    interpreter.invoke()
+    return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# TF.js
+# ---------------------------------------------------------------------------------------------
+
+
+def tfjs_converter_path() -> Path:
+    """The converter of the separate environment; raises :class:`TfjsConverterMissing` if absent."""
+    configured = os.environ.get(TFJS_CONVERTER_ENV)
+    path = Path(configured) if configured else DEFAULT_TFJS_CONVERTER
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise TfjsConverterMissing(
+            f"TF.js converter not found at {path}: run `bash {TFJS_ENV_SCRIPT}` (or `make tfjs-env`) to "
+            f"create .venv-tfjs, or set {TFJS_CONVERTER_ENV} to a tensorflowjs_converter 4.22.0")
+    return path
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # The converter needs no GPU; keep it off the one the trainer is using.
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def export_tfjs(saved_model_dir: Path, out_dir: Path) -> Path:
+    """Convert the SavedModel's ``pixels`` signature to a TF.js graph model; returns ``model.json``."""
+    converter = tfjs_converter_path()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir} is not empty; model versions are immutable")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = [str(converter), "--input_format=tf_saved_model", f"--signature_name={PIXELS_SIGNATURE}",
+               "--saved_model_tags=serve", "--output_format=tfjs_graph_model",
+               str(saved_model_dir), str(out_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, env=_subprocess_env(), check=False)
+    model_json = out_dir / "model.json"
+    if result.returncode != 0 or not model_json.is_file():
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        raise ExportError(f"tensorflowjs_converter failed (exit {result.returncode}):\n{tail}")
+    return model_json
+
+
+def tfjs_runtime_problem() -> str | None:
+    """Why a TF.js model cannot be loaded back here (no node, no @tensorflow/tfjs), or None."""
+    node = shutil.which("node")
+    if node is None:
+        return "Node.js (node) is not on PATH"
+    probe = subprocess.run([node, "--input-type=module", "-e", "await import('@tensorflow/tfjs');"],
+                           cwd=TFJS_LOADER_SCRIPT.parent, capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return "the npm package @tensorflow/tfjs is not installed: run `npm ci` in the repository root"
+    return None
+
+
+def run_tfjs(model_json: Path, pixels: np.ndarray) -> np.ndarray:
+    """Scores of a TF.js graph model, computed by @tensorflow/tfjs (CPU backend) in Node.js."""
+    problem = tfjs_runtime_problem()
+    if problem is not None:
+        raise TfjsRuntimeMissing(problem)
+    with tempfile.TemporaryDirectory(prefix="tfjs-input-") as folder:
+        input_path = Path(folder) / "pixels.f32"
+        input_path.write_bytes(np.ascontiguousarray(pixels, dtype="<f4").tobytes())
+        shape = ",".join(str(dim) for dim in pixels.shape)
+        result = subprocess.run(["node", str(TFJS_LOADER_SCRIPT), str(model_json), str(input_path), shape],
+                                capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ExportError(f"loading {model_json} with TF.js failed: {result.stderr.strip()[-2000:]}")
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    return np.asarray(answer["scores"], dtype=np.float32).reshape(answer["shape"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and the whole export
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_inputs(image_size: int, count: int = DEFAULT_SAMPLE_COUNT, seed: int = 0) -> np.ndarray:
+    """Deterministic integer-valued pixels ``[count, S, S, 3]`` for checks when none are given."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(count, image_size, image_size, 3)).astype(np.float32)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless bytes of one ``[S, S, 3]`` image, to check the bytes signature exactly."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _max_abs_diff(actual: np.ndarray, expected: np.ndarray, what: str) -> float:
+    if actual.shape != expected.shape:
+        raise ExportError(f"{what} answers with shape {actual.shape}, Keras with {expected.shape}")
+    return float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+
+
+def check_exports(model: keras.Model, dest: Path, sample_pixels: np.ndarray) -> dict[str, float]:
+    """Max absolute score difference of every export present under ``dest`` vs Keras.
+
+    Keys: ``savedmodel`` (pixels signature), ``savedmodel_bytes`` (bytes signature on the samples
+    encoded as PNG, so decoding is exact and only the graph's preprocessing is tested),
+    ``tflite``, ``tflite_int8`` (quantised: recorded, not expected below 1e-4), ``tfjs`` (only
+    where Node.js and @tensorflow/tfjs are available; otherwise logged and left out).
+    """
+    dest = Path(dest)
+    pixels = np.asarray(sample_pixels, dtype=np.float32)
+    expected = np.asarray(model(pixels, training=False), dtype=np.float32)
+    diffs: dict[str, float] = {}
+    if (dest / "saved_model.pb").is_file():
+        loaded = tf.saved_model.load(str(dest))
+        by_pixels = loaded.signatures[PIXELS_SIGNATURE](**{PIXELS_INPUT: tf.constant(pixels)})
+        diffs["savedmodel"] = _max_abs_diff(by_pixels[SCORES_OUTPUT].numpy(), expected, "SavedModel pixels")
+        rounded = np.clip(np.round(pixels), 0, 255)
+        expected_rounded = np.asarray(model(rounded, training=False), dtype=np.float32)
+        images = tf.constant([encode_png(image) for image in rounded])
+        by_bytes = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT: images})
+        diffs["savedmodel_bytes"] = _max_abs_diff(by_bytes[SCORES_OUTPUT].numpy(), expected_rounded,
+                                                  "SavedModel bytes")
+    exports = dest / EXPORTS_DIR
+    for key, filename in (("tflite", TFLITE_FILE), ("tflite_int8", TFLITE_INT8_FILE)):
+        if (exports / filename).is_file():
+            diffs[key] = _max_abs_diff(run_tflite(exports / filename, pixels), expected, filename)
+    model_json = exports / TFJS_DIR / "model.json"
+    if model_json.is_file():
+        problem = tfjs_runtime_problem()
+        if problem is None:
+            diffs["tfjs"] = _max_abs_diff(run_tfjs(model_json, pixels), expected, "TF.js")
+        else:
+            logger.warning("TF.js export not checked: %s", problem)
+    return diffs
+
+
+def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: np.ndarray | None = None,
+               formats: Sequence[str] = ALL_FORMATS, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every requested format of one model version under ``dest`` and check each against Keras.
+
+    ``formats`` is a subset of ``("savedmodel", "tflite", "tfjs")``; TF.js needs the SavedModel.
+    Returns ``{"paths": {"savedmodel": ".", "tflite": "exports/model.tflite", "tflite_int8": ...,
+    "tfjs": "exports/tfjs/model.json"}, "max_abs_diff": {...from check_exports...},
+    "image_size": S}`` with paths relative to ``dest`` (the layout the object store keeps).
+    """
+    dest = Path(dest)
+    unknown = set(formats) - set(ALL_FORMATS)
+    if unknown:
+        raise ExportError(f"unknown export formats {sorted(unknown)}; choose from {list(ALL_FORMATS)}")
+    if "tfjs" in formats and "savedmodel" not in formats:
+        raise ExportError("the TF.js export is converted from the SavedModel: include 'savedmodel'")
+    if "tfjs" in formats:
+        tfjs_converter_path()  # fail before the slow steps, not after them
+    samples = sample_inputs(image_size) if sample_pixels is None else np.asarray(sample_pixels, np.float32)
+    written: dict[str, Path] = {}
+    if "savedmodel" in formats:
+        written["savedmodel"] = export_saved_model(model, dest, image_size, metadata=metadata,
+                                                   warmup_pixels=samples[:1])
+    if "tflite" in formats:
+        written.update(export_tflite(model, dest / EXPORTS_DIR))
+    if "tfjs" in formats:
+        written["tfjs"] = export_tfjs(dest, dest / EXPORTS_DIR / TFJS_DIR)
+    diffs = check_exports(model, dest, samples)
+    logger.info("exports of %s checked against Keras: %s", dest, diffs)
+    paths = {key: path.relative_to(dest).as_posix() for key, path in written.items()}
+    return {"paths": paths, "max_abs_diff": diffs, "image_size": image_size}
