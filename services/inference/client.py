@@ -1,0 +1,398 @@
+"""Client of TF Serving (or the embedded server): gRPC ``PredictionService``, REST as an alternative.
+
+One :class:`InferenceClient` holds one gRPC channel for its whole life (connection reuse); every call
+carries a deadline, so a server that is down or stuck gives :class:`InferenceUnavailable` within
+``timeout`` seconds instead of a hang. :meth:`InferenceClient.predict_many` sends the requests for
+all the yearly models at once (gRPC futures) and waits for them together, so the table costs about
+the slowest model, not the sum.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+PIXELS_SIGNATURE = "pixels"
+PIXELS_INPUT = "pixels"
+SCORES_OUTPUT = "scores"
+
+
+class InferenceError(RuntimeError):
+    """Inference failed; the message says why."""
+
+
+class InferenceUnavailable(InferenceError):  # noqa: N818 (the name the services use)
+    """The inference server is down, unreachable or did not answer before the deadline."""
+
+
+class ModelNotFound(InferenceError, LookupError):  # noqa: N818
+    """The server does not serve this model name, version or label."""
+
+
+class InvalidInferenceInput(InferenceError, ValueError):
+    """The server refused the input (wrong shape or type)."""
+
+
+Prediction = tuple[np.ndarray, int]
+
+
+@dataclass(frozen=True)
+class VersionState:
+    version: int
+    state: str  # AVAILABLE, LOADING, END...
+    error: str = ""
+
+
+class Predictor(Protocol):
+    """What the web service needs from an inference client (gRPC or REST)."""
+
+    def predict(
+        self,
+        name: str,
+        pixels: np.ndarray,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> Prediction: ...
+
+    def predict_many(
+        self,
+        names: Iterable[str],
+        pixels: np.ndarray,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> dict[str, Prediction | InferenceError]: ...
+
+    def model_status(self, name: str) -> list[VersionState]: ...
+
+    def close(self) -> None: ...
+
+
+def grpc_target(url: str) -> str:
+    """``grpc://host:port`` or ``host:port`` -> ``host:port``."""
+    target = url.removeprefix("grpc://").rstrip("/")
+    if not target or "/" in target:
+        raise ValueError(f"inference URL must be grpc://host:port, not {url!r}")
+    return target
+
+
+def pixels_tensor(pixels: np.ndarray) -> Any:
+    """float32 ``[N,S,S,3]`` as a ``TensorProto`` (raw bytes in ``tensor_content``)."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    array = np.ascontiguousarray(pixels, dtype=np.float32)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise InvalidInferenceInput(f"pixels must be float32 [N, S, S, 3], got shape {list(array.shape)}")
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]
+    )
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=shape, tensor_content=array.tobytes()
+    )
+
+
+def tensor_array(proto: Any) -> np.ndarray:
+    from tensorflow.core.framework import types_pb2
+
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype == types_pb2.DT_FLOAT:
+        if proto.tensor_content:
+            return np.frombuffer(proto.tensor_content, dtype=np.float32).reshape(shape).copy()
+        return np.asarray(proto.float_val, dtype=np.float32).reshape(shape)
+    import tensorflow as tf
+
+    return np.asarray(tf.make_ndarray(proto))
+
+
+class InferenceClient:
+    """gRPC client of TF Serving's ``PredictionService`` and ``ModelService``."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.url = url
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            grpc_target(url),
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _request(
+        self, name: str, pixels: np.ndarray, version: int | None, label: str | None, signature: str
+    ) -> Any:
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = signature
+        if version is not None:
+            request.model_spec.version.value = version
+        elif label:
+            request.model_spec.version_label = label
+        request.inputs[PIXELS_INPUT].CopyFrom(pixels_tensor(pixels))
+        return request
+
+    def _error(self, exc: Exception, what: str) -> InferenceError:
+        import grpc
+
+        if not isinstance(exc, grpc.RpcError):
+            return InferenceError(f"{what}: {exc}")
+        code = exc.code()  # type: ignore[attr-defined]
+        details = exc.details() or ""  # type: ignore[attr-defined]
+        if code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+        ):
+            reason = (
+                "did not answer within the deadline"
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED
+                else "is unavailable"
+            )
+            return InferenceUnavailable(
+                f"inference server {self.url} {reason} ({self.timeout:g} s) for {what}: {details}"
+            )
+        if code == grpc.StatusCode.NOT_FOUND:
+            return ModelNotFound(f"{what}: {details}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidInferenceInput(f"{what}: {details}")
+        return InferenceError(f"{what}: {code.name} {details}")
+
+    @staticmethod
+    def _result(response: Any) -> Prediction:
+        if SCORES_OUTPUT in response.outputs:
+            scores = tensor_array(response.outputs[SCORES_OUTPUT])
+        else:
+            scores = tensor_array(next(iter(response.outputs.values())))
+        return scores, int(response.model_spec.version.value)
+
+    def predict(
+        self,
+        name: str,
+        pixels: np.ndarray,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> Prediction:
+        """Scores of ``pixels`` (float32 ``[N,S,S,3]``) under one model, and the version that answered."""
+        request = self._request(name, pixels, version, label, signature)
+        try:
+            response = self._predictions.Predict(request, timeout=self.timeout)
+        except Exception as exc:
+            raise self._error(exc, _describe(name, version, label)) from None
+        return self._result(response)
+
+    def predict_many(
+        self,
+        names: Iterable[str],
+        pixels: np.ndarray,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> dict[str, Prediction | InferenceError]:
+        """Ask every model at once; each name maps to its result or to the error it got.
+
+        The deadline covers the whole fan-out: every call gets what is left of ``timeout``.
+        """
+        tensor_request = {name: self._request(name, pixels, None, label, signature) for name in names}
+        deadline = time.monotonic() + self.timeout
+        calls = {
+            name: self._predictions.Predict.future(request, timeout=self.timeout)
+            for name, request in tensor_request.items()
+        }
+        results: dict[str, Prediction | InferenceError] = {}
+        for name, call in calls.items():
+            try:
+                response = call.result(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+                results[name] = self._result(response)
+            except Exception as exc:
+                results[name] = self._error(exc, _describe(name, None, label))
+        return results
+
+    def model_status(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> list[VersionState]:
+        """The versions the server knows for ``name`` and their state (``ModelService.GetModelStatus``)."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+        elif label:
+            request.model_spec.version_label = label
+        try:
+            response = self._models.GetModelStatus(request, timeout=self.timeout)
+        except Exception as exc:
+            raise self._error(exc, _describe(name, version, label)) from None
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [
+            VersionState(int(s.version), state_name(s.state), s.status.error_message)
+            for s in response.model_version_status
+        ]
+
+    def signature_defs(self, name: str) -> dict[str, Any]:
+        """The model's ``SignatureDef`` protos (``PredictionService.GetModelMetadata``)."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = name
+        request.metadata_field.append("signature_def")
+        try:
+            response = self._predictions.GetModelMetadata(request, timeout=self.timeout)
+        except Exception as exc:
+            raise self._error(exc, _describe(name, None, None)) from None
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return dict(signature_map.signature_def)
+
+
+def _describe(name: str, version: int | None, label: str | None) -> str:
+    if version is not None:
+        return f"model {name} version {version}"
+    if label:
+        return f"model {name} label {label}"
+    return f"model {name}"
+
+
+class RestInferenceClient:
+    """The same interface over TF Serving's REST API (``/v1/models/NAME[...]:predict``), with httpx.
+
+    REST predict responses do not say which version answered; the version asked for is returned, or,
+    for a plain request, the newest available one according to the model-status route.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )
+
+    def __enter__(self) -> RestInferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    @staticmethod
+    def _path(name: str, version: int | None, label: str | None) -> str:
+        if version is not None:
+            return f"/v1/models/{name}/versions/{version}"
+        if label:
+            return f"/v1/models/{name}/labels/{label}"
+        return f"/v1/models/{name}"
+
+    def _call(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise InferenceUnavailable(
+                f"inference server {self.url} is unavailable or slow ({self.timeout:g} s) for {what}: {exc}"
+            ) from None
+        if response.status_code == 200:
+            return response.json()
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        if response.status_code == 404:
+            raise ModelNotFound(f"{what}: {message}")
+        if response.status_code == 400:
+            raise InvalidInferenceInput(f"{what}: {message}")
+        if response.status_code in (502, 503, 504):
+            raise InferenceUnavailable(f"inference server {self.url} for {what}: {message}")
+        raise InferenceError(f"{what}: HTTP {response.status_code} {message}")
+
+    def predict(
+        self,
+        name: str,
+        pixels: np.ndarray,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> Prediction:
+        array = np.asarray(pixels, dtype=np.float32)
+        if array.ndim != 4 or array.shape[-1] != 3:
+            raise InvalidInferenceInput(f"pixels must be float32 [N, S, S, 3], got shape {list(array.shape)}")
+        what = _describe(name, version, label)
+        payload = self._call(
+            "POST",
+            self._path(name, version, label) + ":predict",
+            what,
+            {"signature_name": signature, "inputs": {"pixels": array.tolist()}},
+        )
+        outputs = payload["outputs"]
+        scores = np.asarray(
+            outputs[SCORES_OUTPUT] if isinstance(outputs, dict) else outputs, dtype=np.float32
+        )
+        if version is None:
+            available = [s.version for s in self.model_status(name, None, label) if s.state == "AVAILABLE"]
+            version = max(available) if available else 0
+        return scores, version
+
+    def predict_many(
+        self,
+        names: Iterable[str],
+        pixels: np.ndarray,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> dict[str, Prediction | InferenceError]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = list(names)
+        results: dict[str, Prediction | InferenceError] = {}
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(names)))) as pool:
+            futures = {
+                name: pool.submit(self.predict, name, pixels, None, label, signature) for name in names
+            }
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except InferenceError as exc:
+                    results[name] = exc
+        return results
+
+    def model_status(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> list[VersionState]:
+        payload = self._call("GET", self._path(name, version, label), _describe(name, version, label))
+        return [
+            VersionState(int(s["version"]), s["state"], s.get("status", {}).get("error_message", ""))
+            for s in payload.get("model_version_status", [])
+        ]
+
+
+def connect(url: str, timeout: float = 10.0) -> InferenceClient | RestInferenceClient:
+    """A client for ``grpc://host:port`` (or bare ``host:port``) or ``http(s)://host:port`` (REST)."""
+    if url.startswith(("http://", "https://")):
+        return RestInferenceClient(url, timeout)
+    return InferenceClient(url, timeout)

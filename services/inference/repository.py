@@ -1,0 +1,220 @@
+"""The local model repository that TF Serving (or the embedded server) serves from.
+
+The registry (``shared.db.ModelVersion``) says which version of each model is served: its blessed
+version, labelled ``stable``, and optionally its newest candidate, labelled ``canary``.
+:func:`sync_models` copies those versions from the object store into ``settings.models_dir`` in TF
+Serving's layout (``<name>/<version>/saved_model.pb``) and writes ``models.config``; TF Serving polls
+that file (``--model_config_file_poll_wait_seconds``) and the embedded server polls it too, so a
+blessing or a rollback reaches the servers without a restart.
+
+Writes are atomic: a version folder is downloaded into a hidden temporary folder and renamed into
+place, and ``models.config`` is written to a temporary file and renamed, so a poller never sees a
+half-copied model or a truncated config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from sqlalchemy import select
+
+from shared.config import Settings
+from shared.db import ModelVersion, session_scope
+from shared.storage import ObjectStore, download_prefix, open_object_store
+
+log = logging.getLogger(__name__)
+
+STABLE_LABEL = "stable"
+CANARY_LABEL = "canary"
+BATCHING_CONFIG_NAME = "batching.config"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+PIXELS_SIGNATURE = "pixels"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model name and the versions the servers should load for it."""
+
+    name: str
+    image_size: int
+    labels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(set(self.labels.values()))
+
+
+def served_models(rows: list[ModelVersion], with_canary: bool = False) -> list[ServedModel]:
+    """Decide what to serve from the registry rows: the blessed version of every name (``stable``)
+    and, with ``with_canary``, its newest candidate newer than that (``canary``).
+
+    A name without a blessed version is not served: a plain request (no version, no label) gets the
+    newest loaded version, and that must never be an unblessed candidate.
+    """
+    by_name: dict[str, list[ModelVersion]] = {}
+    for row in rows:
+        by_name.setdefault(row.name, []).append(row)
+    models = []
+    for name in sorted(by_name):
+        versions = by_name[name]
+        blessed = [row for row in versions if row.status == "blessed"]
+        if not blessed:
+            log.info("model %s has no blessed version; not served", name)
+            continue
+        stable = max(blessed, key=lambda row: row.version)
+        labels = {STABLE_LABEL: stable.version}
+        if with_canary:
+            candidates = [
+                row for row in versions if row.status == "candidate" and row.version > stable.version
+            ]
+            if candidates:
+                labels[CANARY_LABEL] = max(candidates, key=lambda row: row.version).version
+        models.append(ServedModel(name=name, image_size=stable.image_size, labels=labels))
+    return models
+
+
+def model_server_config_text(models: list[ServedModel], models_dir: Path) -> str:
+    """The text-format ``ModelServerConfig`` (TF Serving's ``--model_config_file``)."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for model in models:
+        entry = config.model_config_list.config.add()
+        entry.name = model.name
+        entry.base_path = str(models_dir / model.name)
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.specific.versions.extend(model.versions)
+        for label, version in model.labels.items():
+            entry.version_labels[label] = version
+    return text_format.MessageToString(config)
+
+
+def batching_parameters_text(max_batch_size: int, batch_timeout_ms: float, num_batch_threads: int = 2) -> str:
+    """TF Serving's ``--batching_parameters_file`` (text-format ``BatchingParameters``).
+
+    The message is not in the ``tensorflow-serving-api`` wheel, so it is written by hand; the field
+    names are those of ``tensorflow_serving/servables/tensorflow/session_bundle_config.proto``.
+    """
+    return (
+        f"max_batch_size {{ value: {max_batch_size} }}\n"
+        f"batch_timeout_micros {{ value: {int(batch_timeout_ms * 1000)} }}\n"
+        f"max_enqueued_batches {{ value: 1000 }}\n"
+        f"num_batch_threads {{ value: {num_batch_threads} }}\n"
+        f"pad_variable_length_inputs: false\n"
+    )
+
+
+def parse_model_server_config(text: str) -> object:
+    """Parse a ``models.config`` text back into a ``ModelServerConfig`` message."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_warmup_requests(version_dir: Path, name: str, image_size: int) -> None:
+    """Write ``assets.extra/tf_serving_warmup_requests``: TF Serving runs it on load, so the first
+    real request does not pay for graph optimisation."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = PIXELS_SIGNATURE
+    request.inputs[PIXELS_SIGNATURE].CopyFrom(
+        tf.make_tensor_proto(np.zeros((1, image_size, image_size, 3), np.float32))
+    )
+    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    path = version_dir / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(record.SerializeToString())
+
+
+def copy_version(store: ObjectStore, model: ServedModel, version: int, models_dir: Path) -> Path | None:
+    """Copy ``models/<name>/<version>/`` into ``models_dir/<name>/<version>/`` unless already there.
+
+    Versions are immutable, so a folder that exists is complete (it only appears by rename).
+    Returns the folder, or None when the object store has no such version.
+    """
+    dest = models_dir / model.name / str(version)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{version}-"))
+    try:
+        files = download_prefix(store, f"models/{model.name}/{version}/", staging)
+        if not files:
+            log.error(
+                "model %s version %s is in the registry but not in the object store", model.name, version
+            )
+            return None
+        if not (staging / WARMUP_FILE).exists():
+            write_warmup_requests(staging, model.name, model.image_size)
+        os.rename(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("copied model %s version %s to %s", model.name, version, dest)
+    return dest
+
+
+def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStore | None = None) -> Path:
+    """Copy the served versions of every registered model and write ``models.config``.
+
+    Called after a model is blessed or rolled back. Returns the path of ``models.config``.
+    """
+    if store is None:
+        store = open_object_store(
+            settings.effective_object_store,
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_secure,
+            settings.s3_region,
+        )
+    with session_scope(settings.effective_database_url) as session:
+        rows = list(session.scalars(select(ModelVersion)))
+        models = served_models(rows, with_canary=with_canary)
+    models_dir = settings.models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    available = []
+    for model in models:
+        labels = {
+            label: version
+            for label, version in model.labels.items()
+            if copy_version(store, model, version, models_dir) is not None
+        }
+        if labels:
+            available.append(ServedModel(model.name, model.image_size, labels))
+    write_atomically(
+        models_dir / BATCHING_CONFIG_NAME,
+        batching_parameters_text(settings.inference_max_batch_size, settings.inference_batch_timeout_ms),
+    )
+    write_atomically(settings.models_config_path, model_server_config_text(available, models_dir))
+    log.info(
+        "models.config lists %d models: %s",
+        len(available),
+        ", ".join(f"{m.name}@{m.labels}" for m in available),
+    )
+    return settings.models_config_path
