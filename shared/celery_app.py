@@ -49,7 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         results.mkdir(parents=True, exist_ok=True)
     elif config["broker_url"].startswith("redis"):
         # A task not acknowledged within this time is redelivered (a killed worker's task).
-        config["broker_transport_options"] = {"visibility_timeout": 3600}
+        config["broker_transport_options"] = {"visibility_timeout": settings.broker_visibility_timeout}
     return config
 
 

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     s3_retry_seconds: float = Field(default=30.0, description="How long to retry an unreachable store.")
     broker_url: str = Field(default="", description="Celery broker; empty means the filesystem transport.")
     result_backend: str = Field(default="", description="Celery results; empty means files in home.")
+    broker_visibility_timeout: int = Field(
+        default=3600, description="Seconds before a Redis broker redelivers an unacknowledged task "
+                                  "(a killed worker's); keep it above the longest training.")
     inference_url: str = Field(
         default="",
         description="grpc://host:port of TF Serving or the embedded server; empty starts one in-process.",
