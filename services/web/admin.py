@@ -1,0 +1,128 @@
+"""The admin side: who may call it, what the start requests look like, and how a job is started.
+
+A job start creates the ``Job`` row first (so the job is visible at once, even before a worker takes
+it) and then sends the Celery task by *name* with the job id as the task id; the web service never
+imports the task code (TensorFlow, Scrapy) to do so.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from typing import Any, Literal
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.web.errors import ApiError
+from services.web.predictor import parse_years
+from shared.config import Settings
+from shared.jobs import create_job, update_job
+
+log = logging.getLogger(__name__)
+
+# Tokens that appear in examples and must never guard a deployment.
+DEFAULT_ADMIN_TOKENS = frozenset({"change-me", "changeme", "change_me", "admin", "default", "secret",
+                                  "token", "password", "postergenre"})
+MIN_STACK_TOKEN_CHARS = 16
+
+TASKS = {"crawl": "postergenre.crawl", "dataset": "postergenre.dataset", "train": "postergenre.train"}
+
+
+def admin_token_problem(settings: Settings) -> str | None:
+    """Why the admin routes must not be mounted with this token (stack mode), or ``None``."""
+    if settings.mode != "stack":
+        return None
+    token = settings.admin_token
+    if not token:
+        return "POSTERGENRE_ADMIN_TOKEN is empty"
+    if token.lower() in DEFAULT_ADMIN_TOKENS:
+        return "POSTERGENRE_ADMIN_TOKEN is a default value"
+    if len(token) < MIN_STACK_TOKEN_CHARS:
+        return f"POSTERGENRE_ADMIN_TOKEN is shorter than {MIN_STACK_TOKEN_CHARS} characters"
+    return None
+
+
+def effective_admin_token(settings: Settings) -> str:
+    """The configured token; in embedded mode without one, a random token for this process, logged
+    once (as notebook servers do) so a local operator can open the admin page."""
+    if settings.admin_token:
+        return settings.admin_token
+    token = secrets.token_urlsafe(24)
+    log.warning("POSTERGENRE_ADMIN_TOKEN is not set: the admin token of this run is %s", token)
+    return token
+
+
+def check_bearer(authorization: str | None, expected: str) -> None:
+    """401 without a bearer token, 403 with a wrong one; compared in constant time."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise ApiError(401, "unauthorized", "the admin API needs 'Authorization: Bearer <admin token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if not secrets.compare_digest(presented.strip().encode(), expected.encode()):
+        raise ApiError(403, "forbidden", "wrong admin token")
+
+
+def _years(value: str) -> str:
+    parse_years(value)  # raises ValueError naming the problem -> 422
+    return value.replace(" ", "")
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CrawlRequest(StartRequest):
+    """Crawl TMDB for the posters of some years."""
+
+    years: str = Field("2000-2019", examples=["2000-2019"], description="years or ranges: 2000-2004,2010")
+    max_movies_per_year: int = Field(300, ge=1, le=20000)
+
+    _check_years = field_validator("years")(_years)
+
+
+class DatasetRequest(StartRequest):
+    """Build an immutable dataset version from the stored posters."""
+
+    years: str = Field("2000-2019", examples=["2000-2019"])
+    window: Literal["year", "rolling", "decade"] = "year"
+    image_size: int = Field(128, ge=16, le=512)
+    seed: int = Field(0, ge=0)
+
+    _check_years = field_validator("years")(_years)
+
+
+class TrainingRequest(StartRequest):
+    """Train (or retrain) the models of some years on a dataset version."""
+
+    dataset: str = Field(min_length=1, max_length=64, description="dataset version id")
+    years: str = Field("2000-2019", examples=["2000-2019"])
+    layout: Literal["independent", "window", "shared"] = "independent"
+    arch: str = Field("smallcnn", min_length=1, max_length=32)
+    weights: Literal["none", "imagenet"] = "none"
+    epochs: int = Field(12, ge=1, le=500)
+    formats: str = Field("savedmodel,tflite,tfjs", min_length=1, max_length=64)
+
+    _check_years = field_validator("years")(_years)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="version to serve; default the previous blessed one")
+    reason: str = Field("rolled back from the admin API", max_length=500)
+
+
+def start_job(celery: Celery, settings: Settings, kind: str, params: dict[str, Any]) -> str:
+    """Record the job, then send its task by name; the job id is the Celery task id."""
+    job_id = uuid.uuid4().hex
+    create_job(job_id, kind, params, url=settings.effective_database_url)
+    try:
+        celery.send_task(TASKS[kind], kwargs=params, task_id=job_id)
+    except Exception as exc:  # broker down: the job row says so instead of waiting forever
+        log.error("could not queue %s job %s: %s", kind, job_id, exc)
+        update_job(job_id, state="FAILURE", error=f"could not queue the task: {exc}",
+                   url=settings.effective_database_url)
+        raise ApiError(503, "broker_unavailable", f"the task queue is unavailable: {exc}") from None
+    return job_id

@@ -1,0 +1,70 @@
+"""Typed dependencies of the routes (``Annotated`` aliases, as in fastapi/full-stack-fastapi-template)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from services.web.admin import check_bearer
+from services.web.predictor import PredictionService
+from services.web.state import InferenceConnection, WebState
+from shared.config import Settings
+from shared.db import session_factory
+from shared.storage import ObjectStore
+
+
+def get_state(request: Request) -> WebState:
+    state: WebState = request.app.state.web
+    return state
+
+
+StateDep = Annotated[WebState, Depends(get_state)]
+
+
+def get_settings_dep(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    session = session_factory(state.settings.effective_database_url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_store(state: StateDep) -> ObjectStore:
+    return state.store
+
+
+def get_inference(state: StateDep) -> InferenceConnection:
+    return state.inference
+
+
+def get_predictions(state: StateDep) -> PredictionService:
+    return state.predictions
+
+
+def get_celery(state: StateDep) -> Celery:
+    return state.celery
+
+
+def require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    check_bearer(authorization, state.admin_token)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+InferenceDep = Annotated[InferenceConnection, Depends(get_inference)]
+PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+AdminDep = Depends(require_admin)

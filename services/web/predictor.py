@@ -1,0 +1,221 @@
+"""From uploaded poster bytes to the table of each year's best genres.
+
+Each poster is decoded once (``shared.images.open_poster``: type by content, bomb guard, EXIF, first
+frame, RGB) and resized once per model input size (``shared.images.resize_pixels``, the second half
+of ``poster_pixels``), then every year's model is asked concurrently, one batched call per model.
+Scores are cached per (poster, model, version), so a repeated poster costs no inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from services.inference.client import InferenceUnavailable, ModelNotFound, Predictor
+from services.web.cache import ScoreCache, cache_key
+from services.web.errors import ApiError
+from services.web.metrics import WebMetrics
+from services.web.served import ServedModel, models_by_year
+from shared.catalog import MAX_YEAR, MIN_YEAR
+from shared.images import PosterImageError, open_poster, resize_pixels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_YEARS = "2000-2019"
+DEFAULT_K = 6
+MAX_K = 50
+MAX_YEARS_PER_REQUEST = 200
+MAX_BATCH_FILES = 32
+
+
+def parse_years(spec: str) -> list[int]:
+    """``"2000-2019"``, ``"2005"``, ``"2000,2005,2010-2012"`` -> sorted distinct years.
+
+    Raises ``ValueError`` naming the bad part, so the client learns what to fix.
+    """
+    years: set[int] = set()
+    parts = [part.strip() for part in spec.split(",")]
+    if not spec.strip() or any(not part for part in parts):
+        raise ValueError(f"bad years {spec!r}: expected e.g. 2000-2019 or 2000,2005")
+    for part in parts:
+        first, dash, last = part.partition("-")
+        try:
+            start = int(first)
+            end = int(last) if dash else start
+        except ValueError:
+            raise ValueError(f"bad years {part!r}: expected a year or a range like 2000-2019") from None
+        if start > end:
+            raise ValueError(f"bad years {part!r}: the range runs backwards")
+        if start < MIN_YEAR or end > MAX_YEAR:
+            raise ValueError(f"bad years {part!r}: years lie between {MIN_YEAR} and {MAX_YEAR}")
+        years.update(range(start, end + 1))
+        if len(years) > MAX_YEARS_PER_REQUEST:
+            raise ValueError(f"bad years {spec!r}: at most {MAX_YEARS_PER_REQUEST} years per request")
+    return sorted(years)
+
+
+def check_k(k: int) -> int:
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"bad k {k}: between 1 and {MAX_K}")
+    return k
+
+
+def image_error(exc: PosterImageError) -> ApiError:
+    """The HTTP error for a poster that does not decode, by what is wrong with it."""
+    message = str(exc)
+    if message == "empty file":
+        return ApiError(422, "empty_file", "the uploaded file is empty")
+    if message.startswith(("not an image", "unsupported image type")):
+        return ApiError(415, "not_an_image", f"{message}: upload a JPEG, PNG, WebP or GIF poster")
+    if message.startswith("image too large"):
+        return ApiError(413, "image_too_large", message)
+    return ApiError(422, "bad_image", message)
+
+
+@dataclass
+class DecodedPoster:
+    sha256: str
+    image: Image.Image
+    filename: str = ""
+
+
+def decode_poster(data: bytes, filename: str = "") -> DecodedPoster:
+    try:
+        image, info = open_poster(data)
+    except PosterImageError as exc:
+        raise image_error(exc) from None
+    return DecodedPoster(info.sha256, image, filename)
+
+
+def top_genres(genres: tuple[str, ...], scores: list[float], k: int) -> list[dict[str, Any]]:
+    """The ``k`` best genres, best first; ties broken by name so the table is stable."""
+    order = sorted(range(len(genres)), key=lambda index: (-scores[index], genres[index]))
+    return [{"genre": genres[index], "score": round(scores[index], 6)} for index in order[:k]]
+
+
+@dataclass
+class ModelAnswer:
+    """One model's scores for one poster, as cached: ``scores`` is [genres] or [years][genres]."""
+
+    scores: list[Any]
+    version: int
+
+
+Answers = dict[tuple[int, str], ModelAnswer]
+
+
+class PredictionService:
+    def __init__(self, predictor: Callable[[], Predictor], cache: ScoreCache, metrics: WebMetrics) -> None:
+        self._predictor = predictor
+        self.cache = cache
+        self.metrics = metrics
+
+    def _ask_group(self, names: list[str], pixels: np.ndarray) -> dict[str, Any]:
+        """One concurrent fan-out (gRPC futures) to every model taking this input size."""
+        started = time.perf_counter()
+        results = dict(self._predictor().predict_many(names, pixels.astype(np.float32)))
+        elapsed = time.perf_counter() - started
+        for name in names:
+            self.metrics.inference_latency.labels(model=name).observe(elapsed)
+        return results
+
+    async def _ask_models(self, posters: list[DecodedPoster], wanted: dict[str, list[int]],
+                          models: dict[str, ServedModel]) -> tuple[Answers, set[str]]:
+        """Ask the models for the posters they have no cached answer for.
+
+        Models are grouped by input size: each poster is resized once per size and each group is one
+        concurrent fan-out; the groups run concurrently too. Returns the answers by (poster index,
+        model name) and the names the server does not serve.
+        """
+        groups: dict[int, list[str]] = {}
+        for name in wanted:
+            groups.setdefault(models[name].image_size, []).append(name)
+        plans = []
+        for size, names in groups.items():
+            indices = sorted({index for name in names for index in wanted[name]})
+            pixels = np.stack([resize_pixels(posters[index].image, size) for index in indices])
+            plans.append((names, indices, pixels))
+        outcomes = await asyncio.gather(*(asyncio.to_thread(self._ask_group, names, pixels)
+                                          for names, _, pixels in plans), return_exceptions=True)
+
+        answers: Answers = {}
+        missing: set[str] = set()
+        for (names, indices, _), outcome in zip(plans, outcomes, strict=True):
+            if isinstance(outcome, BaseException):  # the client itself failed (e.g. no server started)
+                per_model: dict[str, Any] = dict.fromkeys(names, outcome)
+            else:
+                per_model = outcome
+            for name in names:
+                result = per_model[name]
+                if isinstance(result, ModelNotFound):
+                    log.warning("the inference server does not serve %s: %s", name, result)
+                    missing.add(name)
+                elif isinstance(result, InferenceUnavailable):
+                    raise ApiError(503, "inference_unavailable",
+                                   f"the inference service is unavailable, try again later ({result})")
+                elif isinstance(result, BaseException):
+                    log.error("inference call to %s failed: %s", name, result)
+                    raise ApiError(502, "inference_error", f"model {name} failed: {result}")
+                else:
+                    scores, version = result
+                    for row, index in enumerate(indices):
+                        answers[index, name] = ModelAnswer(np.asarray(scores)[row].tolist(), int(version))
+        return answers, missing
+
+    async def predict(self, posters: list[DecodedPoster], years: list[int], k: int,
+                      models: list[ServedModel], all_scores: bool = False) -> list[dict[str, Any]]:
+        """The prediction of each poster (the API's JSON shape), years in ascending order."""
+        year_models = models_by_year(models, years)
+        by_name = {model.name: model for model in year_models.values()}
+
+        keys = {(i, name): cache_key(p.sha256, name, by_name[name].version)
+                for i, p in enumerate(posters) for name in by_name}
+        cached = self.cache.get_many(list(keys.values()))
+        answers = {pair: ModelAnswer(**cached[key]) for pair, key in keys.items() if key in cached}
+        self.metrics.cache.labels(result="hit").inc(len(answers))
+        self.metrics.cache.labels(result="miss").inc(len(keys) - len(answers))
+
+        wanted: dict[str, list[int]] = {}
+        for (index, name) in keys:
+            if (index, name) not in answers:
+                wanted.setdefault(name, []).append(index)
+        missing: set[str] = set()
+        if wanted:
+            fresh, missing = await self._ask_models(posters, wanted, by_name)
+            answers.update(fresh)
+            # Only what the registry's version answered is cached under that version's key.
+            self.cache.set_many({keys[pair]: {"scores": answer.scores, "version": answer.version}
+                                 for pair, answer in fresh.items()
+                                 if answer.version == by_name[pair[1]].version})
+
+        return [self._result(index, poster, years, k, year_models, answers, missing, all_scores)
+                for index, poster in enumerate(posters)]
+
+    def _result(self, index: int, poster: DecodedPoster, years: list[int], k: int,
+                year_models: dict[int, ServedModel], answers: dict[tuple[int, str], ModelAnswer],
+                missing: set[str], all_scores: bool) -> dict[str, Any]:
+        rows: list[dict[str, Any]] = []
+        unavailable: list[int] = []
+        for year in years:
+            model = year_models.get(year)
+            if model is None or model.name in missing:
+                unavailable.append(year)
+                self.metrics.unavailable.labels(year=str(year)).inc()
+                continue
+            answer = answers[index, model.name]
+            scores = model.scores_for_year(answer.scores, year)
+            row: dict[str, Any] = {"year": year, "model": model.name, "version": answer.version,
+                                   "top": top_genres(model.genres, scores, k)}
+            if all_scores:
+                row["scores"] = {genre: round(score, 6) for genre, score in zip(model.genres, scores,
+                                                                                 strict=True)}
+            rows.append(row)
+            self.metrics.predictions.labels(year=str(year)).inc()
+        return {"poster_sha256": poster.sha256, "k": k, "years": rows, "unavailable_years": unavailable}

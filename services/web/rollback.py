@@ -1,0 +1,50 @@
+"""Rolling a model back from the admin API: the registry changes which version is blessed
+(``services.trainer.registry``), then the inference server's model folder is synced so it serves it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.web.errors import ApiError
+from shared.config import Settings
+from shared.db import ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def roll_back(settings: Settings, session: Session, name: str, version: int | None,
+              reason: str) -> list[dict[str, Any]]:
+    """Bless ``version`` (default: the previous blessed one) of ``name``; every version's row after."""
+    try:
+        registry = importlib.import_module("services.trainer.registry")
+    except ModuleNotFoundError:
+        raise ApiError(501, "not_implemented",
+                       "the model registry (services.trainer.registry) is not installed") from None
+    if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name).limit(1)) is None:
+        raise ApiError(404, "model_not_found", f"no model named {name}")
+    session.close()  # the registry works in its own transaction
+    try:
+        registry.rollback(name, to_version=version, reason=reason, url=settings.effective_database_url)
+    except (LookupError, ValueError) as exc:
+        raise ApiError(409, "rollback_refused", str(exc)) from None
+    sync_served_models(settings)
+    query = select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)
+    rows = session.scalars(query)
+    from services.web.routes.models import model_info
+
+    return [model_info(row, []) for row in rows]
+
+
+def sync_served_models(settings: Settings) -> None:
+    """Copy the blessed versions to the inference server's folder (it watches ``models.config``)."""
+    from services.inference.repository import sync_models
+
+    try:
+        sync_models(settings)
+    except Exception as exc:  # the registry is right; the server catches up at the next sync
+        log.error("model sync after a rollback failed: %s", exc)

@@ -1,0 +1,1 @@
+"""The HTTP routes, thin: parse, call a service function, shape the answer."""

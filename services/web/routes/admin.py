@@ -1,0 +1,86 @@
+"""The admin API (bearer token): start crawls, dataset builds and trainings, roll a model back, and
+follow jobs. Mounted only when the token is safe (see ``services.web.admin.admin_token_problem``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from services.web.admin import CrawlRequest, DatasetRequest, RollbackRequest, TrainingRequest, start_job
+from services.web.deps import AdminDep, CeleryDep, SessionDep, SettingsDep, StoreDep
+from services.web.errors import ApiError
+from services.web.rollback import roll_back
+from services.web.schemas import ERROR_RESPONSES, DatasetList, JobInfo, JobList, JobStarted, ModelList
+from shared.db import DatasetVersion, Job
+from shared.jobs import job_as_dict
+from shared.storage import ObjectNotFoundError
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDep], responses=ERROR_RESPONSES)
+
+
+@router.post("/crawls", status_code=202, response_model=JobStarted, summary="Start a TMDB crawl")
+async def start_crawl(body: CrawlRequest, celery: CeleryDep, settings: SettingsDep) -> dict[str, str]:
+    return {"job_id": await asyncio.to_thread(start_job, celery, settings, "crawl", body.model_dump())}
+
+
+@router.post("/datasets", status_code=202, response_model=JobStarted, summary="Start a dataset build")
+async def start_dataset(body: DatasetRequest, celery: CeleryDep, settings: SettingsDep) -> dict[str, str]:
+    return {"job_id": await asyncio.to_thread(start_job, celery, settings, "dataset", body.model_dump())}
+
+
+@router.post("/trainings", status_code=202, response_model=JobStarted, summary="Start a (re)training")
+def start_training(body: TrainingRequest, celery: CeleryDep, settings: SettingsDep,
+                   session: SessionDep) -> dict[str, str]:
+    if session.get(DatasetVersion, body.dataset) is None:
+        raise ApiError(422, "unknown_dataset", f"no dataset version {body.dataset!r}; build one first")
+    return {"job_id": start_job(celery, settings, "train", body.model_dump())}
+
+
+@router.post("/models/{name}/rollback", response_model=ModelList,
+             summary="Serve the previous (or a given) version of a model again")
+def rollback(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")], settings: SettingsDep,
+             session: SessionDep, body: RollbackRequest | None = None) -> dict[str, Any]:
+    request = body or RollbackRequest.model_validate({})
+    return {"models": roll_back(settings, session, name, request.version, request.reason)}
+
+
+@router.get("/jobs/{job_id}", response_model=JobInfo, summary="A job: state, progress, counts, errors")
+def get_job(job_id: str, session: SessionDep) -> dict[str, Any]:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    return job_as_dict(job)
+
+
+@router.get("/jobs", response_model=JobList, summary="The latest jobs, newest first")
+def list_jobs(session: SessionDep, kind: Annotated[str | None, Query(max_length=16)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+    query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    if kind:
+        query = query.where(Job.kind == kind)
+    return {"jobs": [job_as_dict(job) for job in session.scalars(query)]}
+
+
+@router.get("/datasets", response_model=DatasetList, summary="Dataset versions with their reports")
+def list_datasets(session: SessionDep, store: StoreDep,
+                  limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+    rows = session.scalars(select(DatasetVersion).order_by(DatasetVersion.created_at.desc()).limit(limit))
+    return {"datasets": [{
+        "id": row.id, "window": row.window, "params": row.params or {},
+        "counts": {target: (info or {}).get("counts", {}) for target, info in (row.targets or {}).items()},
+        "report": row.report or {}, "has_report_plot": store.exists(f"datasets/{row.id}/report.png"),
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+    } for row in rows]}
+
+
+@router.get("/datasets/{dataset_id}/report.png", response_class=Response, summary="A dataset's report plot")
+def dataset_report_plot(dataset_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")],
+                        store: StoreDep) -> Response:
+    try:
+        return Response(store.get(f"datasets/{dataset_id}/report.png"), media_type="image/png")
+    except ObjectNotFoundError:
+        raise ApiError(404, "not_found", f"dataset {dataset_id} has no report plot") from None

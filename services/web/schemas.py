@@ -1,0 +1,106 @@
+"""Response shapes of the API (they document the OpenAPI schema; the JSON is built by the services)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["not_an_image"])
+    message: str = Field(examples=["not an image: upload a JPEG, PNG, WebP or GIF poster"])
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class GenreScore(BaseModel):
+    genre: str
+    score: float = Field(ge=0.0, le=1.0)
+
+
+class YearPrediction(BaseModel):
+    year: int
+    model: str = Field(examples=["genre-2000"])
+    version: int
+    top: list[GenreScore]
+    scores: dict[str, float] | None = Field(None, description="every genre's score (with scores=true)")
+
+
+class Prediction(BaseModel):
+    poster_sha256: str
+    k: int
+    years: list[YearPrediction]
+    unavailable_years: list[int] = Field(description="requested years without a served model")
+
+
+class BatchItem(BaseModel):
+    filename: str
+    prediction: Prediction | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchPrediction(BaseModel):
+    results: list[BatchItem]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int
+    status: str
+    year: int | None
+    years: list[int]
+    layout: str
+    architecture: str
+    image_size: int
+    dataset_version: str | None
+    genres: list[str]
+    metrics: dict[str, float] = Field(description="the model's numeric headline metrics")
+    files: list[str] = Field(description="plots and exports under /api/v1/models/{name}/{version}/files/")
+    created_at: str | None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class JobStarted(BaseModel):
+    job_id: str
+
+
+class JobInfo(BaseModel):
+    id: str
+    kind: str
+    state: str
+    progress: float
+    params: dict[str, Any]
+    counts: dict[str, Any]
+    errors: list[Any]
+    result: dict[str, Any]
+    created_at: str | None
+    updated_at: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]
+
+
+class DatasetInfo(BaseModel):
+    id: str
+    window: str
+    params: dict[str, Any]
+    counts: dict[str, Any]
+    report: dict[str, Any]
+    has_report_plot: bool
+    created_at: str | None
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetInfo]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (401, 403, 404, 413, 415, 422, 502, 503)
+}

@@ -1,0 +1,107 @@
+"""What one web app holds for its lifetime: settings, metrics, cache, and lazily opened connections
+(object store, Celery, the inference server), each opened once and shared by every request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from services.inference.client import Predictor
+from services.web.cache import ScoreCache, open_score_cache
+from services.web.metrics import WebMetrics
+from services.web.predictor import PredictionService
+from shared.config import Settings
+from shared.storage import ObjectStore, open_object_store
+
+log = logging.getLogger(__name__)
+
+
+class InferenceConnection:
+    """The gRPC client of the configured inference server, or of an embedded one started here when
+    ``settings.inference_url`` is empty. A failed start is retried on the next request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Predictor | None = None
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        if self.settings.inference_url:
+            return self.settings.inference_url
+        return str(self._server.url) if self._server is not None else ""
+
+    def client(self) -> Predictor:
+        with self._lock:
+            if self._client is None:
+                from services.inference.client import InferenceClient, InferenceUnavailable
+
+                if not self.settings.inference_url and self._server is None:
+                    from services.inference.repository import sync_models
+                    from services.inference.server import start_embedded
+
+                    try:
+                        # The served versions in the registry, copied from the object store.
+                        sync_models(self.settings)
+                        self._server = start_embedded(self.settings, grpc_port=0)
+                    except Exception as exc:
+                        log.error("the embedded inference server did not start: %s", exc)
+                        raise InferenceUnavailable(f"the embedded inference server did not start: {exc}") \
+                            from exc
+                    log.info("embedded inference server on %s", self._server.url)
+                self._client = InferenceClient(self.url, self.settings.inference_timeout_s)
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
+            close = getattr(self._client, "close", None)
+            if callable(close):
+                close()
+            self._client = None
+
+
+@dataclass
+class WebState:
+    settings: Settings
+    admin_token: str
+    metrics: WebMetrics = field(default_factory=WebMetrics)
+    cache: ScoreCache = field(init=False)
+    inference: InferenceConnection = field(init=False)
+    predictions: PredictionService = field(init=False)
+    _store: ObjectStore | None = None
+    _celery: Celery | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.cache = open_score_cache(self.settings.redis_url)
+        self.inference = InferenceConnection(self.settings)
+        self.predictions = PredictionService(self.inference.client, self.cache, self.metrics)
+
+    @property
+    def store(self) -> ObjectStore:
+        with self._lock:
+            if self._store is None:
+                s = self.settings
+                self._store = open_object_store(s.effective_object_store, s.s3_endpoint, s.s3_access_key,
+                                                s.s3_secret_key, s.s3_secure, s.s3_region)
+            return self._store
+
+    @property
+    def celery(self) -> Celery:
+        with self._lock:
+            if self._celery is None:
+                from shared.celery_app import make_celery
+
+                self._celery = make_celery(self.settings)
+            return self._celery
+
+    def close(self) -> None:
+        self.inference.close()
