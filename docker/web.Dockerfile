@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# Web service: the poster page, the REST and admin APIs (`postergenre serve web`, port 8000).
+# Build from the repository root: docker build -f docker/web.Dockerfile -t postergenre-web .
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# --- build: a virtual environment holding exactly the pinned packages, then the project ---
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# The lock alone first: changing the code does not reinstall TensorFlow.
+COPY docker/requirements.lock docker/requirements.lock
+RUN pip install --no-cache-dir --requirement docker/requirements.lock
+COPY pyproject.toml README.md ./
+COPY shared shared
+COPY services services
+RUN pip install --no-cache-dir --no-deps . && pip check
+
+# --- runtime: no compiler, no pip cache, a non-root user ---
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    POSTERGENRE_HOME=/var/lib/postergenre
+# Fixed ids so volumes and Kubernetes' fsGroup agree with the image; the models folder exists with
+# the right owner so a fresh named volume mounted there is writable.
+RUN groupadd --system --gid 10001 postergenre \
+    && useradd --system --uid 10001 --gid postergenre --home-dir /var/lib/postergenre --shell /usr/sbin/nologin postergenre \
+    && mkdir -p /var/lib/postergenre/models \
+    && chown -R postergenre:postergenre /var/lib/postergenre
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /var/lib/postergenre
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["postergenre"]
+CMD ["serve", "web", "--host", "0.0.0.0", "--port", "8000"]

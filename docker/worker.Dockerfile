@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# Celery workers of the CPU queues: crawler (`crawl`) and dataset builder (`dataset`).
+# Build from the repository root: docker build -f docker/worker.Dockerfile -t postergenre-worker .
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# --- build: a virtual environment holding exactly the pinned packages, then the project ---
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY docker/requirements.lock docker/requirements.lock
+RUN pip install --no-cache-dir --requirement docker/requirements.lock
+COPY pyproject.toml README.md ./
+COPY shared shared
+COPY services services
+RUN pip install --no-cache-dir --no-deps . && pip check
+
+# --- runtime ---
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    POSTERGENRE_HOME=/var/lib/postergenre
+RUN groupadd --system --gid 10001 postergenre \
+    && useradd --system --uid 10001 --gid postergenre --home-dir /var/lib/postergenre --shell /usr/sbin/nologin postergenre \
+    && mkdir -p /var/lib/postergenre/models \
+    && chown -R postergenre:postergenre /var/lib/postergenre
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /var/lib/postergenre
+USER 10001:10001
+# A worker is healthy when it answers a broadcast ping through the broker (the prefork parent
+# answers even while a child runs a long task).
+HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 \
+    CMD ["sh", "-c", "celery --app shared.celery_app:celery_app inspect ping --destination \"celery@$HOSTNAME\" --timeout 20"]
+ENTRYPOINT ["postergenre"]
+CMD ["worker", "--queues", "crawl,dataset", "--concurrency", "2"]
