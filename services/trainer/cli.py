@@ -1,10 +1,238 @@
-"""Subcommands of the trainer service."""
+"""Subcommands of the trainer service: ``train``, ``evaluate``, ``models ...`` and ``bench train``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+from services.crawler.cli import parse_years
+
+ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
+LAYOUTS = ("independent", "shared", "window")
+FORMATS = ("savedmodel", "tflite", "tfjs")
+
+
+def _formats(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"formats are a comma list of {', '.join(FORMATS)}, not {text!r}")
+    return names
+
+
+def _weights(text: str) -> str:
+    if text in ("none", "imagenet"):
+        return text
+    if not Path(text).expanduser().is_file():
+        raise argparse.ArgumentTypeError(f"--weights is none, imagenet or a weights file; {text} is not one")
+    return str(Path(text).expanduser().resolve())
+
+
+def _num(values: dict[str, Any], name: str) -> str:
+    value = values.get(name)
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from services.dataset.reader import DatasetNotFoundError, load_manifest
+    from services.trainer import submit
+    from services.trainer.models import default_hyperparameters
+    from shared.config import get_settings
+    from shared.db import upgrade_database
+    from shared.storage import object_store_from_settings
+
+    settings = get_settings()
+    upgrade_database(settings.effective_database_url)
+    try:
+        manifest = load_manifest(object_store_from_settings(), args.dataset)
+        hp = default_hyperparameters(
+            args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, resolution=args.resolution, patience=args.patience,
+            monitor=args.monitor, width=args.width, dropout=args.dropout, head_l2=args.head_l2,
+            augment=None if args.augment is None else args.augment == "on",
+            augment_strength=args.augment_strength, balanced=args.balanced, seed=args.seed,
+            optimizer=args.optimizer, weight_decay=args.weight_decay)
+        tasks = submit.plan_tasks(manifest, args.years, args.layout, hp, args.prefix or settings.model_prefix,
+                                  formats=args.formats, bless=not args.no_bless, tolerance=args.tolerance)
+    except (DatasetNotFoundError, submit.TrainInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.wait:
+        submit.send_tasks(tasks)
+        for task in tasks:
+            print(f"{task.task_id} {task.model_name}")
+        return 0
+    log = settings.home_dir / "logs" / "train-worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with submit.local_worker(settings, log) as worker:
+        if worker is not None:
+            print(f"started a local worker (pid {worker.pid}, log {log})", file=sys.stderr)
+        submit.send_tasks(tasks)
+        try:
+            rows = submit.follow(tasks, worker, show=not args.quiet)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    failed = 0
+    for task in tasks:
+        row = rows[task.task_id]
+        if row["state"] == "SUCCESS":
+            result = row["result"]
+            test = result.get("test", {})
+            prior = result.get("baselines", {}).get("year_prior", {})
+            print(f"{result['model']} v{result['version']} {result['status']}: test macro_map "
+                  f"{_num(test, 'macro_map')} (year prior {_num(prior, 'macro_map')}), macro_auc "
+                  f"{_num(test, 'macro_auc')} (year prior {_num(prior, 'macro_auc')}) - "
+                  f"{result['status_reason']}")
+        else:
+            failed += 1
+            print(f"{task.model_name} FAILED: {'; '.join(row.get('errors') or ['unknown error'])}",
+                  file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from services.crawler.importer import ImportFolderError
+    from services.trainer import registry
+    from services.trainer.evaluation import evaluate_folder
+    from services.trainer.training import _finite
+    from shared.config import get_settings
+    from shared.storage import object_store_from_settings
+
+    settings = get_settings()
+    try:
+        result = evaluate_folder(Path(args.data), registry.blessed_versions(), object_store_from_settings(),
+                                 settings.home_dir / "cache" / "evaluate", prefix=settings.model_prefix)
+    except (ImportFolderError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(result), indent=1))
+    overall, prior = result["overall"], result["baselines"]["year_prior"]
+    print(f"{result['posters']} posters ({result['skipped_no_model']} without a model): macro_map "
+          f"{_num(overall, 'macro_map')} (year prior {_num(prior, 'macro_map')}), macro_auc "
+          f"{_num(overall, 'macro_auc')} (year prior {_num(prior, 'macro_auc')}); written to {out}")
+    return 0
+
+
+def _print_versions(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        test = (row.get("metrics") or {}).get("test") or {}
+        value = test.get("macro_map")
+        shown = f"{value:.4f}" if isinstance(value, int | float) else "-"
+        print(f"{row['name']:<20} v{row['version']:<4} {row['status']:<9} {row['layout']:<11} "
+              f"{row['architecture']:<16} test macro_map {shown:<7} {row['status_reason']}")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from services.trainer import registry
+    from services.trainer.tasks import sync_served_models
+    from shared.config import get_settings
+    from shared.db import upgrade_database
+
+    settings = get_settings()
+    upgrade_database(settings.effective_database_url)
+    try:
+        if args.models_command == "list":
+            rows = registry.list_versions(args.name)
+            if args.json:
+                print(json.dumps(rows, indent=1, default=str))
+            else:
+                _print_versions(rows)
+            return 0
+        if args.models_command == "bless":
+            row = registry.bless(args.name, args.version, tolerance=args.tolerance, force=args.force)
+        elif args.models_command == "reject":
+            row = registry.reject(args.name, args.version, args.reason)
+        else:
+            row = registry.rollback(args.name, args.to)
+    except registry.RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_versions([row])
+    if args.models_command in ("bless", "rollback"):
+        print(sync_served_models(settings))
+    return 0 if row["status"] in ("blessed", "retired") else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from services.trainer.bench import run_training_benchmark
+
+    result = run_training_benchmark(args.arch, args.image_size, args.resolution, args.batch_size, args.steps)
+    print(json.dumps(result, indent=1))
+    return 0
 
 
 def register(commands: Any, bench: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
+    train = commands.add_parser("train", help="train yearly genre models through Celery (see docs/models.md)")
+    train.add_argument("--dataset", required=True, help="dataset version id (postergenre dataset build)")
+    train.add_argument("--years", type=parse_years, required=True, help="model years, e.g. 2000-2019")
+    train.add_argument("--layout", choices=LAYOUTS, default="independent")
+    train.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
+    train.add_argument("--weights", type=_weights, default="none", help="none, imagenet or a weights file")
+    train.add_argument("--epochs", type=int, default=None, help="(default: the architecture's)")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--learning-rate", type=float, default=None)
+    train.add_argument("--optimizer", choices=["adam", "adamw"], default=None)
+    train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--resolution", type=int, default=None,
+                       help="working side inside the model (default: resnet50 256, smallcnn the dataset's)")
+    train.add_argument("--patience", type=int, default=None, help="early stopping on val_loss")
+    train.add_argument("--monitor", default=None, help="metric of the kept checkpoint, e.g. val_auc")
+    train.add_argument("--width", type=int, default=None, help="smallcnn: filters of the first block")
+    train.add_argument("--dropout", type=float, default=None)
+    train.add_argument("--head-l2", type=float, default=None, help="shared: pull of year heads to the common")
+    train.add_argument("--augment", choices=["on", "off"], default=None)
+    train.add_argument("--augment-strength", type=float, default=None)
+    train.add_argument("--balanced", action="store_true", default=None,
+                       help="train on the dataset's genre-balanced sampling")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--formats", type=_formats, default=None,
+                       help="exports, e.g. savedmodel,tflite (default: all, tfjs where its converter exists)")
+    train.add_argument("--prefix", default="", help="model names are <prefix>-<year> (default: settings)")
+    train.add_argument("--tolerance", type=float, default=None, help="bless rule tolerance on test macro mAP")
+    train.add_argument("--no-bless", action="store_true", help="register as candidates only")
+    train.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                       help="follow the tasks to the end (default) or only queue them")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of the blessed models on a labelled folder")
+    evaluate.add_argument("--data", required=True, help="folder with images/<id>.jpg and labels.csv")
+    evaluate.add_argument("--out", required=True, help="JSON file to write")
+    evaluate.set_defaults(handler=_evaluate)
+
+    models = commands.add_parser("models", help="the model registry: list, bless, reject, rollback")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    listing = models_commands.add_parser("list", help="every version and its status")
+    listing.add_argument("name", nargs="?", default=None)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_models)
+    bless = models_commands.add_parser("bless", help="serve a version if the bless rule allows")
+    bless.add_argument("name")
+    bless.add_argument("version", type=int)
+    bless.add_argument("--tolerance", type=float, default=0.01)
+    bless.add_argument("--force", action="store_true", help="bless even below the blessed version")
+    bless.set_defaults(handler=_models)
+    reject = models_commands.add_parser("reject", help="retire a candidate that must not be served")
+    reject.add_argument("name")
+    reject.add_argument("version", type=int)
+    reject.add_argument("--reason", default="rejected by an operator")
+    reject.set_defaults(handler=_models)
+    rollback = models_commands.add_parser("rollback", help="serve the previous blessed version again")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", type=int, default=None, help="a given version instead of the previous")
+    rollback.set_defaults(handler=_models)
+
+    bench_train = bench.add_parser("train", help="training and prediction throughput of one architecture")
+    bench_train.add_argument("--arch", choices=ARCHITECTURES, default="smallcnn")
+    bench_train.add_argument("--image-size", type=int, default=128)
+    bench_train.add_argument("--resolution", type=int, default=None)
+    bench_train.add_argument("--batch-size", type=int, default=32)
+    bench_train.add_argument("--steps", type=int, default=10)
+    bench_train.set_defaults(handler=_bench)

@@ -1,0 +1,284 @@
+"""Keras 3 genre models: a backbone, preprocessing as layers, and sigmoid heads.
+
+Every model takes *pixels* (float32 ``[None, S, S, 3]``, RGB 0..255, as ``shared.images.poster_pixels``
+makes them) and returns sigmoid scores, one per genre. Everything a poster needs on its way in
+(resizing to the working resolution, rescaling, augmentation during training) is a layer inside the
+model, so the exported graph and the training graph cannot drift apart.
+
+Architectures:
+
+- ``smallcnn``: four convolution blocks; quick on CPUs, used by the tests and the demo.
+- ``resnet50``: the method's network (256x256, BCE, Adam 1e-3, batch 32, up to 100 epochs).
+- ``efficientnetb0`` and ``mobilenetv3small``: lighter ImageNet backbones from ``keras.applications``.
+
+Layouts:
+
+- ``independent``: one full network per year (the method).
+- ``shared``: one backbone for all years and one sigmoid head per year, output ``[None, Y, G]``.
+  Each head is a common head plus a per-year correction pulled towards zero by an L2 penalty, so a
+  year with 150 posters borrows strength from the others. During training the model also takes the
+  head index of each example and returns only that head's scores, so the loss only touches the head
+  of the example's own year.
+- ``window``: independent networks trained on decade or rolling-window dataset targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+ARCHITECTURES: tuple[str, ...] = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
+LAYOUTS: tuple[str, ...] = ("independent", "shared", "window")
+SCORES_LAYER = "scores"
+
+# ImageNet channel means (BGR) of the "caffe" preprocessing that Keras' ResNet50 weights expect.
+CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Everything that decides how one model is built and trained; stored with the model version."""
+
+    architecture: str = "resnet50"
+    weights: str = "none"  # "none", "imagenet" or a path to a local weights file
+    resolution: int | None = None  # working side inside the model; None keeps the input size
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"  # "adam" (the method) or "adamw"
+    weight_decay: float = 0.0
+    patience: int = 20  # early stopping on val_loss
+    monitor: str = "val_binary_accuracy"  # the checkpoint kept as "best"
+    augment: bool = True
+    augment_strength: float = 0.1
+    dropout: float = 0.2
+    width: int = 32  # smallcnn: filters of the first block (doubled per block)
+    head_l2: float = 1e-3  # shared layout: pull of each year's head towards the common head
+    label_smoothing: float = 0.0
+    balanced: bool = False  # train on the dataset's genre-balanced sampling
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hyperparameters:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+# The method's hyperparameters for resnet50; lighter defaults where the method says nothing.
+DEFAULTS: dict[str, Hyperparameters] = {
+    "resnet50": Hyperparameters(architecture="resnet50", resolution=256),
+    "efficientnetb0": Hyperparameters(architecture="efficientnetb0", resolution=224),
+    "mobilenetv3small": Hyperparameters(architecture="mobilenetv3small", resolution=224),
+    "smallcnn": Hyperparameters(architecture="smallcnn", resolution=None, epochs=30, batch_size=64,
+                                optimizer="adamw", weight_decay=1e-4, patience=8, monitor="val_auc",
+                                dropout=0.3),
+}
+
+
+def default_hyperparameters(architecture: str, **overrides: Any) -> Hyperparameters:
+    """The defaults of ``architecture`` with ``overrides`` (``None`` values are ignored)."""
+    if architecture not in DEFAULTS:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return replace(DEFAULTS[architecture], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@keras.saving.register_keras_serializable(package="postergenre")
+class CaffePreprocess(layers.Layer):
+    """RGB 0..255 to the BGR, mean-subtracted input of Keras' ResNet50 ImageNet weights."""
+
+    def call(self, inputs: Any) -> Any:
+        bgr = ops.flip(inputs, axis=-1)
+        return bgr - ops.convert_to_tensor(CAFFE_BGR_MEANS, dtype=inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="postergenre")
+class SelectHead(layers.Layer):
+    """Pick each example's own head: ``scores [B, Y, G]`` and ``head [B]`` give ``[B, G]``."""
+
+    def call(self, scores: Any, head: Any) -> Any:
+        index = ops.reshape(ops.cast(head, "int32"), (-1, 1, 1))
+        return ops.squeeze(ops.take_along_axis(scores, index, axis=1), axis=1)
+
+    def compute_output_shape(self, scores_shape: tuple[Any, ...], head_shape: tuple[Any, ...]
+                             ) -> tuple[Any, ...]:
+        return (scores_shape[0], scores_shape[2])
+
+
+def augmentation(strength: float, seed: int) -> keras.Sequential:
+    """Random flips, shifts, zooms and contrast: active in ``fit`` only, identity when serving."""
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomTranslation(strength, strength, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom((-strength, strength), fill_mode="reflect", seed=seed + 2),
+            layers.RandomContrast(min(0.9, 2 * strength), value_range=(0, 255), seed=seed + 3),
+        ],
+        name="augmentation",
+    )
+
+
+def _weights_argument(weights: str) -> str | None:
+    """``keras.applications`` wants ``"imagenet"``, ``None`` or the path of a weights file."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    return str(path)
+
+
+def small_cnn_backbone(side: int, width: int) -> keras.Model:
+    """Four convolution blocks (conv-BN-ReLU twice, then pooling), global average pooling at the end.
+
+    Input is rescaled to 0..1 inside; small enough to train on two CPU cores in minutes at 64 px.
+    """
+    inputs = keras.Input((side, side, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 255.0)(inputs)
+    for block in range(4):
+        filters = width * 2**block
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D()(x) if block < 3 else x
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x, name="backbone")
+
+
+def backbone(architecture: str, side: int, weights: str, width: int = 32) -> keras.Model:
+    """A feature extractor taking RGB 0..255 at ``side`` x ``side`` and returning a feature vector."""
+    if architecture == "smallcnn":
+        model = small_cnn_backbone(side, width)
+        if weights == "imagenet":
+            raise ValueError("smallcnn has no ImageNet weights; use --weights none or a weights file")
+        if weights != "none":
+            model.load_weights(_weights_argument(weights))
+        return model
+    inputs = keras.Input((side, side, 3), name="pixels")
+    source = _weights_argument(weights)
+    if architecture == "resnet50":
+        net = keras.applications.ResNet50(include_top=False, weights=source, input_shape=(side, side, 3),
+                                          pooling="avg")
+        features = net(CaffePreprocess(name="caffe_preprocess")(inputs))
+    elif architecture == "efficientnetb0":
+        # EfficientNet rescales and normalises 0..255 input itself.
+        net = keras.applications.EfficientNetB0(include_top=False, weights=source,
+                                                input_shape=(side, side, 3), pooling="avg")
+        features = net(inputs)
+    elif architecture == "mobilenetv3small":
+        net = keras.applications.MobileNetV3Small(include_top=False, weights=source,
+                                                  input_shape=(side, side, 3), pooling="avg",
+                                                  include_preprocessing=True)
+        features = net(inputs)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return keras.Model(inputs, features, name="backbone")
+
+
+def _features(pixels: Any, image_size: int, hp: Hyperparameters) -> Any:
+    """Pixels -> (working resolution) -> (augmentation) -> backbone features."""
+    side = hp.resolution or image_size
+    x = pixels
+    if side != image_size:
+        x = layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
+    if hp.augment:
+        x = augmentation(hp.augment_strength, hp.seed)(x)
+    x = backbone(hp.architecture, side, hp.weights, hp.width)(x)
+    return layers.Dropout(hp.dropout, name="dropout")(x) if hp.dropout > 0 else x
+
+
+def build_independent_model(image_size: int, genres: int, hp: Hyperparameters) -> keras.Model:
+    """One network, one sigmoid head: pixels ``[None, S, S, 3]`` -> scores ``[None, G]``."""
+    pixels = keras.Input((image_size, image_size, 3), name="pixels", dtype="float32")
+    features = _features(pixels, image_size, hp)
+    # float32 output even under mixed precision: sigmoid scores and the loss stay exact.
+    scores = layers.Dense(genres, activation="sigmoid", dtype="float32", name=SCORES_LAYER)(features)
+    return keras.Model(pixels, scores, name=f"genre_{hp.architecture}")
+
+
+def build_shared_model(image_size: int, genres: int, years: int, hp: Hyperparameters
+                       ) -> tuple[keras.Model, keras.Model]:
+    """One backbone, one head per year. Returns ``(training_model, serving_model)`` sharing weights.
+
+    The serving model maps pixels to ``[None, Y, G]``. The training model also takes the head index
+    of each example (``int32 [None]``) and returns that head's ``[None, G]`` scores, so the loss and
+    the metrics only see the head of the example's own year.
+    """
+    pixels = keras.Input((image_size, image_size, 3), name="pixels", dtype="float32")
+    head = keras.Input((), name="head", dtype="int32")
+    features = _features(pixels, image_size, hp)
+    common = layers.Dense(genres, dtype="float32", name="common_logits")(features)
+    per_year = layers.Dense(years * genres, dtype="float32", name="year_logits",
+                            kernel_regularizer=keras.regularizers.L2(hp.head_l2),
+                            bias_regularizer=keras.regularizers.L2(hp.head_l2),
+                            kernel_initializer="zeros")(features)
+    logits = layers.Add(name="logits")([layers.Reshape((1, genres))(common),
+                                        layers.Reshape((years, genres))(per_year)])
+    scores = layers.Activation("sigmoid", dtype="float32", name=SCORES_LAYER)(logits)
+    selected = SelectHead(name="own_head")(scores, head)
+    training = keras.Model([pixels, head], selected, name=f"genre_shared_{hp.architecture}")
+    serving = keras.Model(pixels, scores, name=f"genre_shared_{hp.architecture}_serving")
+    return training, serving
+
+
+def serving_model_of(training: keras.Model) -> keras.Model:
+    """The pixels -> scores model inside a (possibly reloaded) training model."""
+    if len(training.inputs) == 1:
+        return training
+    pixels = training.inputs[0]
+    return keras.Model(pixels, training.get_layer(SCORES_LAYER).output, name=f"{training.name}_serving")
+
+
+def make_optimizer(hp: Hyperparameters) -> keras.optimizers.Optimizer:
+    if hp.optimizer == "adam":
+        return keras.optimizers.Adam(hp.learning_rate)
+    if hp.optimizer == "adamw":
+        return keras.optimizers.AdamW(hp.learning_rate, weight_decay=hp.weight_decay)
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}: adam or adamw")
+
+
+def training_metrics() -> list[keras.metrics.Metric]:
+    """The method's metrics, plus a multi-label ROC-AUC that actually moves during training."""
+    return [
+        keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+        keras.metrics.TopKCategoricalAccuracy(k=1, name="top1_accuracy"),
+        keras.metrics.TopKCategoricalAccuracy(k=3, name="top3_accuracy"),
+        keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+        keras.metrics.AUC(multi_label=True, name="auc"),
+    ]
+
+
+def compile_model(model: keras.Model, hp: Hyperparameters) -> None:
+    model.compile(
+        optimizer=make_optimizer(hp),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=hp.label_smoothing),
+        metrics=training_metrics(),
+    )
+
+
+def configure_devices() -> Any:
+    """Mixed precision when a GPU is present; ``MirroredStrategy`` over several GPUs.
+
+    Returns the distribution strategy to build and compile the model under.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+CUSTOM_OBJECTS: dict[str, Any] = {"CaffePreprocess": CaffePreprocess, "SelectHead": SelectHead}

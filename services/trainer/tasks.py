@@ -1,0 +1,255 @@
+"""Celery task ``postergenre.train``: one model per task, on the ``gpu`` queue.
+
+The task is acknowledged late, so a worker killed mid-training leaves the message to another worker
+(at once with the prefork pool's ``reject_on_worker_lost``; after ``broker_visibility_timeout`` when the
+whole worker dies on Redis). The redelivered task finds the checkpoint uploaded after the last epoch
+and continues from there. It registers at most one model version: the version row is keyed by the
+task id (unique in ``model_versions``), and every step after training checks what is already done.
+
+After training: export (:func:`services.trainer.export.export_all`) into a temporary folder, upload it
+under ``models/<name>/<version>/`` (immutable), record the exports and metrics in the registry, bless
+when the bless rule allows, and let the inference service pick the blessed versions up.
+
+Worker announcement: a worker that imports this module writes ``<home>/celery/workers/<pid>.json``
+while it runs, so that ``postergenre train`` in embedded mode knows whether a local worker exists.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import mimetypes
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_ready, worker_shutdown
+
+from shared.celery_app import celery_app
+from shared.config import Settings, get_settings
+from shared.jobs import update_job
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "postergenre.train"
+DEFAULT_FORMATS = ("savedmodel", "tflite", "tfjs")
+TRAINING_SHARE = 90.0  # progress percent spent training; the rest is export and registration
+
+
+def workers_dir(settings: Settings) -> Path:
+    return settings.home_dir / "celery" / "workers"
+
+
+@worker_ready.connect
+def _announce_worker(sender: Any = None, **_kwargs: Any) -> None:
+    try:
+        queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    except AttributeError:
+        queues = []
+    folder = workers_dir(get_settings())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(), "queues": queues}))
+
+
+@worker_shutdown.connect
+def _retract_worker(**_kwargs: Any) -> None:
+    (workers_dir(get_settings()) / f"{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def local_workers(settings: Settings, queue: str = "gpu") -> list[int]:
+    """Pids of live workers on this machine consuming ``queue`` (stale announcements are removed)."""
+    pids = []
+    folder = workers_dir(settings)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            info = json.loads(path.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, ValueError, KeyError, json.JSONDecodeError):
+            path.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # alive, owned by another user
+        if not info.get("queues") or queue in info["queues"]:
+            pids.append(int(info["pid"]))
+    return pids
+
+
+def available_formats(requested: list[str] | None) -> list[str]:
+    """The requested export formats; by default all three, TF.js only where its converter is installed."""
+    from services.trainer import export
+
+    if requested:
+        return list(requested)
+    formats = list(DEFAULT_FORMATS)
+    try:
+        export.tfjs_converter_path()
+    except export.ExportError as exc:
+        logger.warning("no TF.js export: %s", exc)
+        formats.remove("tfjs")
+    return formats
+
+
+def content_type_of(path: Path) -> str:
+    if path.suffix == ".json":
+        return "application/json"
+    if path.suffix == ".png":
+        return "image/png"
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def upload_version(store: Any, folder: Path, prefix: str) -> list[str]:
+    """Upload a version folder, immutable (``overwrite=False``), with explicit content types."""
+    keys = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            store.put(key, path.read_bytes(), content_type=content_type_of(path), overwrite=False)
+            keys.append(key)
+    return keys
+
+
+def export_model(model: Any, dest: Path, image_size: int, sample_pixels: Any, formats: list[str],
+                 metadata: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from services.trainer.export import export_all
+    except ImportError as exc:
+        raise RuntimeError(f"services.trainer.export is not available ({exc}): cannot export models") from exc
+    kwargs: dict[str, Any] = {"sample_pixels": sample_pixels, "formats": tuple(formats)}
+    if "metadata" in inspect.signature(export_all).parameters:
+        kwargs["metadata"] = metadata
+    return dict(export_all(model, dest, image_size, **kwargs))
+
+
+def sync_served_models(settings: Settings) -> str:
+    """Copy the blessed versions where the inference server reads them; says what happened."""
+    try:
+        from services.inference.repository import sync_models
+    except ImportError as exc:
+        message = f"models not synced to the inference server: services.inference.repository missing ({exc})"
+        logger.warning(message)
+        return message
+    path = sync_models(settings)
+    return f"synced to {path}"
+
+
+def _progress_reporter(job_id: str, epochs: int, resumed_from: int) -> Any:
+    def report(epoch: int, batch: int, batches: int, logs: dict[str, float]) -> None:
+        done = (epoch - 1 + (batch / batches if batch else 1.0)) / max(1, epochs)
+        counts: dict[str, Any] = {"epoch": epoch, "epochs": epochs, "batch": batch or batches,
+                                  "batches": batches, "metrics": {k: round(v, 5) for k, v in logs.items()}}
+        if resumed_from:
+            counts["resumed_from_epoch"] = resumed_from
+        update_job(job_id, state="PROGRESS", progress=TRAINING_SHARE * done, counts=counts)
+
+    return report
+
+
+def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Train, export, upload, register and (maybe) bless one model. Safe to run again for ``job_id``."""
+    from services.trainer import registry, training
+    from services.trainer.models import Hyperparameters
+    from shared.storage import object_store_from_settings
+
+    store = object_store_from_settings()
+    name = str(params["model_name"])
+    done = registry.find_by_task(job_id)
+    if done is not None and done["exports"]:
+        logger.info("task %s already registered %s version %s", job_id, name, done["version"])
+        return finish(job_id, done, params, settings)
+
+    request = training.TrainRequest(task_id=job_id, dataset_id=str(params["dataset_id"]),
+                                    targets=[str(t) for t in params["targets"]], layout=str(params["layout"]),
+                                    model_name=name, hp=Hyperparameters.from_dict(params["hyperparameters"]))
+    formats = available_formats(params.get("formats"))
+    resumed_from = _checkpoint_epoch(store, settings, job_id)
+    if resumed_from:
+        update_job(job_id, state="PROGRESS", counts={"resumed_from_epoch": resumed_from})
+    progress = _progress_reporter(job_id, request.hp.epochs, resumed_from)
+    with tempfile.TemporaryDirectory(prefix=f"train-{job_id[:8]}-") as tmp:
+        outcome = training.train(request, store, settings.home_dir, Path(tmp) / "work", progress=progress)
+        update_job(job_id, progress=TRAINING_SHARE,
+                   counts={"epochs_run": outcome.epochs_run, "stage": "export"})
+
+        architecture = request.hp.architecture
+        target = request.targets[0]
+        row = registry.register(
+            name=name, task_id=job_id, year=int(target) if request.layout != "shared" and target.isdigit()
+            else None, window=outcome.window, layout=request.layout, architecture=architecture,
+            image_size=outcome.image_size, dataset_version=request.dataset_id, genres=outcome.genres,
+            years=outcome.years, metrics=_json_safe(outcome.metrics), status_reason="exporting")
+        version = int(row["version"])
+        prefix = f"models/{name}/{version}"
+        # A previous delivery may have died half-way through the upload of this (never served) version.
+        for key in list(store.list(prefix + "/")):
+            store.delete(key)
+        dest = Path(tmp) / "export" / name / str(version)
+        metadata = {"name": name, "version": version, "genres": outcome.genres, "years": outcome.years,
+                    "layout": request.layout, "architecture": architecture, "image_size": outcome.image_size,
+                    "dataset_version": request.dataset_id, "window": outcome.window, "task_id": job_id}
+        exports = export_model(outcome.model, dest, outcome.image_size, outcome.sample_pixels, formats,
+                               metadata)
+        for file_name in outcome.files.values():
+            (dest / file_name).write_bytes((outcome.work_dir / file_name).read_bytes())
+        tensorboard = outcome.work_dir / "tensorboard"
+        upload_version(store, dest, prefix)
+        if tensorboard.is_dir():
+            upload_version(store, tensorboard, f"{prefix}/tensorboard")
+        exports = {**_json_safe(exports), "prefix": prefix, "reports": outcome.files}
+        row = registry.update(name, version, exports=exports, status_reason="exported")
+        training.delete_checkpoint(store, training.checkpoint_dir(settings.home_dir, job_id), job_id)
+    row["resumed_from_epoch"] = outcome.resumed_from_epoch
+    return finish(job_id, row, params, settings)
+
+
+def finish(job_id: str, row: dict[str, Any], params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Bless (when asked and allowed), sync the served models, and report the result on the job."""
+    from services.trainer import metrics, registry
+
+    if params.get("bless", True) and row["status"] == "candidate" and \
+            not str(row["status_reason"]).startswith("not blessed"):
+        row = registry.bless(row["name"], row["version"],
+                             tolerance=float(params.get("tolerance", registry.DEFAULT_TOLERANCE)))
+    sync = sync_served_models(settings) if row["status"] == "blessed" else "not blessed: nothing to sync"
+    test = (row.get("metrics") or {}).get("test") or {}
+    baselines = ((row.get("metrics") or {}).get("baselines") or {}).get("test") or {}
+    result = {
+        "model": row["name"], "version": row["version"], "status": row["status"],
+        "status_reason": row["status_reason"], "sync": sync,
+        "epochs_run": (row.get("metrics") or {}).get("epochs_run"),
+        "resumed_from_epoch": row.get("resumed_from_epoch", 0),
+        "test": metrics.summary(test) if test else {},
+        "baselines": {name: metrics.summary(values) for name, values in baselines.items()},
+    }
+    update_job(job_id, state="SUCCESS", progress=100.0, result=result)
+    return result
+
+
+def _checkpoint_epoch(store: Any, settings: Settings, job_id: str) -> int:
+    from services.trainer import training
+
+    state = training.fetch_checkpoint(store, training.checkpoint_dir(settings.home_dir, job_id), job_id)
+    return int((state or {}).get("epoch", 0))
+
+
+def _json_safe(value: Any) -> Any:
+    from services.trainer.training import _finite
+
+    return json.loads(json.dumps(_finite(value), default=str))
+
+
+@celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def train(self: Task, params: dict[str, Any]) -> dict[str, Any]:
+    """Train one model (see :func:`run_training`); ``params`` is what ``postergenre train`` sends."""
+    job_id = str(self.request.id)
+    settings = get_settings()
+    # The pid and host say which worker runs it (a test kills exactly that one).
+    update_job(job_id, state="STARTED", counts={"worker": str(self.request.hostname), "pid": os.getpid()})
+    try:
+        return run_training(job_id, params, settings)
+    except Exception as exc:
+        logger.exception("training task %s failed", job_id)
+        update_job(job_id, state="FAILURE", error=f"{type(exc).__name__}: {exc}")
+        raise

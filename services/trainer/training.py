@@ -1,0 +1,526 @@
+"""Training one model from a dataset version, resumable from its last epoch, with honest metrics.
+
+The recipe, step by step:
+
+1. Read the dataset version's manifest and stream its TFRecord shards with ``tf.data`` (the dataset
+   service's reader; shuffled, optionally genre-balanced, prefetched).
+2. Build the network (:mod:`services.trainer.models`) or, when a checkpoint of this task exists, locally
+   or in the object store, reload it with its optimizer state and continue from the next epoch.
+3. After every epoch: write ``last.keras`` (weights + optimizer), keep ``best.weights.h5`` (by the
+   monitored metric), apply early stopping on ``val_loss``, and upload the checkpoint under
+   ``checkpoints/<task_id>/`` so that another worker can resume if this one dies.
+4. Reload the best weights and compute every metric of :mod:`services.trainer.metrics` on validation
+   and test, next to the two baselines on the same splits. F1 thresholds are tuned on validation only.
+5. Write ``history.json``, ``metrics.json``, PNG plots and TensorBoard logs in the work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from services.trainer import metrics as metric_fns
+from services.trainer.models import LAYOUTS, Hyperparameters
+from shared.storage import ObjectNotFoundError, ObjectStore
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.keras"
+BEST_WEIGHTS = "best.weights.h5"
+STATE_FILE = "state.json"
+CHECKPOINT_FILES = (LAST_CHECKPOINT, BEST_WEIGHTS, STATE_FILE)
+SHARED_SHUFFLE_BUFFER = 4096
+
+# progress(epoch (1-based), batch (1-based, 0 at an epoch end), batches per epoch, logs)
+ProgressFn = Callable[[int, int, int, dict[str, float]], None]
+
+
+class TrainingInputError(ValueError):
+    """The request cannot be trained (unknown target, empty split, wrong layout); the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One model to train: which dataset targets, how, and under which task id (its checkpoint key)."""
+
+    task_id: str
+    dataset_id: str
+    targets: list[str]
+    layout: str
+    model_name: str
+    hp: Hyperparameters
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "dataset_id": self.dataset_id, "targets": list(self.targets),
+                "layout": self.layout, "model_name": self.model_name, "hyperparameters": self.hp.as_dict()}
+
+
+@dataclass
+class TrainOutcome:
+    """What training leaves for the export and the registry."""
+
+    model: keras.Model  # pixels -> scores, the model to export
+    genres: list[str]
+    years: list[int]
+    image_size: int
+    window: str
+    metrics: dict[str, Any]
+    history: dict[str, list[float]]
+    work_dir: Path
+    sample_pixels: np.ndarray
+    resumed_from_epoch: int
+    epochs_run: int
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def checkpoint_dir(home: Path, task_id: str) -> Path:
+    return home / "checkpoints" / task_id
+
+
+def checkpoint_key(task_id: str, filename: str) -> str:
+    return f"checkpoints/{task_id}/{filename}"
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+
+def check_request(manifest: dict[str, Any], targets: list[str], layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise TrainingInputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not targets:
+        raise TrainingInputError("no target to train")
+    missing = [t for t in targets if str(t) not in manifest["targets"]]
+    if missing:
+        raise TrainingInputError(f"targets {missing} are not in dataset {manifest['id']} "
+                                 f"(it has {sorted(manifest['targets'])})")
+    if layout == "shared" and manifest.get("window") == "decade":
+        raise TrainingInputError("the shared layout has one head per year: build the dataset with "
+                                 "--window year (or rolling), not decade")
+    if layout != "shared" and len(targets) != 1:
+        raise TrainingInputError(f"layout {layout} trains one model per target, got {len(targets)} targets")
+    for target in targets:
+        counts = {split: len(ids) for split, ids in manifest["targets"][str(target)]["splits"].items()}
+        empty = [split for split in ("train", "validation") if counts.get(split, 0) == 0]
+        if empty:
+            raise TrainingInputError(f"target {target} of dataset {manifest['id']} has an empty "
+                                     f"{' and '.join(empty)} split: build it with more posters")
+
+
+def batches_per_epoch(manifest: dict[str, Any], targets: list[str], batch_size: int, balanced: bool) -> int:
+    total = 0
+    for target in targets:
+        info = manifest["targets"][str(target)]
+        total += len(info["train_balanced"]) if balanced else len(info["splits"]["train"])
+    return max(1, -(-total // batch_size))
+
+
+def training_datasets(store: ObjectStore, manifest: dict[str, Any], targets: list[str], layout: str,
+                      hp: Hyperparameters) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """``(train, validation)`` pipelines; for the shared layout each example carries its head index."""
+    import tensorflow as tf
+
+    from services.dataset.reader import split_dataset
+
+    if layout != "shared":
+        target = targets[0]
+        train = split_dataset(store, manifest, target, "train", hp.batch_size, shuffle=True,
+                              balanced=hp.balanced, seed=hp.seed)
+        validation = split_dataset(store, manifest, target, "validation", hp.batch_size)
+        return train, validation
+
+    def with_head(split: str, shuffle: bool) -> tf.data.Dataset:
+        parts = []
+        for head, target in enumerate(targets):
+            part = split_dataset(store, manifest, target, split, 256, shuffle=shuffle,
+                                 balanced=hp.balanced and split == "train", seed=hp.seed + head).unbatch()
+            parts.append(part.map(
+                lambda pixels, labels, h=head: ((pixels, tf.constant(h, tf.int32)), labels)))
+        dataset = parts[0]
+        for part in parts[1:]:
+            dataset = dataset.concatenate(part)
+        if shuffle:
+            dataset = dataset.shuffle(SHARED_SHUFFLE_BUFFER, seed=hp.seed, reshuffle_each_iteration=True)
+        return dataset.batch(hp.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return with_head("train", True), with_head("validation", False)
+
+
+@dataclass
+class SplitArrays:
+    pixels: np.ndarray
+    labels: np.ndarray
+    heads: np.ndarray  # index of the target (head) each example belongs to
+
+
+def split_arrays(store: ObjectStore, manifest: dict[str, Any], targets: list[str], split: str,
+                 with_pixels: bool = True) -> SplitArrays:
+    from services.dataset.reader import load_arrays
+
+    pixels, labels, heads = [], [], []
+    for head, target in enumerate(targets):
+        part_pixels, part_labels, _ids, _years = load_arrays(store, manifest, target, split)
+        if with_pixels:
+            pixels.append(part_pixels)
+        labels.append(part_labels)
+        heads.append(np.full(len(part_labels), head, np.int32))
+    size, genres = int(manifest["image_size"]), len(manifest["genres"])
+    return SplitArrays(
+        np.concatenate(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
+        np.concatenate(labels) if labels else np.zeros((0, genres), np.float32),
+        np.concatenate(heads) if heads else np.zeros((0,), np.int32))
+
+
+def predict_scores(model: keras.Model, arrays: SplitArrays, batch_size: int) -> np.ndarray:
+    """Scores ``[N, G]`` of each example under its own head (the serving model's ``[N, Y, G]`` picked)."""
+    if len(arrays.labels) == 0:
+        return np.zeros_like(arrays.labels)
+    scores = np.asarray(model.predict(arrays.pixels.astype(np.float32), batch_size=batch_size, verbose=0))
+    if scores.ndim == 3:
+        scores = scores[np.arange(len(scores)), arrays.heads]
+    return scores
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+
+def upload_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> None:
+    # state.json last: a reader that sees the new state also finds the files it names.
+    for name in CHECKPOINT_FILES:
+        path = folder / name
+        if path.is_file():
+            content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
+            store.put(checkpoint_key(task_id, name), path.read_bytes(), content_type=content_type)
+
+
+def fetch_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> dict[str, Any] | None:
+    """The newest checkpoint state of ``task_id``: the local one, else the object store's (downloaded).
+
+    The local copy wins only when it is at least as far as the stored one (another worker may have
+    gone further since this machine last ran the task).
+    """
+    local = _read_state(folder / STATE_FILE)
+    try:
+        remote = json.loads(store.get(checkpoint_key(task_id, STATE_FILE)))
+    except ObjectNotFoundError:
+        remote = None
+    if remote is not None and (local is None or remote.get("epoch", 0) > local.get("epoch", 0)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (LAST_CHECKPOINT, BEST_WEIGHTS):
+            try:
+                (folder / name).write_bytes(store.get(checkpoint_key(task_id, name)))
+            except ObjectNotFoundError:
+                pass
+        (folder / STATE_FILE).write_text(json.dumps(remote))
+        return dict(remote)
+    return local
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def delete_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> None:
+    """Drop a finished task's checkpoint (its model version now lives in the registry)."""
+    for name in CHECKPOINT_FILES:
+        store.delete(checkpoint_key(task_id, name))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _make_epoch_checkpoint(store: ObjectStore, folder: Path, task_id: str, hp: Hyperparameters,
+                           state: dict[str, Any]) -> Any:
+    import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """Checkpoint, best-model tracking and early stopping, with state that survives a restart.
+
+        Keras' own ModelCheckpoint/EarlyStopping forget their counters when a new process resumes;
+        this keeps them in ``state.json`` next to the weights.
+        """
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = {key: float(value) for key, value in (logs or {}).items()}
+            history = state.setdefault("history", {})
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
+            monitored = logs.get(hp.monitor)
+            higher_is_better = not hp.monitor.endswith("loss")
+            best = state.get("best_value")
+            improved = monitored is not None and (
+                best is None or (monitored > best if higher_is_better else monitored < best))
+            if improved or not (folder / BEST_WEIGHTS).is_file():
+                state["best_value"], state["best_epoch"] = monitored, epoch + 1
+                self.model.save_weights(folder / BEST_WEIGHTS)
+            val_loss = logs.get("val_loss")
+            best_loss = state.get("best_val_loss")
+            if val_loss is not None and (best_loss is None or val_loss < best_loss):
+                state["best_val_loss"], state["wait"] = val_loss, 0
+            else:
+                state["wait"] = int(state.get("wait", 0)) + 1
+            state["epoch"] = epoch + 1
+            if state["wait"] >= hp.patience:
+                logger.info("early stop after epoch %d: val_loss has not improved for %d epochs",
+                            epoch + 1, hp.patience)
+                state["stopped_early"] = True
+                self.model.stop_training = True
+            self.model.save(folder / LAST_CHECKPOINT)
+            (folder / STATE_FILE).write_text(json.dumps(state))
+            upload_checkpoint(store, folder, task_id)
+
+    return EpochCheckpoint()
+
+
+def _make_progress_callback(progress: ProgressFn, batches: int, min_interval_s: float = 1.0) -> Any:
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        """Reports epoch, batch and metrics; batch updates at most once per ``min_interval_s``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self.last = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            now = time.monotonic()
+            if now - self.last >= min_interval_s:
+                self.last = now
+                progress(self.epoch, batch + 1, batches, {k: float(v) for k, v in (logs or {}).items()})
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            progress(epoch + 1, 0, batches, {k: float(v) for k, v in (logs or {}).items()})
+
+    return Progress()
+
+
+# --- the model -----------------------------------------------------------------------------------------
+
+
+def build_or_resume(request: TrainRequest, image_size: int, genre_count: int, folder: Path,
+                    state: dict[str, Any] | None) -> tuple[keras.Model, int]:
+    """The compiled training model and the epoch to start from (0, or the checkpoint's epoch)."""
+    import keras
+
+    from services.trainer import models
+
+    strategy = models.configure_devices()
+    with strategy.scope():
+        if state is not None and state.get("epoch", 0) > 0 and (folder / LAST_CHECKPOINT).is_file():
+            model = keras.models.load_model(folder / LAST_CHECKPOINT, custom_objects=models.CUSTOM_OBJECTS)
+            logger.info("resuming %s from epoch %d", request.task_id, state["epoch"])
+            return model, int(state["epoch"])
+        keras.utils.set_random_seed(request.hp.seed)
+        if request.layout == "shared":
+            model, _serving = models.build_shared_model(image_size, genre_count, len(request.targets),
+                                                        request.hp)
+        else:
+            model = models.build_independent_model(image_size, genre_count, request.hp)
+        models.compile_model(model, request.hp)
+        return model, 0
+
+
+def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
+          progress: ProgressFn | None = None) -> TrainOutcome:
+    """Train (or resume) one model and evaluate it. ``work_dir`` receives history, metrics and plots."""
+    import keras
+
+    from services.dataset.reader import load_manifest
+    from services.trainer.models import serving_model_of
+
+    manifest = load_manifest(store, request.dataset_id)
+    targets = [str(t) for t in request.targets]
+    check_request(manifest, targets, request.layout)
+    genres = [str(g) for g in manifest["genres"]]
+    image_size = int(manifest["image_size"])
+    hp = request.hp
+
+    folder = checkpoint_dir(home, request.task_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = fetch_checkpoint(store, folder, request.task_id)
+    model, initial_epoch = build_or_resume(request, image_size, len(genres), folder, state)
+    if initial_epoch > 0 and state is not None:
+        state.setdefault("resumed_from", []).append(initial_epoch)
+    else:
+        state = {"request": request.as_dict()}
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    batches = batches_per_epoch(manifest, targets, hp.batch_size, hp.balanced)
+    callbacks: list[Any] = [
+        _make_epoch_checkpoint(store, folder, request.task_id, hp, state),
+        keras.callbacks.TensorBoard(log_dir=str(work_dir / "tensorboard"), update_freq="epoch"),
+    ]
+    if progress is not None:
+        callbacks.append(_make_progress_callback(progress, batches))
+    finished = state.get("stopped_early") or initial_epoch >= hp.epochs
+    if not finished:
+        train_data, validation_data = training_datasets(store, manifest, targets, request.layout, hp)
+        model.fit(train_data, validation_data=validation_data, epochs=hp.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=0)
+    if (folder / BEST_WEIGHTS).is_file():
+        model.load_weights(folder / BEST_WEIGHTS)
+    serving = serving_model_of(model)
+
+    years = [int(t) for t in targets] if request.layout == "shared" else \
+        [int(y) for y in manifest["targets"][targets[0]]["years"]]
+    history = {key: list(values) for key, values in state.get("history", {}).items()}
+    evaluation = evaluate_model(serving, store, manifest, targets, hp.batch_size)
+    evaluation.update({
+        "best_epoch": state.get("best_epoch"), "epochs_run": int(state.get("epoch", 0)),
+        "stopped_early": bool(state.get("stopped_early", False)), "monitor": hp.monitor,
+        "resumed_from_epochs": list(state.get("resumed_from", [])), "hyperparameters": hp.as_dict(),
+        "layout": request.layout, "targets": targets,
+    })
+    test_split = split_arrays(store, manifest, targets, "test")
+    samples = (test_split.pixels[:4] if len(test_split.pixels) else np.zeros((1, image_size, image_size, 3)))
+    files = write_reports(work_dir, history, evaluation, genres, targets)
+    return TrainOutcome(model=serving, genres=genres, years=years, image_size=image_size,
+                        window=str(manifest.get("window", "year")), metrics=evaluation, history=history,
+                        work_dir=work_dir, sample_pixels=samples.astype(np.float32),
+                        resumed_from_epoch=initial_epoch, epochs_run=int(state.get("epoch", 0)), files=files)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+
+def evaluate_model(model: keras.Model, store: ObjectStore, manifest: dict[str, Any], targets: list[str],
+                   batch_size: int) -> dict[str, Any]:
+    """Metrics on validation and test (thresholds tuned on validation), the baselines, and per target."""
+    genres = [str(g) for g in manifest["genres"]]
+    train = split_arrays(store, manifest, targets, "train", with_pixels=False)
+    validation = split_arrays(store, manifest, targets, "validation")
+    test = split_arrays(store, manifest, targets, "test")
+    validation_scores = predict_scores(model, validation, batch_size)
+    test_scores = predict_scores(model, test, batch_size)
+    thresholds = metric_fns.tune_thresholds(validation.labels, validation_scores)
+
+    # The year prior of each head is its own target's genre frequencies in train.
+    priors = {head: metric_fns.genre_frequencies(train.labels[train.heads == head])
+              for head in range(len(targets))}
+    fallback = metric_fns.genre_frequencies(train.labels)
+    result: dict[str, Any] = {
+        "validation": metric_fns.evaluate_scores(validation.labels, validation_scores, genres, thresholds),
+        "test": metric_fns.evaluate_scores(test.labels, test_scores, genres, thresholds),
+        "baselines": {
+            "validation": metric_fns.baselines(validation.labels, validation.heads, priors, fallback, genres,
+                                               (validation.labels, validation.heads)),
+            "test": metric_fns.baselines(test.labels, test.heads, priors, fallback, genres,
+                                         (validation.labels, validation.heads)),
+        },
+        "thresholds": {genre: float(t) for genre, t in zip(genres, thresholds, strict=True)},
+    }
+    if len(targets) > 1:
+        per_target: dict[str, Any] = {}
+        for head, target in enumerate(targets):
+            mask = test.heads == head
+            if mask.any():
+                per_target[target] = metric_fns.summary(metric_fns.evaluate_scores(
+                    test.labels[mask], test_scores[mask], genres, thresholds, with_per_genre=False))
+        result["per_target_test"] = per_target
+    return result
+
+
+# --- reports -------------------------------------------------------------------------------------------
+
+
+def write_reports(work_dir: Path, history: dict[str, list[float]], evaluation: dict[str, Any],
+                  genres: list[str], targets: list[str]) -> dict[str, str]:
+    """``history.json``, ``metrics.json`` and PNG plots in ``work_dir``; returns name -> file name."""
+    (work_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (work_dir / "metrics.json").write_text(json.dumps(_finite(evaluation), indent=1))
+    files = {"history": "history.json", "metrics": "metrics.json"}
+    if history:
+        plot_history(history, work_dir / "history.png")
+        files["history_plot"] = "history.png"
+    if "per_target_test" in evaluation:
+        plot_per_target(evaluation["per_target_test"], evaluation["baselines"]["test"],
+                        work_dir / "per_year.png")
+        files["per_year_plot"] = "per_year.png"
+    plot_per_genre(evaluation["test"].get("per_genre", {}), work_dir / "per_genre.png")
+    files["per_genre_plot"] = "per_genre.png"
+    return files
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics become ``null``."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, np.floating | np.integer):
+        return _finite(value.item())
+    return value
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [name for name in ("loss", "auc", "binary_accuracy", "top3_accuracy") if name in history]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for axis, name in zip(axes[0], panels, strict=True):
+        epochs = range(1, len(history[name]) + 1)
+        axis.plot(epochs, history[name], label="train")
+        if f"val_{name}" in history:
+            axis.plot(range(1, len(history[f"val_{name}"]) + 1), history[f"val_{name}"], label="validation")
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_per_target(per_target: dict[str, Any], baselines: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_target)
+    figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(names)), 3.2))
+    axis.bar(names, [per_target[n].get("macro_auc", 0) for n in names], label="model macro ROC-AUC")
+    axis.axhline(0.5, color="grey", linestyle="--", label="chance")
+    axis.set_ylim(0.3, 1.0)
+    axis.tick_params(axis="x", rotation=90)
+    axis.set_title("test macro ROC-AUC per year")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_per_genre(per_genre: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_genre)
+    figure, axis = plt.subplots(figsize=(max(6, 0.4 * len(names)), 3.2))
+    axis.bar(names, [per_genre[n]["average_precision"] for n in names])
+    axis.tick_params(axis="x", rotation=90)
+    axis.set_title("test average precision per genre")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
