@@ -124,7 +124,8 @@ def check_params(params: BuildParams) -> None:
         raise DatasetInputError(f"empty year range {p.first_year}-{p.last_year}")
     if p.first_year < FIRST_YEAR or p.last_year > LAST_YEAR:
         raise DatasetInputError(
-            f"unknown years {p.first_year}-{p.last_year}: release years lie in {FIRST_YEAR}-{LAST_YEAR}")
+            f"unknown years {p.first_year}-{p.last_year}: release years lie in {FIRST_YEAR}-{LAST_YEAR}"
+        )
     if p.window not in WINDOWS:
         raise DatasetInputError(f"window must be one of {', '.join(WINDOWS)}, not {p.window!r}")
     if p.min_posters < 1:
@@ -132,11 +133,15 @@ def check_params(params: BuildParams) -> None:
     if not 8 <= p.image_size <= 1024:
         raise DatasetInputError(f"image_size must be 8-1024 pixels, not {p.image_size}")
     if not (0 < p.val_fraction < 1 and 0 < p.test_fraction < 1 and p.val_fraction + p.test_fraction < 1):
-        raise DatasetInputError("val_fraction and test_fraction must be in (0, 1) and sum to less than 1, "
-                                f"not {p.val_fraction} and {p.test_fraction}")
+        raise DatasetInputError(
+            "val_fraction and test_fraction must be in (0, 1) and sum to less than 1, "
+            f"not {p.val_fraction} and {p.test_fraction}"
+        )
     if not 0 < p.min_composite_fraction <= p.max_composite_fraction <= 1:
-        raise DatasetInputError("composite bounds must satisfy 0 < min <= max <= 1, not "
-                                f"{p.min_composite_fraction} and {p.max_composite_fraction}")
+        raise DatasetInputError(
+            "composite bounds must satisfy 0 < min <= max <= 1, not "
+            f"{p.min_composite_fraction} and {p.max_composite_fraction}"
+        )
     if p.singleton_max_copies < 1:
         raise DatasetInputError("singleton_max_copies must be at least 1")
     if p.min_genre_posters < 1:

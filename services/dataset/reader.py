@@ -41,7 +41,9 @@ def load_manifest(store: ObjectStore, dataset_id: str) -> dict[str, Any]:
     try:
         return dict(json.loads(store.get(manifest_key(dataset_id))))
     except ObjectNotFoundError:
-        raise DatasetNotFoundError(f"dataset {dataset_id!r} not found (no {manifest_key(dataset_id)})") from None
+        raise DatasetNotFoundError(
+            f"dataset {dataset_id!r} not found (no {manifest_key(dataset_id)})"
+        ) from None
 
 
 def cache_dir() -> Path:
@@ -67,7 +69,9 @@ def cached_file(store: ObjectStore, key: str, cache: Path | None = None) -> Path
 def shard_files(store: ObjectStore, manifest: dict[str, Any], target: str, split: str) -> list[str]:
     target_info = _target(manifest, target)
     if split not in target_info["shards"]:
-        raise KeyError(f"split {split!r} not in dataset {manifest['id']} (splits: {sorted(target_info['shards'])})")
+        raise KeyError(
+            f"split {split!r} not in dataset {manifest['id']} (splits: {sorted(target_info['shards'])})"
+        )
     return [str(cached_file(store, key)) for key in target_info["shards"][split]]
 
 
@@ -97,9 +101,17 @@ def repeat_counts(manifest: dict[str, Any], target: str) -> dict[int, int]:
     return {int(movie_id): counts.get(int(movie_id), 0) for movie_id in info["splits"]["train"]}
 
 
-def split_dataset(store: ObjectStore, manifest: dict[str, Any], target: str, split: str, batch_size: int,
-                  shuffle: bool = False, balanced: bool = False, with_year: bool = False,
-                  seed: int = 0) -> tf.data.Dataset:
+def split_dataset(
+    store: ObjectStore,
+    manifest: dict[str, Any],
+    target: str,
+    split: str,
+    batch_size: int,
+    shuffle: bool = False,
+    balanced: bool = False,
+    with_year: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
     """``(pixels float32 [B,S,S,3] 0..255, labels float32 [B,G])`` batches of one split of one target.
 
     ``balanced=True`` (train only) repeats each movie as often as ``train_balanced`` lists it, and drops
@@ -117,24 +129,35 @@ def split_dataset(store: ObjectStore, manifest: dict[str, Any], target: str, spl
 
     def parse(record: tf.Tensor) -> dict[str, tf.Tensor]:
         example = tf.io.parse_single_example(record, spec)
-        return {"pixels": example["pixels"], "labels": example["labels"],
-                "movie_id": example["movie_id"], "year": example["year"]}
+        return {
+            "pixels": example["pixels"],
+            "labels": example["labels"],
+            "movie_id": example["movie_id"],
+            "year": example["year"],
+        }
 
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle and len(files) > 1:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(4, max(1, len(files))),
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, max(1, len(files))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not shuffle,
+    )
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     if balanced:
         counts = repeat_counts(manifest, target)
         ids = sorted(counts)
         table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(ids or [0], tf.int64),
-                                                tf.constant([counts[i] for i in ids] or [0], tf.int64)),
-            default_value=tf.constant(1, tf.int64))
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(ids or [0], tf.int64), tf.constant([counts[i] for i in ids] or [0], tf.int64)
+            ),
+            default_value=tf.constant(1, tf.int64),
+        )
         dataset = dataset.flat_map(
-            lambda example: tf.data.Dataset.from_tensors(example).repeat(table.lookup(example["movie_id"])))
+            lambda example: tf.data.Dataset.from_tensors(example).repeat(table.lookup(example["movie_id"]))
+        )
     if shuffle:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
@@ -151,8 +174,9 @@ def split_dataset(store: ObjectStore, manifest: dict[str, Any], target: str, spl
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def load_arrays(store: ObjectStore, manifest: dict[str, Any], target: str,
-                split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_arrays(
+    store: ObjectStore, manifest: dict[str, Any], target: str, split: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A whole split in memory, in shard order, never resampled:
     ``(pixels uint8 [N,S,S,3], labels float32 [N,G], movie_ids int64 [N], years int64 [N])``."""
     import tensorflow as tf
@@ -169,7 +193,15 @@ def load_arrays(store: ObjectStore, manifest: dict[str, Any], target: str,
         movie_ids.append(batch["movie_id"].numpy())
         years.append(batch["year"].numpy())
     if not pixels:
-        return (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, genre_count), np.float32),
-                np.zeros((0,), np.int64), np.zeros((0,), np.int64))
-    return (np.concatenate(pixels), np.concatenate(labels).astype(np.float32),
-            np.concatenate(movie_ids).astype(np.int64), np.concatenate(years).astype(np.int64))
+        return (
+            np.zeros((0, size, size, 3), np.uint8),
+            np.zeros((0, genre_count), np.float32),
+            np.zeros((0,), np.int64),
+            np.zeros((0,), np.int64),
+        )
+    return (
+        np.concatenate(pixels),
+        np.concatenate(labels).astype(np.float32),
+        np.concatenate(movie_ids).astype(np.int64),
+        np.concatenate(years).astype(np.int64),
+    )

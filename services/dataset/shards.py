@@ -22,8 +22,13 @@ def shard_key(dataset_id: str, target: str, split: str, index: int, count: int) 
     return f"datasets/{dataset_id}/{target}/{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def decode_posters(store: ObjectStore, poster_keys: Sequence[str], image_size: int, workers: int = 4,
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+def decode_posters(
+    store: ObjectStore,
+    poster_keys: Sequence[str],
+    image_size: int,
+    workers: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """``uint8 [N, S, S, 3]``: every poster fetched and run through ``poster_pixels`` once.
 
     Threads pay even on 2 cores: fetching waits on the store and Pillow releases the GIL while it
@@ -55,7 +60,7 @@ def serialize_example(pixels: np.ndarray, labels: np.ndarray, movie_id: int, yea
     import tensorflow as tf
 
     feature = {
-        "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(pixels).tobytes()])),
+        "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels.tobytes()])),
         "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in labels])),
         "movie_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(movie_id)])),
         "year": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(year)])),
@@ -87,18 +92,31 @@ def put_immutable(store: ObjectStore, key: str, data: bytes, content_type: str) 
             raise
 
 
-def write_split_shards(store: ObjectStore, dataset_id: str, target: str, split: str, rows: np.ndarray,
-                       pixels: np.ndarray, labels: np.ndarray, movie_ids: np.ndarray, years: np.ndarray,
-                       shard_size: int) -> list[str]:
-    """Write the examples at ``rows`` (indexes into the build's arrays) as shards; return their keys.
+def write_split_shards(
+    store: ObjectStore,
+    dataset_id: str,
+    target: str,
+    split: str,
+    pixels: np.ndarray,
+    pixel_rows: np.ndarray,
+    labels: np.ndarray,
+    movie_ids: np.ndarray,
+    years: np.ndarray,
+    shard_size: int,
+) -> list[str]:
+    """Write one split as shards; return their keys. Example ``k`` is ``pixels[pixel_rows[k]]`` with
+    ``labels[k]``, ``movie_ids[k]`` and ``years[k]`` (the build decodes each poster once for all targets).
 
     A split always has at least one shard (possibly empty) so readers need no special case.
     """
-    count = max(1, math.ceil(len(rows) / shard_size))
+    count = max(1, math.ceil(len(pixel_rows) / shard_size))
     keys = []
     for index in range(count):
-        chunk = rows[index * shard_size:(index + 1) * shard_size]
-        records = [serialize_example(pixels[i], labels[i], int(movie_ids[i]), int(years[i])) for i in chunk]
+        chunk = range(index * shard_size, min(len(pixel_rows), (index + 1) * shard_size))
+        records = [
+            serialize_example(pixels[pixel_rows[k]], labels[k], int(movie_ids[k]), int(years[k]))
+            for k in chunk
+        ]
         key = shard_key(dataset_id, target, split, index, count)
         put_immutable(store, key, tfrecord_bytes(records), TFRECORD_CONTENT_TYPE)
         keys.append(key)
