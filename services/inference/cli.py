@@ -1,9 +1,157 @@
-"""Subcommands of the inference service."""
+"""Subcommands of the inference service: ``serve inference``, ``predict``, ``bench inference``."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
 from typing import Any
+
+
+def _serve_inference(args: argparse.Namespace) -> int:
+    from services.inference.server import start_server
+    from shared.config import get_settings
+
+    settings = get_settings()
+    config_path: Path | None = args.model_config or settings.models_config_path
+    if args.model_config is not None and not args.model_config.is_file():
+        print(f"no model config at {args.model_config}", file=sys.stderr)
+        return 2
+    server = start_server(
+        args.models_dir or settings.models_dir,
+        config_path,
+        grpc_port=args.grpc_port,
+        rest_port=args.rest_port,
+        host=args.host,
+        max_batch_size=args.max_batch_size or settings.inference_max_batch_size,
+        batch_timeout_ms=settings.inference_batch_timeout_ms
+        if args.batch_timeout_ms is None
+        else args.batch_timeout_ms,
+        poll_seconds=args.poll_seconds if args.poll_seconds is not None else settings.inference_poll_seconds,
+        request_timeout_s=settings.inference_timeout_s,
+    )
+    print(f"serving gRPC on {server.url} and REST on {server.rest_url}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.grpc_server.stop(1))
+    try:
+        server.wait()
+    finally:
+        server.stop(grace=1)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from services.inference.client import InferenceError
+    from services.inference.predict import format_table, inference_client, predict_poster
+    from services.web.predictor import parse_years
+    from shared.config import get_settings
+    from shared.images import PosterImageError
+
+    settings = get_settings()
+    try:
+        years = parse_years(args.years)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not 1 <= args.k <= 50:
+        print(f"bad --k {args.k}: between 1 and 50", file=sys.stderr)
+        return 2
+    try:
+        data = args.poster.read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.poster}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        with inference_client(settings, args.url) as client:
+            table = predict_poster(data, years, args.k, settings, client)
+    except PosterImageError as exc:
+        print(f"{args.poster} is not a usable poster: {exc}", file=sys.stderr)
+        return 2
+    except InferenceError as exc:
+        print(f"inference failed: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(table))
+    return 0
+
+
+def _bench_inference(args: argparse.Namespace) -> int:
+    from services.inference.bench import BenchConfig, format_markdown, run_benchmark
+
+    config = BenchConfig(
+        models=args.models,
+        repeats=args.repeats,
+        image_size=args.image_size,
+        concurrency=args.concurrency,
+        rounds=args.rounds,
+        genres=args.genres,
+        through=args.through,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
+        workdir=args.workdir,
+    )
+    report = run_benchmark(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_markdown(report))
+    return 0
 
 
 def register(commands: Any, serve: Any, bench: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
+    server = serve.add_parser(
+        "inference", help="the embedded inference server (TF Serving's gRPC and REST APIs)"
+    )
+    server.add_argument("--grpc-port", type=int, default=8500)
+    server.add_argument("--rest-port", type=int, default=8501)
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument(
+        "--model-config",
+        type=Path,
+        default=None,
+        help="models.config (ModelServerConfig text); default: the settings' one, else every "
+        "<name>/<version>/ folder of the models folder",
+    )
+    server.add_argument("--models-dir", type=Path, default=None, help="default: $POSTERGENRE_HOME/models")
+    server.add_argument("--max-batch-size", type=int, default=None, help="default: inference_max_batch_size")
+    server.add_argument(
+        "--batch-timeout-ms", type=float, default=None, help="default: inference_batch_timeout_ms"
+    )
+    server.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=None,
+        help="how often to look for new versions and config changes (0: never)",
+    )
+    server.set_defaults(handler=_serve_inference)
+
+    predict = commands.add_parser("predict", help="the best genres of a poster under each year's model")
+    predict.add_argument("poster", type=Path)
+    predict.add_argument("--years", default="2000-2019")
+    predict.add_argument("--k", type=int, default=6, help="genres per year")
+    predict.add_argument(
+        "--url",
+        default="",
+        help="inference server (grpc://host:port or http://host:port); "
+        "default: POSTERGENRE_INFERENCE_URL, else an embedded one",
+    )
+    predict.set_defaults(handler=_predict)
+
+    bench_inference = bench.add_parser(
+        "inference", help="20-year table latency and throughput (docs/benchmarks.md)"
+    )
+    bench_inference.add_argument("--json", action="store_true")
+    bench_inference.add_argument(
+        "--models", type=int, default=20, help="yearly models (and shared-model heads)"
+    )
+    bench_inference.add_argument("--repeats", type=int, default=10, help="timed tables per layout")
+    bench_inference.add_argument("--image-size", type=int, default=256)
+    bench_inference.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
+    bench_inference.add_argument("--rounds", type=int, default=2, help="tables per concurrent client")
+    bench_inference.add_argument("--genres", type=int, default=20)
+    bench_inference.add_argument("--through", choices=["web", "grpc"], default="web")
+    bench_inference.add_argument("--max-batch-size", type=int, default=16)
+    bench_inference.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    bench_inference.add_argument("--workdir", default="", help="reuse exported models between runs")
+    bench_inference.set_defaults(handler=_bench_inference)

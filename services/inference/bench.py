@@ -1,0 +1,457 @@
+"""``postergenre bench inference``: what a 20-year table costs, against its physical floor.
+
+Setting (the issue's): ResNet50 backbones with random weights at 256x256, twenty yearly models.
+
+* (a) twenty independent models, (b) one shared-backbone model with twenty heads (scores
+  ``[N, years, genres]``): latency p50/p95 of the full table through the web API (``POST
+  /api/v1/predictions``, a JPEG poster, the embedded inference server behind it over gRPC);
+* the floor, measured in the same run: one bare backbone pass, and the sum of the twenty models'
+  single passes, run in-process on the loaded SavedModels;
+* throughput: ``concurrency`` clients at once against the offline batched throughput of the same
+  models (one in-process call on ``concurrency`` posters per model).
+
+Every poster is new (random JPEG), so the web service's score cache never answers.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+FIRST_YEAR = 2000
+PREFIX = "genre"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    models: int = 20
+    repeats: int = 10
+    image_size: int = 256
+    concurrency: int = 16
+    rounds: int = 2  # requests per concurrent client
+    genres: int = 20
+    through: str = "web"  # or "grpc": the inference client directly
+    max_batch_size: int = 16
+    batch_timeout_ms: float = 2.0
+    workdir: str = ""
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def timed(function: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def random_poster(seed: int, width: int = 300, height: int = 450) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def backbone(image_size: int) -> Any:
+    """ResNet50 without its classifier, global-average pooled, random weights."""
+    import keras
+
+    return keras.applications.ResNet50(
+        weights=None, include_top=False, pooling="avg", input_shape=(image_size, image_size, 3)
+    )
+
+
+def independent_model(image_size: int, genres: int, seed: int) -> Any:
+    """One year's model: pixels 0..255 -> rescaling (in the graph) -> ResNet50 -> sigmoid head."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    features = backbone(image_size)(keras.layers.Rescaling(1 / 127.5, offset=-1)(pixels))
+    scores = keras.layers.Dense(genres, activation="sigmoid", name="scores")(features)
+    return keras.Model(pixels, scores)
+
+
+def shared_model(image_size: int, genres: int, years: int, seed: int) -> Any:
+    """The shared-backbone layout: one ResNet50, one sigmoid head per year -> ``[N, years, genres]``."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    features = backbone(image_size)(keras.layers.Rescaling(1 / 127.5, offset=-1)(pixels))
+    heads = [
+        keras.layers.Dense(genres, activation="sigmoid", name=f"year_{i}")(features) for i in range(years)
+    ]
+    scores = keras.layers.Lambda(lambda tensors: keras.ops.stack(tensors, axis=1), name="scores")(heads)
+    return keras.Model(pixels, scores)
+
+
+def export_pixels_signature(model: Any, dest: Path, image_size: int) -> None:
+    """A SavedModel with the contract's ``pixels`` signature (pixels -> scores)."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="pixels",
+        fn=lambda pixels: {"scores": model(pixels, training=False)},
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="pixels")],
+    )
+    archive.write_out(str(dest), verbose=False)
+
+
+def build_models(config: BenchConfig, models_dir: Path) -> tuple[list[str], str]:
+    """Export the independent models and the shared one into ``models_dir/<name>/1`` (reused when there)."""
+    names = [f"{PREFIX}-{FIRST_YEAR + i}" for i in range(config.models)]
+    for index, name in enumerate(names):
+        dest = models_dir / name / "1"
+        if not (dest / "saved_model.pb").exists():
+            log.info("exporting %s (%d/%d)", name, index + 1, len(names))
+            export_pixels_signature(
+                independent_model(config.image_size, config.genres, index), dest, config.image_size
+            )
+    shared = f"{PREFIX}-shared"
+    dest = models_dir / shared / "1"
+    if not (dest / "saved_model.pb").exists():
+        log.info("exporting %s", shared)
+        export_pixels_signature(
+            shared_model(config.image_size, config.genres, config.models, 1000), dest, config.image_size
+        )
+    return names, shared
+
+
+def register(settings: Any, names: list[str], shared: str, config: BenchConfig) -> None:
+    from shared.db import ModelVersion, session_scope
+
+    genres = [f"genre{i:02d}" for i in range(config.genres)]
+    years = [FIRST_YEAR + i for i in range(config.models)]
+    with session_scope(settings.effective_database_url) as session:
+        session.query(ModelVersion).delete()
+        for name, year in zip(names, years, strict=True):
+            session.add(
+                ModelVersion(
+                    name=name,
+                    version=1,
+                    year=year,
+                    image_size=config.image_size,
+                    genres=genres,
+                    architecture="resnet50",
+                    status="blessed",
+                )
+            )
+        session.add(
+            ModelVersion(
+                name=shared,
+                version=1,
+                layout="shared",
+                image_size=config.image_size,
+                genres=genres,
+                years=years,
+                architecture="resnet50",
+                status="retired",
+            )
+        )
+
+
+def serve_layout(settings: Any, layout: str) -> None:
+    """Bless the independent models or the shared one (the web service picks the blessed ones)."""
+    from shared.db import ModelVersion, session_scope
+
+    with session_scope(settings.effective_database_url) as session:
+        for row in session.query(ModelVersion):
+            shared = row.layout == "shared"
+            row.status = "blessed" if shared == (layout == "shared") else "retired"
+
+
+# ------------------------------------------------------------------------------------------- clients
+
+
+@contextmanager
+def web_api(settings: Any) -> Iterator[Callable[[bytes, int], dict[str, Any]]]:
+    """The web service on a loopback port (uvicorn in a thread) and a function posting one poster."""
+    import httpx
+    import uvicorn
+
+    from services.web.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, name="bench-web", daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    local = threading.local()
+
+    def ask(poster: bytes, last_year: int) -> dict[str, Any]:
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+        response = local.http.post(
+            "/api/v1/predictions",
+            params={"years": f"{FIRST_YEAR}-{last_year}", "k": 6},
+            files={"file": ("poster.jpg", poster, "image/jpeg")},
+        )
+        response.raise_for_status()
+        return dict(response.json())
+
+    try:
+        yield ask
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def check_table(answer: dict[str, Any], years: int) -> None:
+    if answer.get("unavailable_years") or len(answer.get("years", [])) != years:
+        raise RuntimeError(f"the table is incomplete: {answer}")
+
+
+@dataclass
+class LayoutResult:
+    layout: str
+    table_p50_s: float
+    table_p95_s: float
+    table_times_s: list[float]
+    concurrent_posters_per_s: float
+    offline_posters_per_s: float
+
+
+def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from services.inference.client import InferenceClient
+    from services.inference.server import start_server
+    from shared.config import Settings, get_settings
+    from shared.db import upgrade_database
+    from shared.images import poster_pixels
+
+    workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bench-inference-"))
+    os.environ["POSTERGENRE_HOME"] = str(workdir)
+    os.environ["POSTERGENRE_DATABASE_URL"] = ""
+    os.environ["POSTERGENRE_OBJECT_STORE"] = ""
+    os.environ["POSTERGENRE_MODEL_PREFIX"] = PREFIX
+    get_settings.cache_clear()
+    settings: Settings = get_settings()
+    upgrade_database(settings.effective_database_url)
+    started = time.perf_counter()
+    names, shared = build_models(config, settings.models_dir)
+    export_s = time.perf_counter() - started
+    register(settings, names, shared, config)
+
+    server = start_server(
+        settings.models_dir,
+        None,
+        max_batch_size=config.max_batch_size,
+        batch_timeout_ms=config.batch_timeout_ms,
+        poll_seconds=0,
+        request_timeout_s=600,
+    )
+    os.environ["POSTERGENRE_INFERENCE_URL"] = server.url
+    os.environ["POSTERGENRE_INFERENCE_TIMEOUT_S"] = "600"
+    get_settings.cache_clear()
+    settings = get_settings()
+    size = config.image_size
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0, 255, size=(1, size, size, 3)).astype(np.float32)
+    batch = rng.uniform(0, 255, size=(config.concurrency, size, size, 3)).astype(np.float32)
+
+    def run_direct(name: str, pixels: np.ndarray) -> Callable[[], Any]:
+        servable = server.manager.resolve(name)
+        run = servable.signatures["pixels"].batcher.run_batch
+        return lambda: run({"pixels": pixels})
+
+    # The floor: one bare backbone pass, and each independent model's single pass, in-process.
+    bare = tf.function(
+        backbone(size), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], jit_compile=False
+    )
+    one_tensor = tf.constant(one / 127.5 - 1.0)
+    bare_times = timed(lambda: bare(one_tensor), config.repeats, warmup=2)
+    single_medians = {name: statistics.median(timed(run_direct(name, one), config.repeats)) for name in names}
+    shared_single = statistics.median(timed(run_direct(shared, one), config.repeats))
+    offline_independent_s = sum(
+        statistics.median(timed(run_direct(name, batch), max(1, config.repeats // 3))) for name in names
+    )
+    offline_shared_s = statistics.median(timed(run_direct(shared, batch), max(1, config.repeats // 3)))
+
+    seeds = iter(range(10**9))
+    last_year = FIRST_YEAR + config.models - 1
+    results: dict[str, LayoutResult] = {}
+
+    @contextmanager
+    def asker(layout: str) -> Iterator[Callable[[], None]]:
+        if config.through == "web":
+            with web_api(settings) as ask:
+                yield lambda: check_table(ask(random_poster(next(seeds)), last_year), config.models)
+            return
+        with InferenceClient(server.url, timeout=600) as client:
+            model_names = names if layout == "independent" else [shared]
+
+            def ask_grpc() -> None:
+                pixels = poster_pixels(random_poster(next(seeds)), size)[np.newaxis].astype(np.float32)
+                answers = client.predict_many(model_names, pixels)
+                if any(isinstance(answer, Exception) for answer in answers.values()):
+                    raise RuntimeError(f"inference failed: {answers}")
+
+            yield ask_grpc
+
+    for current_layout, offline_s in (("independent", offline_independent_s), ("shared", offline_shared_s)):
+        serve_layout(settings, current_layout)
+        with asker(current_layout) as ask:
+            table_times = timed(ask, config.repeats, warmup=2)
+            clients = config.concurrency
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=clients) as pool:
+                list(pool.map(lambda _: [ask() for _ in range(config.rounds)], range(clients)))
+            wall = time.perf_counter() - started
+        results[current_layout] = LayoutResult(
+            current_layout,
+            percentile(table_times, 50),
+            percentile(table_times, 95),
+            table_times,
+            clients * config.rounds / wall,
+            config.concurrency / offline_s,
+        )
+    server.stop(grace=1)
+
+    bare_s = statistics.median(bare_times)
+    sum_single_s = sum(single_medians.values())
+    independent, shared_result = results["independent"], results["shared"]
+    ratios = {
+        "shared_p50_over_bare_backbone": shared_result.table_p50_s / bare_s,
+        "independent_p50_over_sum_of_single_passes": independent.table_p50_s / sum_single_s,
+        "independent_concurrent_over_offline": independent.concurrent_posters_per_s
+        / independent.offline_posters_per_s,
+        "shared_concurrent_over_offline": shared_result.concurrent_posters_per_s
+        / shared_result.offline_posters_per_s,
+    }
+    aims = {
+        "shared_p50_over_bare_backbone": ("<=", 1.25),
+        "independent_p50_over_sum_of_single_passes": ("<=", 1.15),
+        "independent_concurrent_over_offline": (">=", 0.9),
+        "shared_concurrent_over_offline": (">=", 0.9),
+    }
+    return {
+        "config": asdict(config),
+        "machine": machine(),
+        "export_s": export_s,
+        "bare_backbone_pass_s": bare_s,
+        "sum_of_single_passes_s": sum_single_s,
+        "shared_single_pass_s": shared_single,
+        "offline_batch_independent_s": offline_independent_s,
+        "offline_batch_shared_s": offline_shared_s,
+        "layouts": {name: asdict(result) for name, result in results.items()},
+        "ratios": ratios,
+        "aims": {
+            key: {
+                "aim": f"{op} {bound}",
+                "met": (ratios[key] <= bound) if op == "<=" else (ratios[key] >= bound),
+            }
+            for key, (op, bound) in aims.items()
+        },
+        "workdir": str(workdir),
+    }
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    import tensorflow as tf
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+    }
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The table written in docs/benchmarks.md."""
+    ms = 1000.0
+    independent, shared = report["layouts"]["independent"], report["layouts"]["shared"]
+    ratios = report["ratios"]
+    clients = report["config"]["concurrency"]
+    rows = [
+        (
+            "table latency p50 (ms)",
+            f"{independent['table_p50_s'] * ms:.0f}",
+            f"{shared['table_p50_s'] * ms:.0f}",
+        ),
+        (
+            "table latency p95 (ms)",
+            f"{independent['table_p95_s'] * ms:.0f}",
+            f"{shared['table_p95_s'] * ms:.0f}",
+        ),
+        (
+            "floor: sum of single passes / one bare backbone pass (ms)",
+            f"{report['sum_of_single_passes_s'] * ms:.0f}",
+            f"{report['bare_backbone_pass_s'] * ms:.0f}",
+        ),
+        (
+            "p50 / floor",
+            f"{ratios['independent_p50_over_sum_of_single_passes']:.2f} (aim <= 1.15)",
+            f"{ratios['shared_p50_over_bare_backbone']:.2f} (aim <= 1.25)",
+        ),
+        (
+            f"throughput, {clients} concurrent clients (posters/s)",
+            f"{independent['concurrent_posters_per_s']:.2f}",
+            f"{shared['concurrent_posters_per_s']:.2f}",
+        ),
+        (
+            "offline batched throughput (posters/s)",
+            f"{independent['offline_posters_per_s']:.2f}",
+            f"{shared['offline_posters_per_s']:.2f}",
+        ),
+        (
+            "concurrent / offline",
+            f"{ratios['independent_concurrent_over_offline']:.2f} (aim >= 0.9)",
+            f"{ratios['shared_concurrent_over_offline']:.2f} (aim >= 0.9)",
+        ),
+    ]
+    lines = ["| measure | independent models | shared backbone |", "|---|---|---|"]
+    lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
+    return "\n".join(lines)
