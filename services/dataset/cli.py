@@ -107,7 +107,7 @@ def register(commands: Any, bench: Any) -> None:
     build.add_argument(
         "--min-genre-posters",
         type=int,
-        default=10,
+        default=3,
         help="leave out of the vocabulary genres with fewer posters in the selection",
     )
     build.add_argument(

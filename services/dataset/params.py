@@ -45,8 +45,9 @@ class BuildParams:
     max_composite_fraction: float = 0.04
     # A composite seen once in train is repeated at most this many times (copies marked for augmentation).
     singleton_max_copies: int = 3
-    # Genres with fewer posters in the whole selection are left out of the vocabulary.
-    min_genre_posters: int = 10
+    # Genres with fewer posters in the whole selection are left out of the vocabulary (3: a genre
+    # needs a poster in each of train, validation and test to be learnt and measured).
+    min_genre_posters: int = 3
     # Perceptual hashes this close (in bits) are the same poster for the split.
     max_phash_distance: int = 4
     # Examples per TFRecord shard.

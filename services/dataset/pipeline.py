@@ -240,6 +240,19 @@ class BuildResult:
         return lines
 
 
+def empty_selection(
+    params: BuildParams, all_years: list[int], known: tuple[int, int] | None
+) -> DatasetInputError:
+    """The error for a request whose windows hold no movie, saying which years the database has."""
+    where = (
+        f"the database has posters from {known[0]} to {known[1]}" if known else "the database has no posters"
+    )
+    return DatasetInputError(
+        f"unknown years: no movie with a poster in {all_years[0]}-{all_years[-1]} "
+        f"({params.window} windows of {params.first_year}-{params.last_year}); {where}"
+    )
+
+
 def _no_progress(_fraction: float, _message: str) -> None:
     return None
 
@@ -265,15 +278,7 @@ def build_dataset(
         table = load_movies(session, all_years)
         known = database_years(session)
     if len(table) == 0:
-        where = (
-            f"the database has posters from {known[0]} to {known[1]}"
-            if known
-            else "the database has no posters"
-        )
-        raise DatasetInputError(
-            f"unknown years: no movie with a poster in {all_years[0]}-{all_years[-1]} "
-            f"({params.window} windows of {params.first_year}-{params.last_year}); {where}"
-        )
+        raise empty_selection(params, all_years, known)
     check_genres(table)
     digest = content_hash(params, table)
     existing = _existing_version(store, database_url, digest)

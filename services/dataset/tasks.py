@@ -25,6 +25,7 @@ def check_request(values: Mapping[str, Any], database_url: str | None = None) ->
     requested windows; the rest (genres, --min-posters) is checked by the build itself.
     """
     from services.dataset.params import window_targets
+    from services.dataset.pipeline import empty_selection
     from services.dataset.selection import database_years, load_movies
     from shared.config import get_settings
     from shared.db import session_scope
@@ -36,11 +37,7 @@ def check_request(values: Mapping[str, Any], database_url: str | None = None) ->
     years = sorted({y for ys in window_targets(params.window, params.years).values() for y in ys})
     with session_scope(database_url) as session:
         if len(load_movies(session, years)) == 0:
-            known = database_years(session)
-            where = f"posters from {known[0]} to {known[1]}" if known else "no posters"
-            raise DatasetInputError(
-                f"unknown years: no movie with a poster in {years[0]}-{years[-1]}; the database has {where}"
-            )
+            raise empty_selection(params, years, database_years(session))
     return params
 
 

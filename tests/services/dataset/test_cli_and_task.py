@@ -1,0 +1,109 @@
+"""``postergenre dataset build`` and the ``postergenre.dataset`` Celery task: results and bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.cli import main
+from services.crawler.importer import import_folder
+from services.dataset.reader import load_manifest
+from services.dataset.tasks import DatasetInputError, build_dataset_task, check_request
+from shared.db import Job, Movie, session_scope, upgrade_database
+from shared.storage import object_store_from_settings
+
+SMALL = ["--min-posters", "5", "--image-size", "16"]
+
+
+def imported(folder: Path) -> None:
+    upgrade_database()
+    assert not import_folder(folder, object_store_from_settings()).errors
+
+
+def test_build_prints_one_line_per_target_then_the_id(
+    settings: Any, poster_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    imported(poster_folder)
+    assert main(["dataset", "build", "--years", "2000-2001", *SMALL, "--seed", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("target 2000 (2000-2000): train ")
+    assert lines[1].startswith("target 2001 (2001-2001): train ")
+    dataset_id = lines[-1].removeprefix("dataset ")
+    manifest = load_manifest(object_store_from_settings(), dataset_id)
+    assert manifest["image_size"] == 16 and sorted(manifest["targets"]) == ["2000", "2001"]
+    assert main(["dataset", "build", "--years", "2000-2001", *SMALL, "--seed", "1"]) == 0
+    again = capsys.readouterr().out.strip().splitlines()
+    assert again[-1] == f"dataset {dataset_id}" and "reused" in again[-2]
+    assert main(["dataset", "show", dataset_id]) == 0
+    assert f'"id": "{dataset_id}"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--years", "1990-1991"], "unknown years: no movie with a poster in 1990-1991"),
+        (["--years", "1990-1991"], "the database has posters from 2000 to 2001"),
+        (["--years", "3000"], "unknown years 3000-3000"),
+        (["--years", "2000-2001", "--min-posters", "50"], "nothing to build: every target was skipped"),
+        (
+            ["--years", "2000", "--window", "decade", "--val-fraction", "0.5", "--test-fraction", "0.5"],
+            "sum to less than 1",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_a_non_zero_exit(
+    settings: Any, poster_folder: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    imported(poster_folder)
+    assert main(["dataset", "build", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+    assert not list(object_store_from_settings().list("datasets/"))
+
+
+def test_unparseable_years_and_empty_database(settings: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dataset", "build", "--years", "20x0"])
+    assert exit_info.value.code == 2
+    assert "years must look like 2000-2019" in capsys.readouterr().err
+    assert main(["dataset", "build", "--years", "2000"]) == 2
+    assert "the database has no posters" in capsys.readouterr().err
+
+
+def test_a_movie_without_genre_stops_the_build(
+    settings: Any, poster_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    imported(poster_folder)
+    with session_scope() as session:
+        movie = session.query(Movie).filter(Movie.source_id == "tt1000003").one()
+        movie.genres = []
+        movie_id = movie.id
+    assert main(["dataset", "build", "--years", "2000-2001", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "1 movie(s) have no genre (inconsistent labels)" in err and str(movie_id) in err
+
+
+def test_task_builds_reports_progress_and_refuses_bad_input(
+    settings: Any, collection: Callable[..., Path]
+) -> None:
+    imported(collection(years=range(2000, 2002), per_year=10))
+    request = {"years": "2000-2001", "window": "decade", "min_posters": 5, "image_size": 16}
+    assert check_request(request).window == "decade"
+    result = build_dataset_task.apply(kwargs=request, task_id="job-dataset-1")
+    dataset_id = result.get()
+    assert load_manifest(object_store_from_settings(), dataset_id)["window"] == "decade"
+    with session_scope() as session:
+        job = session.get(Job, "job-dataset-1")
+        assert job is not None and job.state == "SUCCESS" and job.progress == 100
+        assert job.result["dataset_id"] == dataset_id and job.result["targets"] == ["2000s"]
+
+    with pytest.raises(DatasetInputError, match="unknown years"):
+        check_request({"years": "1950-1951"})
+    failed = build_dataset_task.apply(kwargs={"years": "1950-1951"}, task_id="job-dataset-2")
+    assert failed.failed() and isinstance(failed.result, DatasetInputError)
+    with session_scope() as session:
+        job = session.get(Job, "job-dataset-2")
+        assert job is not None and job.state == "FAILURE" and "unknown years" in job.errors[0]
