@@ -19,6 +19,7 @@ from services.web.errors import ApiError
 from services.web.predictor import parse_years
 from shared.config import Settings
 from shared.jobs import create_job, update_job
+from shared.storage import ObjectNotFoundError, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,14 @@ def _years(value: str) -> str:
     return value.replace(" ", "")
 
 
+def _year_span(value: str) -> str:
+    """A contiguous span (``2000-2019`` or ``2005``), as datasets and trainings take."""
+    years = parse_years(value)
+    if years != list(range(years[0], years[-1] + 1)):
+        raise ValueError(f"years {value!r} must be one span like 2000-2019")
+    return f"{years[0]}-{years[-1]}"
+
+
 class StartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,46 +92,93 @@ class CrawlRequest(StartRequest):
 
 
 class DatasetRequest(StartRequest):
-    """Build an immutable dataset version from the stored posters."""
+    """Build an immutable dataset version from the stored posters (``services.dataset`` parameters)."""
 
     years: str = Field("2000-2019", examples=["2000-2019"])
     window: Literal["year", "rolling", "decade"] = "year"
-    image_size: int = Field(128, ge=16, le=512)
+    image_size: int | None = Field(None, ge=16, le=512, description="default: POSTERGENRE_IMAGE_SIZE")
     seed: int = Field(0, ge=0)
+    min_posters: int | None = Field(None, ge=1)
 
-    _check_years = field_validator("years")(_years)
+    _check_years = field_validator("years")(_year_span)
 
 
 class TrainingRequest(StartRequest):
-    """Train (or retrain) the models of some years on a dataset version."""
+    """Train (or retrain) the models of some years on a dataset version: one job per model."""
 
     dataset: str = Field(min_length=1, max_length=64, description="dataset version id")
     years: str = Field("2000-2019", examples=["2000-2019"])
     layout: Literal["independent", "window", "shared"] = "independent"
     arch: str = Field("smallcnn", min_length=1, max_length=32)
     weights: Literal["none", "imagenet"] = "none"
-    epochs: int = Field(12, ge=1, le=500)
-    formats: str = Field("savedmodel,tflite,tfjs", min_length=1, max_length=64)
+    epochs: int | None = Field(None, ge=1, le=500, description="default: the architecture's")
+    formats: list[Literal["savedmodel", "tflite", "tfjs"]] = Field(default=["savedmodel", "tflite", "tfjs"],
+                                                                  min_length=1)
+    bless: bool = Field(True, description="bless the new versions when they are not worse")
 
-    _check_years = field_validator("years")(_years)
+    _check_years = field_validator("years")(_year_span)
 
 
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int | None = Field(None, ge=1, description="version to serve; default the previous blessed one")
-    reason: str = Field("rolled back from the admin API", max_length=500)
 
 
-def start_job(celery: Celery, settings: Settings, kind: str, params: dict[str, Any]) -> str:
+def start_job(celery: Celery, settings: Settings, kind: str, params: dict[str, Any],
+              task_kwargs: dict[str, Any] | None = None) -> str:
     """Record the job, then send its task by name; the job id is the Celery task id."""
     job_id = uuid.uuid4().hex
+    return send_job(celery, settings, job_id, kind, params, params if task_kwargs is None else task_kwargs)
+
+
+def send_job(celery: Celery, settings: Settings, job_id: str, kind: str, params: dict[str, Any],
+             task_kwargs: dict[str, Any]) -> str:
     create_job(job_id, kind, params, url=settings.effective_database_url)
     try:
-        celery.send_task(TASKS[kind], kwargs=params, task_id=job_id)
+        celery.send_task(TASKS[kind], kwargs=task_kwargs, task_id=job_id)
     except Exception as exc:  # broker down: the job row says so instead of waiting forever
         log.error("could not queue %s job %s: %s", kind, job_id, exc)
         update_job(job_id, state="FAILURE", error=f"could not queue the task: {exc}",
                    url=settings.effective_database_url)
         raise ApiError(503, "broker_unavailable", f"the task queue is unavailable: {exc}") from None
     return job_id
+
+
+def start_dataset_build(celery: Celery, settings: Settings, request: DatasetRequest) -> str:
+    """Checked by the dataset service first (no posters in those years -> 422), then queued."""
+    from services.dataset.tasks import DatasetInputError, check_request
+
+    values = request.model_dump(exclude_none=True)
+    values.setdefault("image_size", settings.image_size)
+    try:
+        check_request(values, settings.effective_database_url)
+    except DatasetInputError as exc:
+        raise ApiError(422, "invalid_dataset_request", str(exc)) from None
+    return start_job(celery, settings, "dataset", values)
+
+
+def start_trainings(celery: Celery, settings: Settings, store: ObjectStore,
+                    request: TrainingRequest) -> list[str]:
+    """One task per model, planned by the trainer (``services.trainer.submit.plan_tasks``)."""
+    from services.dataset.reader import DatasetNotFoundError, load_manifest
+    from services.trainer.models import default_hyperparameters
+    from services.trainer.submit import TrainInputError, plan_tasks
+
+    try:
+        manifest = load_manifest(store, request.dataset)
+    except (DatasetNotFoundError, ObjectNotFoundError):
+        raise ApiError(422, "unknown_dataset", f"no dataset version {request.dataset!r}; build one first") \
+            from None
+    first, _, last = request.years.partition("-")
+    try:
+        hyperparameters = default_hyperparameters(request.arch, weights=request.weights,
+                                                  epochs=request.epochs)
+        years = range(int(first), int(last or first) + 1)
+        tasks = plan_tasks(manifest, years, request.layout, hyperparameters, settings.model_prefix,
+                           formats=list(request.formats), bless=request.bless)
+    except (TrainInputError, ValueError) as exc:
+        raise ApiError(422, "invalid_training_request", str(exc)) from None
+    # The task takes one ``params`` argument (what ``postergenre train`` sends).
+    return [send_job(celery, settings, task.task_id, "train", task.params, {"params": task.params})
+            for task in tasks]

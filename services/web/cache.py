@@ -8,6 +8,7 @@ skipped, never a failed prediction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -20,8 +21,14 @@ KEY_PREFIX = "postergenre:scores:"
 DEFAULT_TTL_S = 7 * 24 * 3600
 
 
-def cache_key(poster_sha256: str, model: str, version: int) -> str:
-    return f"{KEY_PREFIX}{poster_sha256}:{model}:{version}"
+def cache_namespace(database_url: str) -> str:
+    """Model names and versions are unique within one registry (database), so its URL scopes the keys:
+    two deployments (or test databases) sharing a Redis never read each other's scores."""
+    return hashlib.sha256(database_url.encode()).hexdigest()[:12]
+
+
+def cache_key(namespace: str, poster_sha256: str, model: str, version: int) -> str:
+    return f"{KEY_PREFIX}{namespace}:{poster_sha256}:{model}:{version}"
 
 
 class ScoreCache(Protocol):

@@ -112,8 +112,10 @@ Answers = dict[tuple[int, str], ModelAnswer]
 
 
 class PredictionService:
-    def __init__(self, predictor: Callable[[], Predictor], cache: ScoreCache, metrics: WebMetrics) -> None:
+    def __init__(self, predictor: Callable[[], Predictor], cache: ScoreCache, metrics: WebMetrics,
+                 cache_namespace: str) -> None:
         self._predictor = predictor
+        self.cache_namespace = cache_namespace
         self.cache = cache
         self.metrics = metrics
 
@@ -175,7 +177,7 @@ class PredictionService:
         year_models = models_by_year(models, years)
         by_name = {model.name: model for model in year_models.values()}
 
-        keys = {(i, name): cache_key(p.sha256, name, by_name[name].version)
+        keys = {(i, name): cache_key(self.cache_namespace, p.sha256, name, by_name[name].version)
                 for i, p in enumerate(posters) for name in by_name}
         cached = self.cache.get_many(list(keys.values()))
         answers = {pair: ModelAnswer(**cached[key]) for pair, key in keys.items() if key in cached}

@@ -17,8 +17,7 @@ from shared.db import ModelVersion
 log = logging.getLogger(__name__)
 
 
-def roll_back(settings: Settings, session: Session, name: str, version: int | None,
-              reason: str) -> list[dict[str, Any]]:
+def roll_back(settings: Settings, session: Session, name: str, version: int | None) -> list[dict[str, Any]]:
     """Bless ``version`` (default: the previous blessed one) of ``name``; every version's row after."""
     try:
         registry = importlib.import_module("services.trainer.registry")
@@ -29,8 +28,10 @@ def roll_back(settings: Settings, session: Session, name: str, version: int | No
         raise ApiError(404, "model_not_found", f"no model named {name}")
     session.close()  # the registry works in its own transaction
     try:
-        registry.rollback(name, to_version=version, reason=reason, url=settings.effective_database_url)
-    except (LookupError, ValueError) as exc:
+        registry.rollback(name, to_version=version, url=settings.effective_database_url)
+    except registry.RegistryError as exc:
+        if "has no version" in str(exc):
+            raise ApiError(404, "version_not_found", str(exc)) from None
         raise ApiError(409, "rollback_refused", str(exc)) from None
     sync_served_models(settings)
     query = select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)

@@ -68,6 +68,7 @@ class ModelList(BaseModel):
 
 class JobStarted(BaseModel):
     job_id: str
+    job_ids: list[str] = Field(description="every job started (a training starts one per model)")
 
 
 class JobInfo(BaseModel):

@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from services.inference.client import Predictor
-from services.web.cache import ScoreCache, open_score_cache
+from services.web.cache import ScoreCache, cache_namespace, open_score_cache
 from services.web.metrics import WebMetrics
 from services.web.predictor import PredictionService
 from shared.config import Settings
@@ -83,7 +83,8 @@ class WebState:
     def __post_init__(self) -> None:
         self.cache = open_score_cache(self.settings.redis_url)
         self.inference = InferenceConnection(self.settings)
-        self.predictions = PredictionService(self.inference.client, self.cache, self.metrics)
+        self.predictions = PredictionService(self.inference.client, self.cache, self.metrics,
+                                             cache_namespace(self.settings.effective_database_url))
 
     @property
     def store(self) -> ObjectStore:

@@ -3,14 +3,21 @@ follow jobs. Mounted only when the token is safe (see ``services.web.admin.admin
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from sqlalchemy import select
 
-from services.web.admin import CrawlRequest, DatasetRequest, RollbackRequest, TrainingRequest, start_job
+from services.web.admin import (
+    CrawlRequest,
+    DatasetRequest,
+    RollbackRequest,
+    TrainingRequest,
+    start_dataset_build,
+    start_job,
+    start_trainings,
+)
 from services.web.deps import AdminDep, CeleryDep, SessionDep, SettingsDep, StoreDep
 from services.web.errors import ApiError
 from services.web.rollback import roll_back
@@ -23,21 +30,23 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDe
 
 
 @router.post("/crawls", status_code=202, response_model=JobStarted, summary="Start a TMDB crawl")
-async def start_crawl(body: CrawlRequest, celery: CeleryDep, settings: SettingsDep) -> dict[str, str]:
-    return {"job_id": await asyncio.to_thread(start_job, celery, settings, "crawl", body.model_dump())}
+def start_crawl(body: CrawlRequest, celery: CeleryDep, settings: SettingsDep) -> dict[str, Any]:
+    job_id = start_job(celery, settings, "crawl", body.model_dump())
+    return {"job_id": job_id, "job_ids": [job_id]}
 
 
 @router.post("/datasets", status_code=202, response_model=JobStarted, summary="Start a dataset build")
-async def start_dataset(body: DatasetRequest, celery: CeleryDep, settings: SettingsDep) -> dict[str, str]:
-    return {"job_id": await asyncio.to_thread(start_job, celery, settings, "dataset", body.model_dump())}
+def start_dataset(body: DatasetRequest, celery: CeleryDep, settings: SettingsDep) -> dict[str, Any]:
+    job_id = start_dataset_build(celery, settings, body)
+    return {"job_id": job_id, "job_ids": [job_id]}
 
 
-@router.post("/trainings", status_code=202, response_model=JobStarted, summary="Start a (re)training")
+@router.post("/trainings", status_code=202, response_model=JobStarted,
+             summary="Start a (re)training: one job per model, the first id is job_id")
 def start_training(body: TrainingRequest, celery: CeleryDep, settings: SettingsDep,
-                   session: SessionDep) -> dict[str, str]:
-    if session.get(DatasetVersion, body.dataset) is None:
-        raise ApiError(422, "unknown_dataset", f"no dataset version {body.dataset!r}; build one first")
-    return {"job_id": start_job(celery, settings, "train", body.model_dump())}
+                   store: StoreDep) -> dict[str, Any]:
+    job_ids = start_trainings(celery, settings, store, body)
+    return {"job_id": job_ids[0], "job_ids": job_ids}
 
 
 @router.post("/models/{name}/rollback", response_model=ModelList,
@@ -45,7 +54,7 @@ def start_training(body: TrainingRequest, celery: CeleryDep, settings: SettingsD
 def rollback(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")], settings: SettingsDep,
              session: SessionDep, body: RollbackRequest | None = None) -> dict[str, Any]:
     request = body or RollbackRequest.model_validate({})
-    return {"models": roll_back(settings, session, name, request.version, request.reason)}
+    return {"models": roll_back(settings, session, name, request.version)}
 
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, summary="A job: state, progress, counts, errors")

@@ -75,6 +75,8 @@ def register_models(settings: Settings, models: list[TinyModel], retired: set[st
                 layout="shared" if model.years else "independent", dataset_version="ds-test",
                 metrics={"micro_f1": 0.5 + index / 100, "per_genre": {"Drama": 0.4}},
                 status="retired" if key in retired else "blessed",
+                status_reason="was blessed; superseded" if key in retired else "blessed: test",
+                exports={"savedmodel": f"models/{key}"},
                 created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=index)))
 
 

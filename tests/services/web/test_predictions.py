@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.web.cache import cache_namespace
 from shared.images import poster_pixels, sha256_hex
 from tests.conftest import make_poster
 from tests.services.web.conftest import WebStack
@@ -86,7 +87,8 @@ def test_repeated_poster_is_served_from_the_redis_cache(web_stack: WebStack) -> 
     poster = make_poster(10)
     first = upload(web_stack, poster, years="2000-2003").json()
     client = redis.Redis.from_url(web_stack.settings.redis_url)
-    keys = client.keys(f"postergenre:scores:{sha256_hex(poster)}:*")
+    namespace = cache_namespace(web_stack.settings.effective_database_url)
+    keys = client.keys(f"postergenre:scores:{namespace}:{sha256_hex(poster)}:*")
     names = sorted(str(key, "utf-8").split(":")[-2] for key in keys)  # type: ignore[arg-type]
     assert names == ["genre-2000", "genre-2001", "genre-shared"]
     before = cache_hits(web_stack)
