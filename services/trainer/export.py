@@ -86,28 +86,44 @@ class TfjsRuntimeMissing(ExportError):
 
 
 # ---------------------------------------------------------------------------------------------
-# In-graph preprocessing: poster bytes -> pixels, as shared.images.poster_pixels does it.
+# In-graph preprocessing: poster bytes -> pixels, exactly as shared.images.poster_pixels does it.
+#
+# Pillow works on uint8 images in integer arithmetic; we do the same in int32 so that the bytes
+# signature gives the very pixels training saw, not pixels one grey level away.
 # ---------------------------------------------------------------------------------------------
+
+# Pillow's fixed-point precision: Resample.c (8-bit images) and AlphaComposite.c.
+RESAMPLE_PRECISION_BITS = 32 - 8 - 2
+COMPOSITE_PRECISION_BITS = 7
 
 
 def _composite_on_white(image: tf.Tensor) -> tf.Tensor:
-    """``[H, W, C]`` uint8 with C in 1..4 -> float32 ``[H, W, 3]``; alpha composited on white.
+    """``[H, W, C]`` uint8 with C in 1..4 -> int32 ``[H, W, 3]``, alpha composited on white.
 
-    Pillow's ``alpha_composite`` onto an opaque white background rounds to uint8; so do we.
+    Greyscale is repeated to RGB. With an opaque white background Pillow's ``alpha_composite``
+    reduces to ``SHIFTFORDIV255(128 * (c * a + 255 * (255 - a)) + 128 * 128) >> 7``, computed here
+    the same way, so the result matches bit for bit.
     """
     channels = tf.shape(image)[-1]
     has_alpha = tf.equal(channels % 2, 0)  # 2 = grey + alpha, 4 = RGB + alpha
     colour_channels = channels - tf.cast(has_alpha, tf.int32)
-    pixels = tf.cast(image, tf.float32)
+    pixels = tf.cast(image, tf.int32)
     colour = pixels[..., :colour_channels]
     colour = tf.cond(tf.equal(colour_channels, 1), lambda: tf.tile(colour, [1, 1, 3]), lambda: colour)
-    alpha = tf.cond(has_alpha, lambda: pixels[..., -1:] / 255.0, lambda: tf.ones_like(pixels[..., :1]))
-    blended = tf.round(colour * alpha + 255.0 * (1.0 - alpha))
+
+    def blend() -> tf.Tensor:
+        alpha = pixels[..., -1:]
+        scale = 1 << COMPOSITE_PRECISION_BITS
+        total = scale * (colour * alpha + 255 * (255 - alpha)) + scale * scale
+        divided = tf.bitwise.right_shift(tf.bitwise.right_shift(total, 8) + total, 8)  # SHIFTFORDIV255
+        return tf.bitwise.right_shift(divided, COMPOSITE_PRECISION_BITS)
+
+    blended = tf.cond(has_alpha, blend, lambda: colour)
     return tf.ensure_shape(blended, [None, None, 3])
 
 
 def decode_poster(data: tf.Tensor) -> tf.Tensor:
-    """One poster's bytes (scalar tf.string) -> float32 ``[H, W, 3]`` RGB 0..255.
+    """One poster's bytes (scalar tf.string) -> int32 ``[H, W, 3]`` RGB 0..255.
 
     JPEG takes its own path because only ``decode_jpeg`` lets us choose the accurate integer DCT,
     which is what Pillow uses (TF's default, the fast DCT, is off by up to 7 grey levels).
@@ -116,7 +132,7 @@ def decode_poster(data: tf.Tensor) -> tf.Tensor:
 
     def jpeg() -> tf.Tensor:
         decoded = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-        return tf.cast(decoded, tf.float32)
+        return tf.cast(decoded, tf.int32)
 
     def other() -> tf.Tensor:
         decoded = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
@@ -125,21 +141,65 @@ def decode_poster(data: tf.Tensor) -> tf.Tensor:
     return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
-def resize_like_pillow(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Float32 ``[H, W, 3]`` -> float32 ``[S, S, 3]``, integer-valued.
+def pillow_bilinear_coefficients(in_size: tf.Tensor, out_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pillow's ``precompute_coeffs`` for ``BILINEAR``, then its 8-bit fixed-point rounding.
 
-    With ``antialias=True`` a bilinear shrink widens its triangle filter by the scale factor, as
-    Pillow's ``BILINEAR`` does (``reducing_gap=None``); an enlargement is plain bilinear in both.
+    Returns source indices and int32 weights, both ``[out_size, K]``: output pixel ``i`` is
+    ``sum_k source[index[i, k]] * weight[i, k]`` in units of ``2**RESAMPLE_PRECISION_BITS``. When
+    shrinking, the triangle filter is widened by the scale factor (antialiasing).
+    """
+    in_length = tf.cast(in_size, tf.float64)
+    scale = in_length / out_size
+    filter_scale = tf.maximum(scale, 1.0)
+    support = filter_scale  # the bilinear (triangle) filter's support is 1
+    window = tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1
+    centre = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
+    first = tf.maximum(tf.cast(tf.floor(centre - support + 0.5), tf.int32), 0)
+    count = tf.minimum(tf.cast(tf.floor(centre + support + 0.5), tf.int32), in_size) - first
+    offsets = tf.range(window)
+    index = first[:, None] + offsets[None, :]
+    distance = (tf.cast(index, tf.float64) - centre[:, None] + 0.5) * (1.0 / filter_scale)
+    weight = tf.where(offsets[None, :] < count[:, None], tf.maximum(1.0 - tf.abs(distance), 0.0), 0.0)
+    total = tf.reduce_sum(weight, axis=1, keepdims=True)
+    weight = tf.math.divide_no_nan(weight, total)
+    fixed = tf.cast(tf.floor(weight * (1 << RESAMPLE_PRECISION_BITS) + 0.5), tf.int32)
+    return tf.minimum(index, in_size - 1), fixed
+
+
+def _resample_axis(image: tf.Tensor, axis: int, out_size: int) -> tf.Tensor:
+    """One pass of Pillow's two-pass resize along ``axis`` (1: horizontal, 0: vertical); int32."""
+    index, weight = pillow_bilinear_coefficients(tf.shape(image)[axis], out_size)
+    neighbours = tf.gather(image, index, axis=axis)  # axis 1: [H, S, K, 3]; axis 0: [S, K, W, 3]
+    weight = weight[None, :, :, None] if axis == 1 else weight[:, :, None, None]
+    # int32 cannot overflow: at most 255 * 2**22 plus rounding, as in Pillow's own int32 sums.
+    total = tf.reduce_sum(neighbours * weight, axis=axis + 1) + (1 << (RESAMPLE_PRECISION_BITS - 1))
+    return tf.clip_by_value(tf.bitwise.right_shift(total, RESAMPLE_PRECISION_BITS), 0, 255)
+
+
+def resize_like_pillow(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """int32 ``[H, W, 3]`` -> int32 ``[S, S, 3]``: ``Image.resize((S, S), BILINEAR, reducing_gap=None)``.
+
+    Pillow resizes in two passes, rounding to uint8 in between, so the order of the passes shows
+    in the result. It goes horizontal first, except (Pillow 13) when the height shrinks much
+    more than the width: ``H > S and H - S > 2 * (W - S)`` for a square target, a rule checked
+    against the installed Pillow by the tests. (TF's own ``tf.image.resize(antialias=True)`` uses
+    the same filter in float and lands one grey level away on up to a fifth of the pixels.)
     Aspect ratio is not kept, as in ``shared.images.resize_pixels``.
     """
-    resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-    return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    vertical_first = tf.logical_and(height > image_size, height - image_size > 2 * (width - image_size))
+    resized = tf.cond(
+        vertical_first,
+        lambda: _resample_axis(_resample_axis(image, 0, image_size), 1, image_size),
+        lambda: _resample_axis(_resample_axis(image, 1, image_size), 0, image_size),
+    )
+    return tf.ensure_shape(resized, [image_size, image_size, 3])
 
 
 def poster_bytes_to_pixels(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """A batch of poster bytes ``[B]`` -> float32 pixels ``[B, S, S, 3]``."""
+    """A batch of poster bytes ``[B]`` -> float32 pixels ``[B, S, S, 3]`` (integer values 0..255)."""
     return tf.map_fn(
-        lambda data: resize_like_pillow(decode_poster(data), image_size),
+        lambda data: tf.cast(resize_like_pillow(decode_poster(data), image_size), tf.float32),
         images,
         fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
     )
@@ -414,7 +474,8 @@ def check_exports(model: keras.Model, dest: Path, sample_pixels: np.ndarray) -> 
 
 
 def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: np.ndarray | None = None,
-               formats: Sequence[str] = ALL_FORMATS, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+               formats: Sequence[str] = ALL_FORMATS,
+               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every requested format of one model version under ``dest`` and check each against Keras.
 
     ``formats`` is a subset of ``("savedmodel", "tflite", "tfjs")``; TF.js needs the SavedModel.

@@ -1,0 +1,262 @@
+"""Exports of a model version: each one written, loaded back by its own runtime, compared with Keras.
+
+One tiny model (32 px) is exported once per module (the TF.js conversion is the slow step); the
+tests then read the files back: the SavedModel through TensorFlow, TFLite through LiteRT
+(ai-edge-litert), TF.js through @tensorflow/tfjs in Node.js.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from services.trainer import export
+from shared.images import poster_pixels
+from tests.conftest import SHARED_POSTERS, make_poster
+
+IMAGE_SIZE = 32
+GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
+TOLERANCE = 1e-4
+
+
+def tiny_model(seed: int = 0, years: int | None = None) -> keras.Model:
+    """Pixels 0..255 -> sigmoid scores; ``years`` gives the shared layout ``[None, Y, G]``.
+
+    The hidden Dense layer has more than 1024 weights so that dynamic-range quantisation really
+    quantises something (the converter leaves smaller tensors in float).
+    """
+    keras.utils.set_random_seed(seed)
+    pixels = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(pixels)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(96, activation="relu")(x)
+    if years is None:
+        scores = keras.layers.Dense(len(GENRES), activation="sigmoid")(x)
+    else:
+        x = keras.layers.Dense(years * len(GENRES), activation="sigmoid")(x)
+        scores = keras.layers.Reshape((years, len(GENRES)))(x)
+    return keras.Model(pixels, scores)
+
+
+def sample_pixels(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+
+
+def tfjs_converter_missing() -> str | None:
+    try:
+        export.tfjs_converter_path()
+    except export.TfjsConverterMissing as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One model version exported in every format available here (TF.js when its env exists)."""
+    model = tiny_model()
+    dest = tmp_path_factory.mktemp("models") / "genre-2000" / "1"
+    formats = ("savedmodel", "tflite") + (() if tfjs_converter_missing() else ("tfjs",))
+    metadata = {"genres": GENRES, "years": [2000], "layout": "independent", "dataset": "ds-test"}
+    result = export.export_all(model, dest, IMAGE_SIZE, sample_pixels=sample_pixels(4, seed=1),
+                               formats=formats, metadata=metadata)
+    return {"model": model, "dest": dest, "result": result}
+
+
+def test_saved_model_has_the_contract_signatures(exported: dict[str, Any]) -> None:
+    loaded = tf.saved_model.load(str(exported["dest"]))
+    assert set(loaded.signatures) == {"serving_default", "pixels"}
+    by_bytes = loaded.signatures["serving_default"]
+    (images_spec,) = by_bytes.structured_input_signature[1].values()
+    assert list(by_bytes.structured_input_signature[1]) == ["images"]
+    assert images_spec.dtype == tf.string and images_spec.shape.as_list() == [None]
+    by_pixels = loaded.signatures["pixels"]
+    assert list(by_pixels.structured_input_signature[1]) == ["pixels"]
+    pixels_spec = by_pixels.structured_input_signature[1]["pixels"]
+    assert pixels_spec.dtype == tf.float32
+    assert pixels_spec.shape.as_list() == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
+    for signature in (by_bytes, by_pixels):
+        assert list(signature.structured_outputs) == ["scores"]
+        assert signature.structured_outputs["scores"].shape.as_list() == [None, len(GENRES)]
+        assert signature.structured_outputs["scores"].dtype == tf.float32
+
+
+def test_saved_model_assets_extra(exported: dict[str, Any]) -> None:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    extra = exported["dest"] / "assets.extra"
+    records = list(tf.data.TFRecordDataset(str(extra / "tf_serving_warmup_requests")).as_numpy_iterator())
+    assert len(records) == 1
+    log = prediction_log_pb2.PredictionLog.FromString(records[0])
+    request = log.predict_log.request
+    assert request.model_spec.name == "genre-2000"
+    assert request.model_spec.signature_name == "pixels"
+    warmup = tf.make_ndarray(request.inputs["pixels"])
+    assert warmup.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3) and warmup.dtype == np.float32
+    # The warm-up request is a valid request: the pixels signature answers it.
+    loaded = tf.saved_model.load(str(exported["dest"]))
+    assert loaded.signatures["pixels"](pixels=tf.constant(warmup))["scores"].shape == (1, len(GENRES))
+
+    assert json.loads((extra / "genres.json").read_text()) == {
+        "genres": GENRES, "years": [2000], "image_size": IMAGE_SIZE}
+    metadata = json.loads((extra / "postergenre.json").read_text())
+    assert metadata["layout"] == "independent" and metadata["dataset"] == "ds-test"
+
+
+def test_export_all_reports_paths_and_differences(exported: dict[str, Any], record_property: Any) -> None:
+    result = exported["result"]
+    record_property("max_abs_diff", result["max_abs_diff"])
+    print("max abs difference vs Keras:", result["max_abs_diff"])
+    paths = result["paths"]
+    assert paths["savedmodel"] == "."
+    assert paths["tflite"] == "exports/model.tflite"
+    assert paths["tflite_int8"] == "exports/model_int8.tflite"
+    for relative in paths.values():
+        assert (exported["dest"] / relative).exists()
+    diffs = result["max_abs_diff"]
+    for key in ("savedmodel", "savedmodel_bytes", "tflite"):
+        assert diffs[key] < TOLERANCE, key
+    # Quantised weights move the scores, but not far: recorded, loosely bounded.
+    assert 0 < diffs["tflite_int8"] < 0.05
+    if "tfjs" in paths:
+        assert paths["tfjs"] == "exports/tfjs/model.json"
+
+
+def test_bytes_signature_matches_keras_on_jpeg_posters(exported: dict[str, Any],
+                                                       record_property: Any) -> None:
+    """The in-graph decoding against shared.images.poster_pixels + Keras, on real-looking posters."""
+    posters = [make_poster(seed, size) for seed, size in enumerate([(300, 450), (182, 268), (20, 30)])]
+    shared_images = sorted((SHARED_POSTERS / "images").glob("*.jpg"))[:5]
+    posters += [path.read_bytes() for path in shared_images]
+    expected = np.asarray(exported["model"](np.stack([poster_pixels(data, IMAGE_SIZE) for data in posters])
+                                            .astype(np.float32)))
+    loaded = tf.saved_model.load(str(exported["dest"]))
+    scores = loaded.signatures["serving_default"](images=tf.constant(posters))["scores"].numpy()
+    difference = float(np.max(np.abs(scores - expected)))
+    record_property("bytes_vs_poster_pixels_max_abs_diff", difference)
+    print(f"bytes signature vs Keras(poster_pixels) on {len(posters)} JPEG posters "
+          f"({len(shared_images)} from the shared collection): {difference:.2e}")
+    # The in-graph pixels are identical to poster_pixels (see below): only float rounding remains.
+    assert difference < TOLERANCE
+
+
+def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def poster_variants() -> dict[str, bytes]:
+    """One poster in every colour layout and format the bytes signature must handle."""
+    rgb = Image.open(io.BytesIO(make_poster(7, (120, 180))))
+    alpha = Image.fromarray(np.random.default_rng(7).integers(0, 256, (180, 120), dtype=np.uint8))
+    rgba = rgb.copy()
+    rgba.putalpha(alpha)
+    return {
+        "jpeg": make_poster(7, (120, 180)),
+        "jpeg enlarged": make_poster(8, (20, 30)),
+        "jpeg greyscale": _encode(rgb.convert("L"), "JPEG"),
+        "jpeg cmyk": _encode(rgb.convert("CMYK"), "JPEG"),
+        "png rgb": _encode(rgb, "PNG"),
+        "png rgba on white": _encode(rgba, "PNG"),
+        "png grey + alpha": _encode(rgba.convert("LA"), "PNG"),
+        "png greyscale": _encode(rgb.convert("L"), "PNG"),
+        "png palette": _encode(rgb.convert("P"), "PNG"),
+        "png palette transparent": _encode(rgb.convert("P"), "PNG", transparency=0),
+        "gif": _encode(rgb.convert("P"), "GIF"),
+    }
+
+
+@pytest.mark.parametrize("size", [IMAGE_SIZE, 96])
+def test_in_graph_preprocessing_reproduces_poster_pixels(size: int) -> None:
+    """Every colour layout and format gives the very pixels training saw, bit for bit."""
+    for name, data in poster_variants().items():
+        expected = poster_pixels(data, size).astype(np.float32)
+        pixels = export.poster_bytes_to_pixels(tf.constant([data]), size).numpy()[0]
+        assert np.array_equal(pixels, expected), (name, float(np.abs(pixels - expected).max()))
+
+
+def test_resize_follows_pillow_on_every_aspect_ratio() -> None:
+    """Shrinking and enlarging, wide and tall: the order of Pillow's two passes shows in the result."""
+    rng = np.random.default_rng(5)
+    size = 24
+    for width, height in [(60, 90), (40, 120), (47, 70), (47, 71), (120, 40), (30, 200), (10, 15),
+                          (10, 60), (24, 100), (100, 24), (24, 24), (25, 23), (7, 5)]:
+        array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(array).resize((size, size), Image.Resampling.BILINEAR,
+                                                            reducing_gap=None))
+        resized = export.resize_like_pillow(tf.constant(array.astype(np.int32)), size).numpy()
+        assert np.array_equal(resized, expected), (width, height)
+
+
+def test_bytes_signature_refuses_what_is_not_an_image(exported: dict[str, Any]) -> None:
+    loaded = tf.saved_model.load(str(exported["dest"]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_default"](images=tf.constant([b"not an image at all"]))
+
+
+def test_tflite_exports_load_in_litert(exported: dict[str, Any]) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    exports = exported["dest"] / "exports"
+    fp32, int8 = exports / "model.tflite", exports / "model_int8.tflite"
+    assert int8.stat().st_size < fp32.stat().st_size  # the weights really are int8
+    pixels = sample_pixels(3, seed=2)
+    expected = np.asarray(exported["model"](pixels))
+    runner = Interpreter(model_path=str(fp32)).get_signature_runner("pixels")
+    scores = runner(pixels=pixels)["scores"]
+    assert scores.shape == expected.shape
+    assert np.max(np.abs(scores - expected)) < TOLERANCE
+    assert np.max(np.abs(export.run_tflite(int8, pixels) - expected)) < 0.05
+
+
+def test_tfjs_graph_model_loads_in_node(exported: dict[str, Any], record_property: Any) -> None:
+    missing = tfjs_converter_missing() or export.tfjs_runtime_problem()
+    if missing:
+        pytest.skip(f"TF.js check skipped: {missing}")
+    model_json = exported["dest"] / "exports" / "tfjs" / "model.json"
+    topology = json.loads(model_json.read_text())
+    assert topology["format"] == "graph-model"
+    assert exported["result"]["max_abs_diff"]["tfjs"] < TOLERANCE
+    pixels = sample_pixels(3, seed=3)
+    scores = export.run_tfjs(model_json, pixels)
+    difference = float(np.max(np.abs(scores - np.asarray(exported["model"](pixels)))))
+    record_property("tfjs_max_abs_diff", difference)
+    assert scores.shape == (3, len(GENRES))
+    assert difference < TOLERANCE
+
+
+def test_shared_layout_keeps_years_axis(tmp_path: Path) -> None:
+    """The shared model answers ``[None, Y, G]``; every format keeps that shape."""
+    model = tiny_model(seed=4, years=3)
+    dest = tmp_path / "genre-shared" / "1"
+    result = export.export_all(model, dest, IMAGE_SIZE, formats=("savedmodel", "tflite"))
+    for key in ("savedmodel", "savedmodel_bytes", "tflite"):
+        assert result["max_abs_diff"][key] < TOLERANCE, key
+    loaded = tf.saved_model.load(str(dest))
+    scores = loaded.signatures["serving_default"](images=tf.constant([make_poster(1), make_poster(2)]))
+    assert scores["scores"].shape == (2, 3, len(GENRES))
+    assert not (dest / "assets.extra" / "genres.json").exists()  # no metadata given, none invented
+
+
+def test_bad_requests_get_clear_errors(exported: dict[str, Any], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    model = exported["model"]
+    with pytest.raises(export.ExportError, match="immutable"):
+        export.export_saved_model(model, exported["dest"], IMAGE_SIZE)
+    with pytest.raises(export.ExportError, match="does not match"):
+        export.export_saved_model(model, tmp_path / "m" / "1", 64)
+    with pytest.raises(export.ExportError, match="unknown export formats"):
+        export.export_all(model, tmp_path / "m" / "2", IMAGE_SIZE, formats=("onnx",))
+    monkeypatch.setenv("POSTERGENRE_TFJS_CONVERTER", str(tmp_path / "no-such-converter"))
+    with pytest.raises(export.TfjsConverterMissing, match="scripts/make_tfjs_env.sh"):
+        export.export_all(model, tmp_path / "m" / "3", IMAGE_SIZE)
+    assert not (tmp_path / "m" / "3").exists()  # refused before writing anything
