@@ -136,9 +136,11 @@ class Servable:
     def _read_genres(self) -> list[str]:
         path = self.path / "assets.extra" / "genres.json"
         try:
-            genres = json.loads(path.read_text())
+            layout = json.loads(path.read_text())
         except (OSError, ValueError):
             return []
+        # The trainer writes {"genres": [...], "years": [...], "image_size": S}; a bare list is accepted too.
+        genres = layout.get("genres") if isinstance(layout, dict) else layout
         return [str(g) for g in genres] if isinstance(genres, list) else []
 
     def warm_up(self) -> None:
