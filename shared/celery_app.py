@@ -7,6 +7,7 @@ worker loss, so a killed worker's task goes to another worker.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from celery import Celery
@@ -53,8 +54,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def present_task_modules() -> list[str]:
+    """The task modules that exist: a worker still starts while a service has no tasks yet."""
+    return [name for name in TASK_MODULES if importlib.util.find_spec(name) is not None]
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
-    app = Celery("postergenre", include=TASK_MODULES)
+    app = Celery("postergenre", include=present_task_modules())
     app.conf.update(celery_config(settings or get_settings()))
     return app
 
