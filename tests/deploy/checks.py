@@ -1,0 +1,1138 @@
+"""Machine checks of the deployment files, with no Docker engine and no cluster.
+
+Each ``check_*`` function returns a list of problems (empty when all is well), so a test asserts
+``== []`` and shows every problem at once, and ``python -m tests.deploy.checks`` prints them for a
+person (scripts/validate_deploy.sh). The tools are the real ones, installed from PyPI by the
+``test`` extra: check-jsonschema (with its vendored Compose-specification schema), kubectl (its
+built-in kustomize), kubernetes-validate (offline Kubernetes schemas) and hadolint.
+
+One source of truth: environment variable names come from ``shared.config.Settings``, commands are
+parsed by the real ``postergenre`` parser, the models folder comes from ``Settings.models_dir``,
+the batching file name from ``services.inference.repository``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "compose.yaml"
+ENV_EXAMPLE = REPO / ".env.example"
+DOCKER_DIR = REPO / "docker"
+DOCKERIGNORE = REPO / ".dockerignore"
+LOCK_FILE = DOCKER_DIR / "requirements.lock"
+K8S_DIR = REPO / "k8s"
+OVERLAYS = ("dev", "prod")
+SECRET_EXAMPLE = K8S_DIR / "secret.example.yaml"
+KUBERNETES_VERSION = "1.37.0"
+
+# Variables that are not postergenre settings but that the deployment files may name, each with
+# why. Anything else must be a setting of shared/config.py.
+COMPOSE_ONLY_VARIABLES = {
+    "POSTGRES_PASSWORD": "password of the bundled PostgreSQL; compose builds POSTERGENRE_DATABASE_URL",
+    "DATA": "host folder of posters mounted into the demo service (as in the Makefile)",
+}
+INFRA_SECRET_KEYS = {"POSTGRES_PASSWORD"}
+# Ports the third-party images listen on (their documented defaults; our commands keep them).
+THIRD_PARTY_PORTS = {"postgres": 5432, "redis": 6379, "minio": 9000}
+WEB_PORT = 8000
+TFSERVING_GRPC_PORT = 8500
+TFSERVING_REST_PORT = 8501
+TRAINER_BASE_IMAGE = "tensorflow/tensorflow:2.21.0-gpu"
+TFJS_ENV_SCRIPT = "scripts/make_tfjs_env.sh"
+
+
+class ToolMissing(RuntimeError):
+    """A validator that the ``test`` extra installs is not on this machine."""
+
+
+def tool(name: str) -> str:
+    """The path of a command-line validator, preferring the one beside this Python."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ToolMissing(f"{name} not found: install the test extra (pip install -e '.[test]')")
+    return found
+
+
+def run_tool(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=120, check=False)
+
+
+# ---------------------------------------------------------------- settings: the names the code reads
+
+
+def settings_variables() -> frozenset[str]:
+    """Every environment variable ``Settings`` reads: prefix + field name, or the field's alias."""
+    from shared.config import Settings
+
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    names: set[str] = set()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if alias is None:
+            names.add((prefix + field_name).upper())
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:  # AliasChoices
+            names.update(
+                str(choice).upper() for choice in getattr(alias, "choices", []) if isinstance(choice, str)
+            )
+    return frozenset(names)
+
+
+def settings_for(environment: dict[str, str]) -> Any:
+    """``Settings`` as a container with this environment would build it (only POSTERGENRE_HOME and
+    friends matter here), without reading this process's environment."""
+    from shared.config import Settings
+
+    fields = {
+        name: environment[(f"POSTERGENRE_{name}").upper()]
+        for name in Settings.model_fields
+        if (f"POSTERGENRE_{name}").upper() in environment
+    }
+    return Settings.model_validate(fields)
+
+
+def code_variables() -> frozenset[str]:
+    """``POSTERGENRE_*`` names the code reads outside Settings (``os.environ`` look-ups)."""
+    names: set[str] = set()
+    for folder in ("services", "shared"):
+        for path in (REPO / folder).rglob("*.py"):
+            names.update(re.findall(r"[\"'](POSTERGENRE_[A-Z0-9_]+)[\"']", path.read_text(errors="replace")))
+    return frozenset(names)
+
+
+def batching_config_name() -> str:
+    from services.inference.repository import BATCHING_CONFIG_NAME
+
+    return BATCHING_CONFIG_NAME
+
+
+def postergenre_cli_problems(argv: list[str], where: str) -> list[str]:
+    """Parse ``postergenre ARGV`` with the real parser; a problem when it would refuse it."""
+    from services.cli import build_parser
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            message = stderr.getvalue().strip().splitlines()
+            return [
+                f"{where}: `postergenre {shlex.join(argv)}` is refused: {message[-1] if message else exc}"
+            ]
+    return []
+
+
+# ---------------------------------------------------------------- .env.example
+
+ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    name: str
+    value: str
+    commented: bool
+
+
+def read_env_example(path: Path = ENV_EXAMPLE) -> dict[str, EnvEntry]:
+    entries: dict[str, EnvEntry] = {}
+    for line in path.read_text().splitlines():
+        match = ENV_LINE.match(line.strip())
+        if match:
+            commented, name, value = match.groups()
+            entries[name] = EnvEntry(name, value, commented is not None)
+    return entries
+
+
+def check_env_example(path: Path = ENV_EXAMPLE) -> list[str]:
+    """Documents exactly the settings (plus the compose-only password); shown defaults are true."""
+    entries = read_env_example(path)
+    settings = settings_variables()
+    problems = [
+        f"{path.name}: setting {name} is not documented" for name in sorted(settings - entries.keys())
+    ]
+    allowed = settings | INFRA_SECRET_KEYS
+    problems += [
+        f"{path.name}: {name} is not a setting of shared/config.py (nor {sorted(INFRA_SECRET_KEYS)})"
+        for name in sorted(entries.keys() - allowed)
+    ]
+    from shared.config import Settings
+
+    defaults = Settings.model_construct()
+    for entry in entries.values():
+        if not entry.commented or entry.name not in settings or entry.name in WIRING_DOCUMENTED:
+            continue
+        field = next(
+            (
+                f
+                for f in Settings.model_fields
+                if (f"POSTERGENRE_{f}").upper() == entry.name
+                or str(Settings.model_fields[f].validation_alias or "").upper() == entry.name
+            ),
+            None,
+        )
+        if field is None:
+            continue
+        try:
+            shown = Settings.model_validate({_input_key(field): entry.value}).model_dump()[field]
+        except Exception as exc:  # noqa: BLE001 - any validation error is the problem to report
+            problems.append(f"{path.name}: {entry.name}={entry.value} is not a valid value: {exc}")
+            continue
+        if shown != getattr(defaults, field):
+            problems.append(
+                f"{path.name}: {entry.name} shows {entry.value!r} but the default is "
+                f"{getattr(defaults, field)!r}"
+            )
+    return problems
+
+
+# Section 3 of .env.example shows stack-mode examples, not defaults.
+WIRING_DOCUMENTED = frozenset(
+    {
+        "POSTERGENRE_HOME",
+        "POSTERGENRE_DATABASE_URL",
+        "POSTERGENRE_OBJECT_STORE",
+        "POSTERGENRE_S3_ENDPOINT",
+        "POSTERGENRE_S3_SECURE",
+        "POSTERGENRE_BROKER_URL",
+        "POSTERGENRE_RESULT_BACKEND",
+        "POSTERGENRE_REDIS_URL",
+        "POSTERGENRE_INFERENCE_URL",
+        "POSTERGENRE_INFERENCE_REST_URL",
+    }
+)
+
+
+def _input_key(field_name: str) -> str:
+    from shared.config import Settings
+
+    alias = Settings.model_fields[field_name].validation_alias
+    return alias if isinstance(alias, str) else field_name
+
+
+# ---------------------------------------------------------------- compose.yaml
+
+
+def load_yaml(path: Path) -> Any:
+    with path.open() as handle:
+        return yaml.safe_load(handle)
+
+
+def check_compose_schema(path: Path = COMPOSE_FILE) -> list[str]:
+    """The Compose specification's JSON schema, as vendored by check-jsonschema."""
+    result = run_tool([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)])
+    if result.returncode == 0:
+        return []
+    return [f"{path.name} fails the Compose specification schema:\n{result.stdout}{result.stderr}".strip()]
+
+
+INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+][^}]*)?\}")
+
+
+def interpolated(node: Any) -> Iterator[tuple[str, str]]:
+    """``(name, modifier)`` of every ``${NAME...}`` in the file's strings (``$$`` is a literal)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from interpolated(key)
+            yield from interpolated(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from interpolated(item)
+    elif isinstance(node, str):
+        for match in INTERPOLATION.finditer(node):
+            yield match.group(1), match.group(2) or ""
+
+
+def as_mapping(environment: Any) -> dict[str, str]:
+    if environment is None:
+        return {}
+    if isinstance(environment, dict):
+        return {str(k): "" if v is None else str(v) for k, v in environment.items()}
+    return dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
+
+
+def as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return shlex.split(value)
+    return [str(item) for item in value]
+
+
+def is_postergenre_service(service: dict[str, Any]) -> bool:
+    return str(service.get("image", "")).startswith("postergenre-")
+
+
+def compose_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source (named volume or host path) of a service's short-syntax volumes."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+            mounts[target] = source
+        else:
+            mounts[str(volume["target"])] = str(volume.get("source", ""))
+    return mounts
+
+
+def host_port(url: str) -> tuple[str, int | None]:
+    """Host and port of a URL or ``host:port``; compose's ``${...}`` (a password) read as a word."""
+    url = INTERPOLATION.sub("interpolated", url)
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    return parts.hostname or "", parts.port
+
+
+def command_flags(argv: list[str]) -> dict[str, str]:
+    """``--name=value`` flags of a command line."""
+    return dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
+
+
+def compose_profiles(services: dict[str, Any]) -> set[str]:
+    return {profile for service in services.values() for profile in service.get("profiles", [])}
+
+
+def active_services(services: dict[str, Any], profile: str | None) -> set[str]:
+    return {
+        name
+        for name, service in services.items()
+        if not service.get("profiles") or (profile is not None and profile in service["profiles"])
+    }
+
+
+def check_compose_semantics(path: Path = COMPOSE_FILE, env_example: Path = ENV_EXAMPLE) -> list[str]:
+    """What the schema cannot see: references, profiles, health checks, and agreement with the code."""
+    compose = load_yaml(path)
+    services: dict[str, Any] = compose.get("services", {})
+    volumes = set((compose.get("volumes") or {}).keys())
+    settings = settings_variables()
+    problems: list[str] = []
+
+    # Dependencies exist, wait on something meaningful, and are active in every profile that is.
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        for target, rule in depends.items() if isinstance(depends, dict) else ((t, {}) for t in depends):
+            if target not in services:
+                problems.append(f"{name} depends on {target}, which is not a service")
+                continue
+            condition = (rule or {}).get("condition", "service_started")
+            if condition == "service_healthy" and "healthcheck" not in services[target]:
+                problems.append(f"{name} waits for {target} to be healthy, but {target} has no healthcheck")
+            if (
+                condition == "service_completed_successfully"
+                and services[target].get("restart", "no") != "no"
+            ):
+                problems.append(f"{name} waits for one-shot {target} to complete, but {target} restarts")
+    for profile in [None, *sorted(compose_profiles(services))]:
+        active = active_services(services, profile)
+        for name in sorted(active):
+            for target in services[name].get("depends_on", {}):
+                if target in services and target not in active:
+                    problems.append(
+                        f"profile {profile or '(none)'}: {name} depends on {target}, "
+                        f"which that profile does not start"
+                    )
+    for name, service in services.items():
+        if service.get("restart", "no") != "no" and "healthcheck" not in service:
+            problems.append(f"long-running service {name} has no healthcheck")
+        for target, source in compose_mounts(service).items():
+            if not source.startswith((".", "/", "$")) and source not in volumes:
+                problems.append(f"{name} mounts volume {source} at {target}, but it is not declared")
+        image = str(service.get("image", ""))
+        if ":" not in image or image.endswith(":latest"):
+            problems.append(f"{name}: image {image!r} is not pinned to a version")
+        build = service.get("build")
+        if (
+            build
+            and not (
+                path.parent / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+            ).is_file()
+        ):
+            problems.append(f"{name}: Dockerfile {build.get('dockerfile')} does not exist")
+
+    # Variables: interpolation from .env, environment of our containers.
+    env_entries = read_env_example(env_example)
+    for variable, modifier in interpolated(compose):
+        if variable not in settings and variable not in COMPOSE_ONLY_VARIABLES:
+            problems.append(f"${{{variable}}} is neither a setting nor a documented compose variable")
+        if modifier.startswith((":?", "?")) and (
+            variable not in env_entries or env_entries[variable].commented
+        ):
+            problems.append(f"${{{variable}}} is required but {env_example.name} does not set it")
+    stack: dict[str, str] = {}
+    for name, service in services.items():
+        if not is_postergenre_service(service):
+            continue
+        environment = as_mapping(service.get("environment"))
+        problems += [
+            f"{name}: environment variable {key} is not a setting of shared/config.py"
+            for key in sorted(environment.keys() - settings)
+        ]
+        if ".env" not in [
+            str(e if isinstance(e, str) else e.get("path")) for e in service.get("env_file", [])
+        ]:
+            problems.append(f"{name} does not read its secrets from .env (env_file)")
+        stack = stack or environment
+    if not stack:
+        return problems + ["no postergenre service found in compose.yaml"]
+
+    problems += _check_compose_wiring(services, stack)
+    problems += _check_compose_commands(services)
+    problems += _check_compose_models(services, stack)
+    problems += _check_compose_gpu(services)
+    if "demo" not in compose_profiles(services):
+        problems.append("no `demo` profile")
+    return problems
+
+
+def _check_compose_wiring(services: dict[str, Any], stack: dict[str, str]) -> list[str]:
+    """Each URL of the stack settings names a service, on the port that service listens on."""
+    problems: list[str] = []
+    listening = {name: {port} for name, port in THIRD_PARTY_PORTS.items()}
+    tfserving = services.get("tfserving", {})
+    flags = command_flags(as_list(tfserving.get("command")))
+    listening["tfserving"] = {int(flags.get("port", 0)), int(flags.get("rest_api_port", 0))}
+    web_command = as_list(services.get("web", {}).get("command"))
+    if "--port" in web_command:
+        listening["web"] = {int(web_command[web_command.index("--port") + 1])}
+    for key in (
+        "POSTERGENRE_DATABASE_URL",
+        "POSTERGENRE_S3_ENDPOINT",
+        "POSTERGENRE_BROKER_URL",
+        "POSTERGENRE_RESULT_BACKEND",
+        "POSTERGENRE_REDIS_URL",
+        "POSTERGENRE_INFERENCE_URL",
+        "POSTERGENRE_INFERENCE_REST_URL",
+    ):
+        if key not in stack:
+            problems.append(f"stack environment lacks {key}")
+            continue
+        host, port = host_port(stack[key])
+        if host not in services:
+            problems.append(f"{key} points at {host}, which is not a service")
+        elif port not in listening.get(host, set()):
+            problems.append(
+                f"{key} uses port {port}, but {host} listens on {sorted(listening.get(host, set()))}"
+            )
+    if listening.get("web") != {WEB_PORT}:
+        problems.append(f"web should listen on {WEB_PORT}, its command says {listening.get('web')}")
+    if {TFSERVING_GRPC_PORT, TFSERVING_REST_PORT} != listening["tfserving"]:
+        problems.append(f"tfserving should listen on {TFSERVING_GRPC_PORT}/{TFSERVING_REST_PORT}")
+    bucket = urlsplit(stack.get("POSTERGENRE_OBJECT_STORE", "")).netloc
+    init_command = " ".join(as_list(services.get("minio-init", {}).get("command")))
+    if not bucket or f"mb --ignore-existing store/{bucket}" not in init_command:
+        problems.append(f"minio-init does not create the bucket {bucket!r} of POSTERGENRE_OBJECT_STORE")
+    return problems
+
+
+def _check_compose_commands(services: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for name, service in services.items():
+        if is_postergenre_service(service) and "entrypoint" not in service:
+            problems += postergenre_cli_problems(as_list(service.get("command")), f"compose service {name}")
+    needed = {"migrate": ["db", "upgrade"]}
+    for name, argv in needed.items():
+        if as_list(services.get(name, {}).get("command")) != argv:
+            problems.append(f"compose service {name} should run `postergenre {' '.join(argv)}`")
+    return problems
+
+
+def _check_compose_models(services: dict[str, Any], stack: dict[str, str]) -> list[str]:
+    """Writers (sync_models in web/workers) and TF Serving see one volume at settings.models_dir."""
+    settings = settings_for(stack)
+    models_dir = str(PurePosixPath(settings.models_dir))
+    problems: list[str] = []
+    sources = set()
+    for name, service in services.items():
+        if is_postergenre_service(service):
+            mounts = compose_mounts(service)
+            if models_dir not in mounts:
+                problems.append(
+                    f"{name} does not mount the models volume at settings.models_dir {models_dir}"
+                )
+            else:
+                sources.add(mounts[models_dir])
+    tfserving = services.get("tfserving", {})
+    tf_mounts = compose_mounts(tfserving)
+    sources.add(tf_mounts.get(models_dir, "<missing>").split(":")[0])
+    if len(sources) != 1:
+        problems.append(f"the models folder {models_dir} is not one shared volume: {sorted(sources)}")
+    flags = command_flags(as_list(tfserving.get("command")))
+    problems += tfserving_flag_problems(flags, settings, "compose tfserving")
+    return problems
+
+
+def tfserving_flag_problems(flags: dict[str, str], settings: Any, where: str) -> list[str]:
+    problems = []
+    expected = {
+        "model_config_file": str(PurePosixPath(settings.models_config_path)),
+        "batching_parameters_file": str(PurePosixPath(settings.models_dir) / batching_config_name()),
+        "model_config_file_poll_wait_seconds": "30",
+    }
+    for flag, value in expected.items():
+        if flags.get(flag) != value:
+            problems.append(f"{where}: --{flag} is {flags.get(flag)!r}, the code writes/expects {value!r}")
+    return problems
+
+
+def _check_compose_gpu(services: dict[str, Any]) -> list[str]:
+    problems = []
+    devices = (
+        services.get("trainer", {})
+        .get("deploy", {})
+        .get("resources", {})
+        .get("reservations", {})
+        .get("devices", [])
+    )
+    if not any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices):
+        problems.append("trainer does not reserve an NVIDIA GPU")
+    cpu = services.get("trainer-cpu", {})
+    if "cpu" not in cpu.get("profiles", []) or "deploy" in cpu:
+        problems.append("trainer-cpu should be in the `cpu` profile without a device reservation")
+    for name in ("trainer", "trainer-cpu"):
+        if as_list(services.get(name, {}).get("command"))[:3] != ["worker", "--queues", "gpu"]:
+            problems.append(f"{name} should consume the `gpu` queue")
+    return problems
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+class RenderError(RuntimeError):
+    """kustomize refused an overlay."""
+
+
+def render_overlay(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize DIR`` (kubectl's built-in kustomize, offline) as a list of objects."""
+    result = run_tool([tool("kubectl"), "kustomize", str(directory)])
+    if result.returncode != 0:
+        raise RenderError(f"kustomize failed on {directory}: {result.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def check_k8s_schemas(docs: Iterable[dict[str, Any]], version: str = KUBERNETES_VERSION) -> list[str]:
+    """Each object against the Kubernetes schema of ``version``, strictly (no unknown fields)."""
+    import kubernetes_validate
+
+    problems = []
+    for doc in docs:
+        where = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{where}: {str(exc).splitlines()[0]} at {'/'.join(map(str, exc.path))}")
+        except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as exc:
+            problems.append(f"{where}: no schema: {exc}")
+    return problems
+
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
+    if doc.get("kind") in WORKLOAD_KINDS:
+        return dict(doc["spec"]["template"]["spec"])
+    if doc.get("kind") == "CronJob":
+        return dict(doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    return None
+
+
+def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    if doc.get("kind") == "CronJob":
+        return dict(doc["spec"]["jobTemplate"]["spec"]["template"]["metadata"].get("labels", {}))
+    return dict(doc["spec"]["template"]["metadata"].get("labels", {}))
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def image_name(image: str) -> str:
+    """The repository part of an image reference, without registry path or tag."""
+    return image.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+
+
+def is_postergenre_image(image: str) -> bool:
+    return image_name(image).startswith("postergenre-") or "/postergenre/" in image
+
+
+def named_port(container: dict[str, Any], port: Any) -> int | None:
+    if isinstance(port, int):
+        return port
+    for entry in container.get("ports", []):
+        if entry.get("name") == port:
+            return int(entry["containerPort"])
+    return None
+
+
+def read_secret_example(path: Path = SECRET_EXAMPLE) -> dict[str, dict[str, str]]:
+    """Secret name -> its keys and example values, from the committed example (never applied)."""
+    secrets = {}
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "Secret":
+            secrets[doc["metadata"]["name"]] = {
+                str(k): str(v) for k, v in (doc.get("stringData") or {}).items()
+            }
+    return secrets
+
+
+def check_k8s_semantics(
+    docs: list[dict[str, Any]], overlay: str, secrets: dict[str, dict[str, str]] | None = None
+) -> list[str]:
+    """References between objects resolve, and the wiring agrees with the code."""
+    secrets = read_secret_example() if secrets is None else secrets
+    settings_names = settings_variables()
+    problems: list[str] = []
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    config_maps = {
+        name: {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
+        for name, doc in by_kind.get("ConfigMap", {}).items()
+    }
+    workloads = [doc for doc in docs if pod_spec(doc) is not None]
+
+    for secret_name, keys in secrets.items():
+        problems += [
+            f"secret.example.yaml: {secret_name}.{key} is not a setting"
+            for key in sorted(set(keys) - settings_names - INFRA_SECRET_KEYS)
+        ]
+
+    stack: dict[str, str] = {}
+    for doc in workloads:
+        spec = pod_spec(doc) or {}
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        volumes = {volume["name"] for volume in spec.get("volumes", [])}
+        volumes |= {claim["metadata"]["name"] for claim in doc["spec"].get("volumeClaimTemplates", [])}
+        for container in containers(spec):
+            cwhere = f"{where}/{container['name']}"
+            image = str(container.get("image", ""))
+            if ":" not in image or image.endswith(":latest"):
+                problems.append(f"{cwhere}: image {image!r} is not pinned to a version")
+            problems += _resources_problems(container, cwhere)
+            problems += [
+                f"{cwhere}: mounts undeclared volume {m['name']}"
+                for m in container.get("volumeMounts", [])
+                if m["name"] not in volumes
+            ]
+            environment: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    name = source["configMapRef"]["name"]
+                    if name not in config_maps:
+                        problems.append(f"{cwhere}: envFrom ConfigMap {name} is not rendered")
+                    environment.update(config_maps.get(name, {}))
+                if "secretRef" in source:
+                    name = source["secretRef"]["name"]
+                    if name not in secrets:
+                        problems.append(f"{cwhere}: envFrom Secret {name} is not in secret.example.yaml")
+                    environment.update(secrets.get(name, {}))
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {})
+                if "configMapKeyRef" in ref:
+                    cm = ref["configMapKeyRef"]
+                    if cm["key"] not in config_maps.get(cm["name"], {}):
+                        problems.append(
+                            f"{cwhere}: {variable['name']} reads missing ConfigMap key "
+                            f"{cm['name']}.{cm['key']}"
+                        )
+                    environment[variable["name"]] = config_maps.get(cm["name"], {}).get(cm["key"], "")
+                elif "secretKeyRef" in ref:
+                    sk = ref["secretKeyRef"]
+                    if sk["key"] not in secrets.get(sk["name"], {}):
+                        problems.append(
+                            f"{cwhere}: {variable['name']} reads {sk['name']}.{sk['key']}, "
+                            f"which secret.example.yaml does not define"
+                        )
+                    environment[variable["name"]] = secrets.get(sk["name"], {}).get(sk["key"], "")
+                else:
+                    environment[variable["name"]] = str(variable.get("value", ""))
+            if is_postergenre_image(image):
+                problems += [
+                    f"{cwhere}: environment variable {key} is not a setting of shared/config.py"
+                    for key in sorted(set(environment) - settings_names)
+                ]
+                if not spec.get("securityContext", {}).get("runAsNonRoot"):
+                    problems.append(f"{where}: postergenre pods must run as non-root")
+                if "command" not in container:
+                    problems += postergenre_cli_problems(as_list(container.get("args")), cwhere)
+                if environment:
+                    stack = stack or environment
+    if not stack:
+        return problems + [f"{overlay}: no postergenre container with its settings"]
+
+    problems += _k8s_references(by_kind, workloads)
+    problems += _k8s_wiring(by_kind, stack, overlay)
+    problems += _k8s_services_in_overlay(by_kind, overlay)
+    problems += _k8s_web(by_kind)
+    problems += _k8s_tfserving(by_kind, stack)
+    problems += _k8s_trainer(by_kind, overlay)
+    jobs = by_kind.get("Job", {})
+    if as_list(
+        jobs.get("migrate", {})
+        .get("spec", {})
+        .get("template", {})
+        .get("spec", {})
+        .get("containers", [{}])[0]
+        .get("args")
+    ) != ["db", "upgrade"]:
+        problems.append("Job migrate should run `postergenre db upgrade`")
+    if "create-bucket" not in jobs:
+        problems.append("no Job create-bucket")
+    if "recrawl" not in by_kind.get("CronJob", {}):
+        problems.append("no CronJob recrawl")
+    for kind, names in (
+        ("HorizontalPodAutoscaler", ("web", "tfserving")),
+        ("PodDisruptionBudget", ("web", "tfserving")),
+    ):
+        problems += [f"no {kind} for {name}" for name in names if name not in by_kind.get(kind, {})]
+    return problems
+
+
+def _resources_problems(container: dict[str, Any], where: str) -> list[str]:
+    resources = container.get("resources", {})
+    return [
+        f"{where}: no resources.{part}.{what}"
+        for part in ("requests", "limits")
+        for what in ("cpu", "memory")
+        if what not in resources.get(part, {})
+    ]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _k8s_references(
+    by_kind: dict[str, dict[str, dict[str, Any]]], workloads: list[dict[str, Any]]
+) -> list[str]:
+    problems = []
+    for name, service in by_kind.get("Service", {}).items():
+        selector = service["spec"].get("selector")
+        if service["spec"].get("type") == "ExternalName" or not selector:
+            continue
+        matches = [w for w in workloads if _selects(selector, pod_labels(w))]
+        if not matches:
+            problems.append(f"Service/{name} selects no pods")
+        for port in service["spec"].get("ports", []):
+            target = port.get("targetPort", port["port"])
+            if not any(
+                named_port(c, target) for w in matches for c in (pod_spec(w) or {}).get("containers", [])
+            ):
+                problems.append(
+                    f"Service/{name} port {port['port']} targets {target}, which no selected "
+                    f"container exposes"
+                )
+    for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        target = hpa["spec"]["scaleTargetRef"]
+        if target["name"] not in by_kind.get(target["kind"], {}):
+            problems.append(
+                f"HorizontalPodAutoscaler/{name} scales missing {target['kind']}/{target['name']}"
+            )
+    for name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+        if not any(_selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(w)) for w in workloads):
+            problems.append(f"PodDisruptionBudget/{name} selects no pods")
+    for name, ingress in by_kind.get("Ingress", {}).items():
+        for rule in ingress["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                backend = path["backend"]["service"]
+                routed = by_kind.get("Service", {}).get(backend["name"])
+                ports = [p.get("name") for p in (routed or {}).get("spec", {}).get("ports", [])]
+                ports += [p.get("port") for p in (routed or {}).get("spec", {}).get("ports", [])]
+                wanted = backend["port"].get("name", backend["port"].get("number"))
+                if routed is None or wanted not in ports:
+                    problems.append(f"Ingress/{name} routes to missing Service {backend['name']}:{wanted}")
+    return problems
+
+
+def _service_ports(service: dict[str, Any]) -> set[int]:
+    return {int(port["port"]) for port in service["spec"].get("ports", [])}
+
+
+def _k8s_wiring(
+    by_kind: dict[str, dict[str, dict[str, Any]]], stack: dict[str, str], overlay: str
+) -> list[str]:
+    problems = []
+    services = by_kind.get("Service", {})
+    for key in (
+        "POSTERGENRE_DATABASE_URL",
+        "POSTERGENRE_S3_ENDPOINT",
+        "POSTERGENRE_BROKER_URL",
+        "POSTERGENRE_RESULT_BACKEND",
+        "POSTERGENRE_REDIS_URL",
+        "POSTERGENRE_INFERENCE_URL",
+        "POSTERGENRE_INFERENCE_REST_URL",
+    ):
+        if key not in stack:
+            problems.append(f"{overlay}: the pods' environment lacks {key}")
+            continue
+        host, port = host_port(stack[key])
+        if host not in services:
+            problems.append(f"{overlay}: {key} points at {host}, which is not a Service")
+        elif port not in _service_ports(services[host]):
+            problems.append(
+                f"{overlay}: {key} uses port {port}, "
+                f"Service {host} has {sorted(_service_ports(services[host]))}"
+            )
+    for name, port in THIRD_PARTY_PORTS.items():
+        if name in services and port not in _service_ports(services[name]):
+            problems.append(f"{overlay}: Service {name} should offer port {port}")
+    bucket_job = by_kind.get("Job", {}).get("create-bucket")
+    if bucket_job and "POSTERGENRE_OBJECT_STORE" not in str(bucket_job):
+        problems.append("Job create-bucket does not read POSTERGENRE_OBJECT_STORE")
+    return problems
+
+
+def _k8s_services_in_overlay(by_kind: dict[str, dict[str, dict[str, Any]]], overlay: str) -> list[str]:
+    """dev: the stores are StatefulSets; prod: they are external (no selector or ExternalName)."""
+    problems = []
+    for name in THIRD_PARTY_PORTS:
+        service = by_kind.get("Service", {}).get(name)
+        if service is None:
+            problems.append(f"{overlay}: no Service {name}")
+            continue
+        external = service["spec"].get("type") == "ExternalName" or not service["spec"].get("selector")
+        in_cluster = name in by_kind.get("StatefulSet", {})
+        if overlay == "dev" and not (in_cluster and not external):
+            problems.append(f"dev: {name} should be a StatefulSet behind its Service")
+        if overlay == "prod" and (in_cluster or not external):
+            problems.append(f"prod: {name} should be an external endpoint, not run in the cluster")
+    return problems
+
+
+def _k8s_web(by_kind: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    web = by_kind.get("Deployment", {}).get("web")
+    if web is None:
+        return ["no Deployment web"]
+    container = web["spec"]["template"]["spec"]["containers"][0]
+    problems = []
+    args = as_list(container.get("args"))
+    if "--port" not in args or int(args[args.index("--port") + 1]) != WEB_PORT:
+        problems.append(f"web should serve on port {WEB_PORT}")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        http = container.get(probe, {}).get("httpGet", {})
+        if http.get("path") != path or named_port(container, http.get("port")) != WEB_PORT:
+            problems.append(f"web {probe} should GET {path} on port {WEB_PORT}")
+    return problems
+
+
+def _k8s_tfserving(by_kind: dict[str, dict[str, dict[str, Any]]], stack: dict[str, str]) -> list[str]:
+    deployment = by_kind.get("Deployment", {}).get("tfserving")
+    if deployment is None:
+        return ["no Deployment tfserving"]
+    settings = settings_for(stack)
+    models_dir = str(PurePosixPath(settings.models_dir))
+    spec = deployment["spec"]["template"]["spec"]
+    problems = []
+    volumes = set()
+    for container in containers(spec):
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        if models_dir not in mounts:
+            problems.append(f"tfserving/{container['name']} does not mount the models at {models_dir}")
+        else:
+            volumes.add(mounts[models_dir])
+    if len(volumes) > 1:
+        problems.append(f"tfserving containers mount different volumes at {models_dir}: {sorted(volumes)}")
+    server = next((c for c in spec["containers"] if image_name(str(c["image"])) == "serving"), None)
+    if server is None:
+        return [*problems, "tfserving runs no tensorflow/serving container"]
+    flags = command_flags(as_list(server.get("args")))
+    problems += tfserving_flag_problems(flags, settings, "k8s tfserving")
+    if {flags.get("port"), flags.get("rest_api_port")} != {
+        str(TFSERVING_GRPC_PORT),
+        str(TFSERVING_REST_PORT),
+    }:
+        problems.append("tfserving should listen on 8500 (gRPC) and 8501 (REST)")
+    first = spec.get("initContainers", [{}])[0]
+    if "--once" not in as_list(first.get("command")):
+        problems.append("tfserving needs an init container writing models.config before it starts")
+    return problems
+
+
+def _k8s_trainer(by_kind: dict[str, dict[str, dict[str, Any]]], overlay: str) -> list[str]:
+    trainer = by_kind.get("Deployment", {}).get("trainer")
+    if trainer is None:
+        return ["no Deployment trainer"]
+    spec = trainer["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    problems = []
+    if as_list(container.get("args"))[:3] != ["worker", "--queues", "gpu"]:
+        problems.append("trainer should consume the `gpu` queue")
+    if overlay == "prod":
+        if str(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")) != "1":
+            problems.append("prod trainer should request nvidia.com/gpu: 1")
+        if not spec.get("nodeSelector") or not any(
+            t.get("key") == "nvidia.com/gpu" for t in spec.get("tolerations", [])
+        ):
+            problems.append("prod trainer needs a GPU node selector and the nvidia.com/gpu toleration")
+    for name in ("crawler", "dataset-worker"):
+        deployment = by_kind.get("Deployment", {}).get(name)
+        queue = {"crawler": "crawl", "dataset-worker": "dataset"}[name]
+        if deployment is None or as_list(deployment["spec"]["template"]["spec"]["containers"][0].get("args"))[
+            :3
+        ] != ["worker", "--queues", queue]:
+            problems.append(f"Deployment {name} should consume the `{queue}` queue")
+    return problems
+
+
+def kustomization_resources(root: Path = K8S_DIR) -> dict[Path, list[Path]]:
+    """Each kustomization.yaml and the files or folders it lists."""
+    listed = {}
+    for path in root.rglob("kustomization.yaml"):
+        document = load_yaml(path) or {}
+        listed[path] = [(path.parent / entry).resolve() for entry in document.get("resources", [])]
+    return listed
+
+
+# ---------------------------------------------------------------- Dockerfiles
+
+
+@dataclass(frozen=True)
+class Instruction:
+    line: int
+    keyword: str
+    arguments: str
+
+
+def dockerfile_instructions(text: str) -> list[Instruction]:
+    """Instructions with continuation lines joined; comments dropped."""
+    instructions: list[Instruction] = []
+    buffer: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not buffer and (not line or line.startswith("#")):
+            continue
+        if buffer and line.startswith("#"):
+            continue
+        if not buffer:
+            start = number
+        buffer.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            joined = " ".join(part for part in buffer if part)
+            keyword, _, arguments = joined.partition(" ")
+            instructions.append(Instruction(start, keyword.upper(), arguments.strip()))
+            buffer = []
+    return instructions
+
+
+def dockerignore_patterns(path: Path = DOCKERIGNORE) -> list[tuple[bool, re.Pattern[str]]]:
+    """(exclude?, regex) per line of .dockerignore, in Docker's order (the last match wins)."""
+    patterns = []
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        include = line.startswith("!")
+        pattern = line.removeprefix("!").strip().strip("/")
+        regex = ""
+        index = 0
+        while index < len(pattern):
+            if pattern.startswith("**/", index):
+                regex += "(?:.*/)?"
+                index += 3
+            elif pattern.startswith("**", index):
+                regex += ".*"
+                index += 2
+            elif pattern[index] == "*":
+                regex += "[^/]*"
+                index += 1
+            elif pattern[index] == "?":
+                regex += "[^/]"
+                index += 1
+            else:
+                regex += re.escape(pattern[index])
+                index += 1
+        patterns.append((not include, re.compile(regex + "$")))
+    return patterns
+
+
+def excluded_from_context(relative: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Whether Docker leaves this path out of the build context (a matched folder takes its files)."""
+    parts = PurePosixPath(relative).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for exclude, regex in patterns:
+        if any(regex.match(prefix) for prefix in prefixes):
+            excluded = exclude
+    return excluded
+
+
+def stages(instructions: list[Instruction]) -> list[list[Instruction]]:
+    result: list[list[Instruction]] = []
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append(instruction)
+    return result
+
+
+def exec_form(arguments: str) -> list[str] | None:
+    import json
+
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return None
+    return [str(item) for item in value] if isinstance(value, list) else None
+
+
+def hadolint_problems(path: Path) -> list[str]:
+    result = run_tool([tool("hadolint"), "--no-color", str(path)])
+    return (
+        [] if result.returncode == 0 else [f"hadolint {path.name}:\n{result.stdout}{result.stderr}".strip()]
+    )
+
+
+def check_dockerfile(path: Path, context: Path = REPO, dockerignore: Path = DOCKERIGNORE) -> list[str]:
+    """hadolint plus the project's rules: multi-stage, pinned bases, non-root, HEALTHCHECK, files present
+    in the build context, settings names, and a runnable command."""
+    problems = hadolint_problems(path)
+    instructions = dockerfile_instructions(path.read_text())
+    args = {}
+    for instruction in instructions:
+        if instruction.keyword == "ARG" and "=" in instruction.arguments:
+            name, value = instruction.arguments.split("=", 1)
+            args[name] = value
+    stage_list = stages(instructions)
+    name = path.name
+    if len(stage_list) < 2:
+        problems.append(f"{name}: not multi-stage")
+    stage_names = set()
+    for stage in stage_list:
+        from_args = stage[0].arguments.split()
+        base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), from_args[0])
+        if base not in stage_names and (":" not in base or base.endswith(":latest") or "$" in base):
+            problems.append(f"{name}:{stage[0].line}: base image {base!r} is not pinned")
+        if len(from_args) >= 3 and from_args[1].upper() == "AS":
+            stage_names.add(from_args[2])
+    final = stage_list[-1] if stage_list else []
+    users = [i.arguments for i in final if i.keyword == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append(f"{name}: the final stage does not switch to a non-root USER")
+    if not any(i.keyword == "HEALTHCHECK" for i in final):
+        problems.append(f"{name}: no HEALTHCHECK in the final stage")
+    patterns = dockerignore_patterns(dockerignore)
+    for instruction in instructions:
+        if instruction.keyword == "COPY" and "--from=" not in instruction.arguments:
+            sources = [part for part in instruction.arguments.split() if not part.startswith("--")][:-1]
+            for source in sources:
+                if not (context / source).exists():
+                    problems.append(f"{name}:{instruction.line}: COPY source {source} does not exist")
+                elif excluded_from_context(source.rstrip("/"), patterns):
+                    problems.append(
+                        f"{name}:{instruction.line}: COPY source {source} is excluded by .dockerignore"
+                    )
+        if instruction.keyword == "ENV":
+            names = re.findall(r"(?:^|\s)([A-Z][A-Z0-9_]*)=", instruction.arguments)
+            known = settings_variables() | code_variables()
+            problems += [
+                f"{name}:{instruction.line}: ENV {n} is not a variable the code reads"
+                for n in names
+                if n.startswith(("POSTERGENRE_", "TMDB_")) and n not in known
+            ]
+    entrypoint = next((exec_form(i.arguments) for i in reversed(final) if i.keyword == "ENTRYPOINT"), None)
+    command = next((exec_form(i.arguments) for i in reversed(final) if i.keyword == "CMD"), None)
+    if entrypoint != ["postergenre"] or command is None:
+        problems.append(f'{name}: ENTRYPOINT should be ["postergenre"] with an exec-form CMD')
+    else:
+        problems += postergenre_cli_problems(command, f"{name} CMD")
+    return problems
+
+
+def check_trainer_dockerfile(path: Path = DOCKER_DIR / "trainer.Dockerfile") -> list[str]:
+    """The CUDA TensorFlow base, and the TF.js converter environment built by the project's script
+    where the trainer looks for it (POSTERGENRE_TFJS_CONVERTER)."""
+    text = path.read_text()
+    problems = []
+    if f"ARG TF_IMAGE={TRAINER_BASE_IMAGE}" not in text:
+        problems.append(f"trainer image is not based on {TRAINER_BASE_IMAGE}")
+    if not (REPO / TFJS_ENV_SCRIPT).is_file() or TFJS_ENV_SCRIPT not in text:
+        problems.append(f"trainer image does not build the TF.js environment with {TFJS_ENV_SCRIPT}")
+    venv = re.search(r"POSTERGENRE_TFJS_VENV=(\S+)", text)
+    converter = re.search(r"POSTERGENRE_TFJS_CONVERTER=(\S+)", text)
+    if not venv or not converter or converter.group(1) != f"{venv.group(1)}/bin/tensorflowjs_converter":
+        problems.append(
+            "POSTERGENRE_TFJS_CONVERTER does not point into the TF.js environment built in the image"
+        )
+    elif f"COPY --from=tfjs {venv.group(1)} {venv.group(1)}" not in text:
+        problems.append("the TF.js environment is not copied into the runtime stage at the same path")
+    return problems
+
+
+def check_lock(lock: Path = LOCK_FILE, pyproject: Path = REPO / "pyproject.toml") -> list[str]:
+    """The lock pins every dependency of pyproject.toml to a version it allows."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads(pyproject.read_text())["project"]
+    problems = []
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate(
+            {"python_version": "3.11", "sys_platform": "linux"}
+        ):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name not in pins:
+            problems.append(f"{lock.name} lacks {requirement.name}; run docker/update-lock.sh")
+        elif not requirement.specifier.contains(pins[name], prereleases=True):
+            problems.append(
+                f"{lock.name} pins {requirement.name}=={pins[name]}, "
+                f"pyproject wants {requirement.specifier}; "
+                f"run docker/update-lock.sh"
+            )
+    return problems
+
+
+# ---------------------------------------------------------------- all at once
+
+
+def all_problems() -> list[str]:
+    problems = check_env_example() + check_compose_schema() + check_compose_semantics()
+    secrets = read_secret_example()
+    for overlay in OVERLAYS:
+        docs = render_overlay(K8S_DIR / "overlays" / overlay)
+        problems += check_k8s_schemas(docs) + check_k8s_semantics(docs, overlay, secrets)
+    for dockerfile in sorted(DOCKER_DIR.glob("*.Dockerfile")):
+        problems += check_dockerfile(dockerfile)
+    return problems + check_trainer_dockerfile() + check_lock()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description="Validate compose.yaml, k8s/ and docker/ offline.").parse_args(argv)
+    problems = all_problems()
+    for problem in problems:
+        print(f"- {problem}")
+    print("deployment files: " + (f"{len(problems)} problems" if problems else "all checks passed"))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
