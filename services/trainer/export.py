@@ -122,17 +122,90 @@ def _composite_on_white(image: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(blended, [None, None, 3])
 
 
+# The EXIF block sits in the JPEG header; Pillow reads the first APP1 "Exif" segment before the
+# image data. These bounds keep the in-graph search small and always finite.
+EXIF_SEARCH_BYTES = 1 << 18
+EXIF_MAX_SEGMENTS = 32
+EXIF_MAX_IFD_ENTRIES = 64
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def jpeg_exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (1..8) of JPEG bytes, 1 when absent or unreadable; int32 scalar.
+
+    Walks the JPEG marker segments up to the image data (SOS) to the first ``APP1`` starting with
+    ``Exif\\0\\0``, then reads tag 0x0112 of the TIFF block's first IFD, in either byte order.
+    Reads past the end see zeros (the header is padded), so damaged bytes give 1, never an error.
+    """
+    header = tf.io.decode_raw(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), tf.uint8)
+    header = tf.cast(tf.pad(header, [[0, 16]]), tf.int32)
+    length = tf.size(header) - 16
+
+    def byte(position: tf.Tensor) -> tf.Tensor:
+        return tf.gather(header, tf.clip_by_value(position, 0, length + 15))
+
+    def next_segment(position: tf.Tensor, exif: tf.Tensor, count: tf.Tensor) -> tuple[Any, ...]:
+        segment_length = byte(position + 2) * 256 + byte(position + 3)
+        signature = tf.stack([byte(position + 4 + offset) for offset in range(6)])
+        is_exif = tf.logical_and(tf.equal(byte(position + 1), 0xE1),
+                                 tf.reduce_all(tf.equal(signature, tf.constant(list(b"Exif\0\0")))))
+        return position + 2 + segment_length, tf.where(is_exif, position + 10, exif), count + 1
+
+    def more_segments(position: tf.Tensor, exif: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_all(tf.stack([count < EXIF_MAX_SEGMENTS, exif < 0, position + 4 <= length,
+                                       tf.equal(byte(position), 0xFF),
+                                       tf.not_equal(byte(position + 1), 0xDA)]))
+
+    _, tiff, _ = tf.while_loop(more_segments, next_segment,
+                               (tf.constant(2), tf.constant(-1), tf.constant(0)))
+    little_endian = tf.equal(byte(tiff), ord("I"))
+
+    def uint(position: tf.Tensor, width: int) -> tf.Tensor:
+        values = [byte(position + offset) for offset in range(width)]
+        little = sum(value * (1 << (8 * index)) for index, value in enumerate(values))
+        big = sum(value * (1 << (8 * index)) for index, value in enumerate(reversed(values)))
+        return tf.where(little_endian, little, big)
+
+    ifd = tiff + uint(tiff + 4, 4)
+    entry = ifd + 2 + 12 * tf.range(EXIF_MAX_IFD_ENTRIES)
+    tags = uint(entry, 2)
+    listed = tf.range(EXIF_MAX_IFD_ENTRIES) < uint(ifd, 2)
+    values = uint(entry + 8, 2)
+    found = tf.logical_and(listed, tf.equal(tags, EXIF_ORIENTATION_TAG))
+    orientation = tf.reduce_max(tf.where(found, values, 0))
+    valid = tf.logical_and(tiff >= 0, tf.logical_and(orientation >= 1, orientation <= 8))
+    return tf.where(valid, orientation, 1)
+
+
+def apply_exif_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """``ImageOps.exif_transpose``: turn ``[H, W, C]`` upright for EXIF orientation 1..8."""
+    transforms = {
+        2: lambda: image[:, ::-1],  # FLIP_LEFT_RIGHT
+        3: lambda: image[::-1, ::-1],  # ROTATE_180
+        4: lambda: image[::-1],  # FLIP_TOP_BOTTOM
+        5: lambda: tf.transpose(image, [1, 0, 2]),  # TRANSPOSE
+        6: lambda: tf.image.rot90(image, k=3),  # ROTATE_270 (90 degrees clockwise)
+        7: lambda: tf.transpose(image, [1, 0, 2])[::-1, ::-1],  # TRANSVERSE
+        8: lambda: tf.image.rot90(image, k=1),  # ROTATE_90
+    }
+    branches = [lambda: image] + [transforms[value] for value in range(2, 9)]
+    return tf.switch_case(orientation - 1, branches)
+
+
 def decode_poster(data: tf.Tensor) -> tf.Tensor:
     """One poster's bytes (scalar tf.string) -> int32 ``[H, W, 3]`` RGB 0..255.
 
     JPEG takes its own path because only ``decode_jpeg`` lets us choose the accurate integer DCT,
-    which is what Pillow uses (TF's default, the fast DCT, is off by up to 7 grey levels).
-    Other formats (PNG, GIF's first frame, BMP, WebP) keep their alpha channel for compositing.
+    which is what Pillow uses (TF's default, the fast DCT, is off by up to 7 grey levels), and
+    because its EXIF orientation is applied as ``ImageOps.exif_transpose`` does. Other formats
+    (PNG, GIF's first frame, BMP, WebP) keep their alpha channel for compositing; their rarely
+    present EXIF orientation is not applied.
     """
 
     def jpeg() -> tf.Tensor:
         decoded = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-        return tf.cast(decoded, tf.int32)
+        upright = apply_exif_orientation(decoded, jpeg_exif_orientation(data))
+        return tf.ensure_shape(tf.cast(upright, tf.int32), [None, None, 3])
 
     def other() -> tf.Tensor:
         decoded = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)

@@ -160,7 +160,12 @@ def poster_variants() -> dict[str, bytes]:
     alpha = Image.fromarray(np.random.default_rng(7).integers(0, 256, (180, 120), dtype=np.uint8))
     rgba = rgb.copy()
     rgba.putalpha(alpha)
-    return {
+    turned = {}
+    for orientation in range(2, 9):  # every EXIF orientation, as phone photos carry them
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        turned[f"jpeg exif orientation {orientation}"] = _encode(rgb, "JPEG", exif=exif.tobytes())
+    return turned | {
         "jpeg": make_poster(7, (120, 180)),
         "jpeg enlarged": make_poster(8, (20, 30)),
         "jpeg greyscale": _encode(rgb.convert("L"), "JPEG"),
