@@ -64,6 +64,8 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    by_year: dict[int, str] | None = Field(
+        None, description="the model answering for each year (blessed listing only), as the server picks it")
 
 
 class JobStarted(BaseModel):

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from sqlalchemy import select
 
-from services.web.deps import SessionDep, StoreDep
+from services.web.deps import SessionDep, SettingsDep, StoreDep
 from services.web.errors import ApiError
 from services.web.schemas import ERROR_RESPONSES, ModelList
+from services.web.served import blessed_models, models_by_year
 from shared.db import ModelVersion
 from shared.storage import ObjectNotFoundError, ObjectStore, check_key
 
@@ -56,12 +57,23 @@ def list_models(session: Any, store: ObjectStore, status: str) -> list[dict[str,
     return [model_info(row, model_files(store, row.name, row.version)) for row in session.scalars(query)]
 
 
-@router.get("/models", response_model=ModelList, summary="The served models (or every version)")
-async def get_models(session: SessionDep, store: StoreDep,
+def year_assignment(session: Any, prefix: str) -> dict[int, str]:
+    """Which served model answers for each year (the in-browser mode picks the same ones)."""
+    models = blessed_models(session, prefix)
+    years = sorted({year for model in models for year in model.covered_years})
+    return {year: model.name for year, model in models_by_year(models, years).items()}
+
+
+@router.get("/models", response_model=ModelList, response_model_exclude_none=True,
+            summary="The served models (or every version)")
+async def get_models(session: SessionDep, store: StoreDep, settings: SettingsDep,
                      status: Annotated[Literal["blessed", "candidate", "retired", "all"],
                                        Query(description="registry rows (blessed: served)")] = "blessed",
                      ) -> dict[str, Any]:
-    return {"models": await asyncio.to_thread(list_models, session, store, status)}
+    listing: dict[str, Any] = {"models": await asyncio.to_thread(list_models, session, store, status)}
+    if status == "blessed":
+        listing["by_year"] = await asyncio.to_thread(year_assignment, session, settings.model_prefix)
+    return listing
 
 
 @router.get("/models/{name}/{version}/files/{path:path}", summary="A plot, metrics file or TF.js export file",

@@ -28,6 +28,8 @@ def test_models_lists_the_served_versions_with_headline_metrics(web_stack: WebSt
     assert shared["years"] == [2002, 2003] and shared["dataset_version"] == "ds-test"
     assert set(shared["metrics"]) == {"micro_f1"}  # the per-genre table is not a headline number
     assert "metrics.json" in shared["files"] and not any(f.endswith(".pb") for f in shared["files"])
+    assert web_stack.client.get("/api/v1/models").json()["by_year"] == {
+        "2000": "genre-2000", "2001": "genre-2001", "2002": "genre-shared", "2003": "genre-shared"}
     everything = web_stack.client.get("/api/v1/models", params={"status": "all"}).json()["models"]
     assert len(everything) == 4
     bad = web_stack.client.get("/api/v1/models", params={"status": "sideways"})

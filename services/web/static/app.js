@@ -1,0 +1,312 @@
+/* The poster page: upload (or drop) a poster, then the table of each year's six best genres and the
+ * genres-by-years heatmap. Server mode posts the poster to /api/v1/predictions; in-browser mode
+ * loads the models' TF.js exports and predicts on this device, with the same preprocessing
+ * (preprocess.js) and the same choice of model per year as the server. */
+(function () {
+  "use strict";
+
+  const TOP_K = 6;
+  const TFJS_SCRIPT = "/static/vendor/tf.min.js";
+  const form = document.getElementById("poster-form");
+  const fileInput = document.getElementById("poster-file");
+  const dropZone = document.getElementById("drop-zone");
+  const yearsInput = document.getElementById("years");
+  const banner = document.getElementById("banner");
+  const statusLine = document.getElementById("status");
+  const results = document.getElementById("results");
+  const preview = document.getElementById("preview");
+  let currentFile = null;
+
+  function mode() {
+    return form.querySelector("input[name=mode]:checked").value;
+  }
+
+  function showError(message) {
+    banner.textContent = message;
+    banner.hidden = false;
+  }
+
+  function clearError() {
+    banner.hidden = true;
+    banner.textContent = "";
+  }
+
+  function setStatus(text) {
+    statusLine.textContent = text;
+  }
+
+  /* "2000-2019" or "2000,2005-2007" -> sorted years (the API checks the same way). */
+  function parseYears(spec) {
+    const years = new Set();
+    for (const part of spec.split(",").map((p) => p.trim())) {
+      const match = /^(\d{4})(?:-(\d{4}))?$/.exec(part);
+      if (!match) throw new Error(`bad years "${part}": expected e.g. 2000-2019 or 2000,2005`);
+      const first = Number(match[1]), last = Number(match[2] || match[1]);
+      if (first > last) throw new Error(`bad years "${part}": the range runs backwards`);
+      for (let y = first; y <= last; y++) years.add(y);
+    }
+    return [...years].sort((a, b) => a - b);
+  }
+
+  function topGenres(genres, scores, k) {
+    const order = genres.map((_, i) => i).sort(
+      (a, b) => scores[b] - scores[a] || (genres[a] < genres[b] ? -1 : genres[a] > genres[b] ? 1 : 0));
+    return order.slice(0, k).map((i) => ({ genre: genres[i], score: scores[i] }));
+  }
+
+  // ---------------------------------------------------------------------------------------- server
+
+  async function predictOnServer(file, yearsSpec) {
+    const body = new FormData();
+    body.append("file", file);
+    const params = new URLSearchParams({ years: yearsSpec, k: String(TOP_K), scores: "true" });
+    let response;
+    try {
+      response = await fetch(`/api/v1/predictions?${params}`, { method: "POST", body });
+    } catch (error) {
+      throw new Error("The server cannot be reached. Check your connection and try again.");
+    }
+    const payload = await response.json().catch(() => null);
+    if (!response.ok) {
+      const message = payload && payload.error ? payload.error.message : `HTTP ${response.status}`;
+      if (response.status === 503) throw new Error(`Predictions are unavailable right now: ${message}`);
+      throw new Error(message);
+    }
+    return payload;
+  }
+
+  // --------------------------------------------------------------------------------------- browser
+
+  const graphModels = new Map();
+
+  function loadScript(src) {
+    return new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = src;
+      script.onload = resolve;
+      script.onerror = () => reject(new Error(
+        `In-browser mode needs ${src} (TF.js 4.22.0); the server administrator installs it with ` +
+        "`python -m services.web.vendor`."));
+      document.head.appendChild(script);
+    });
+  }
+
+  async function loadTf() {
+    if (!window.tf) await loadScript(TFJS_SCRIPT);
+    const wanted = new URLSearchParams(location.search).get("backend");
+    if (wanted && tf.getBackend() !== wanted) await tf.setBackend(wanted);
+    await tf.ready();
+    return window.tf;
+  }
+
+  async function sha256Hex(buffer) {
+    const digest = await crypto.subtle.digest("SHA-256", buffer);
+    return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function graphModel(model) {
+    const key = `${model.name}/${model.version}`;
+    if (!graphModels.has(key)) {
+      const url = `/api/v1/models/${encodeURIComponent(model.name)}/${model.version}/files/exports/tfjs/model.json`;
+      graphModels.set(key, tf.loadGraphModel(url));
+    }
+    return graphModels.get(key);
+  }
+
+  async function runModel(model, pixels) {
+    const size = model.image_size;
+    const loaded = await graphModel(model);
+    const input = tf.tensor4d(Float32Array.from(pixels), [1, size, size, 3], "float32");
+    try {
+      let output = loaded.predict(input);
+      if (Array.isArray(output)) output = output[0];
+      else if (!(output instanceof tf.Tensor)) output = output.scores || Object.values(output)[0];
+      const values = Array.from(await output.data());
+      output.dispose();
+      return values;
+    } finally {
+      input.dispose();
+    }
+  }
+
+  async function predictInBrowser(file, yearsSpec) {
+    const years = parseYears(yearsSpec);
+    setStatus("Loading TF.js and the models into this browser…");
+    await loadTf();
+    const listing = await (await fetch("/api/v1/models")).json();
+    const byName = new Map(listing.models.map((m) => [m.name, m]));
+    const chosen = new Map();  // model name -> the requested years it answers
+    for (const year of years) {
+      const name = listing.by_year[String(year)];
+      const model = name && byName.get(name);
+      if (model && model.files.includes("exports/tfjs/model.json")) {
+        if (!chosen.has(name)) chosen.set(name, []);
+        chosen.get(name).push(year);
+      }
+    }
+    const decoded = await PosterPixels.decodePoster(file);
+    const pixelsBySize = new Map();  // each poster resized once per input size, as on the server
+    const answers = new Map();
+    await Promise.all([...chosen.keys()].map(async (name) => {
+      const model = byName.get(name);
+      if (!pixelsBySize.has(model.image_size)) {
+        pixelsBySize.set(model.image_size, PosterPixels.posterPixels(decoded, model.image_size));
+      }
+      answers.set(name, await runModel(model, pixelsBySize.get(model.image_size)));
+    }));
+    const rows = [], unavailable = [];
+    for (const year of years) {
+      const name = listing.by_year[String(year)];
+      if (!name || !answers.has(name)) {
+        unavailable.push(year);
+        continue;
+      }
+      const model = byName.get(name), all = answers.get(name), g = model.genres.length;
+      const shared = model.layout === "shared" || name.endsWith("-shared");
+      const offset = shared ? model.years.indexOf(year) * g : 0;
+      const scores = all.slice(offset, offset + g);
+      const scoreMap = Object.fromEntries(model.genres.map((genre, i) => [genre, scores[i]]));
+      rows.push({ year, model: name, version: model.version, top: topGenres(model.genres, scores, TOP_K),
+                  scores: scoreMap });
+    }
+    return { poster_sha256: await sha256Hex(await file.arrayBuffer()), k: TOP_K, years: rows,
+             unavailable_years: unavailable };
+  }
+
+  // ---------------------------------------------------------------------------------------- render
+
+  function cell(tag, text, attributes = {}) {
+    const element = document.createElement(tag);
+    if (text !== undefined && text !== null) element.textContent = text;
+    for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+    return element;
+  }
+
+  function renderTable(prediction, years) {
+    const table = document.getElementById("prediction-table");
+    const head = table.tHead, body = table.tBodies[0];
+    head.replaceChildren();
+    body.replaceChildren();
+    const headRow = document.createElement("tr");
+    headRow.append(cell("th", "Year", { scope: "col" }), cell("th", "Model", { scope: "col" }));
+    for (let i = 1; i <= TOP_K; i++) headRow.append(cell("th", `#${i}`, { scope: "col" }));
+    head.append(headRow);
+    const byYear = new Map(prediction.years.map((row) => [row.year, row]));
+    for (const year of years) {
+      const row = byYear.get(year);
+      const tr = cell("tr", null, { "data-year": String(year) });
+      tr.append(cell("th", String(year), { scope: "row" }));
+      if (!row) {
+        tr.classList.add("unavailable");
+        tr.append(cell("td", "no model for this year", { colspan: String(TOP_K + 1) }));
+      } else {
+        tr.dataset.model = row.model;
+        tr.dataset.version = String(row.version);
+        tr.append(cell("td", `${row.model} v${row.version}`));
+        for (const entry of row.top) {
+          const td = cell("td", null, { class: "genre", "data-genre": entry.genre,
+                                        "data-score": String(entry.score) });
+          td.append(cell("span", entry.genre), cell("span", entry.score.toFixed(3), { class: "score" }));
+          tr.append(td);
+        }
+      }
+      body.append(tr);
+    }
+  }
+
+  function renderHeatmap(prediction) {
+    const table = document.getElementById("heatmap");
+    const head = table.tHead, body = table.tBodies[0];
+    head.replaceChildren();
+    body.replaceChildren();
+    const rows = prediction.years;
+    const genres = [...new Set(rows.flatMap((row) => Object.keys(row.scores || {})))].sort();
+    const headRow = document.createElement("tr");
+    headRow.append(cell("th", "Genre", { scope: "col" }));
+    for (const row of rows) headRow.append(cell("th", String(row.year), { scope: "col" }));
+    head.append(headRow);
+    for (const genre of genres) {
+      const tr = document.createElement("tr");
+      tr.append(cell("th", genre, { scope: "row" }));
+      for (const row of rows) {
+        const score = row.scores ? row.scores[genre] : undefined;
+        if (score === undefined) {
+          tr.append(cell("td", "–", { title: `${genre}, ${row.year}: not a genre of this model` }));
+          continue;
+        }
+        const td = cell("td", score.toFixed(2), { title: `${genre}, ${row.year}: ${score.toFixed(3)}`,
+                                                  "data-score": String(score) });
+        td.style.background = `rgba(31, 95, 191, ${Math.max(0.04, score).toFixed(3)})`;
+        td.style.color = score > 0.55 ? "#fff" : "#1b1d21";
+        tr.append(td);
+      }
+      body.append(tr);
+    }
+  }
+
+  function render(prediction, years, where, seconds) {
+    renderTable(prediction, years);
+    renderHeatmap(prediction);
+    document.getElementById("poster-id").textContent = `sha256 ${prediction.poster_sha256.slice(0, 12)}…`;
+    document.getElementById("results-mode").textContent =
+      `${where}: ${prediction.years.length} years answered, ${prediction.unavailable_years.length} without a ` +
+      `model, in ${seconds.toFixed(2)} s.`;
+    results.hidden = false;
+    results.dataset.mode = where === "On the server" ? "server" : "browser";
+  }
+
+  async function predict() {
+    if (!currentFile) return;
+    clearError();
+    const spec = yearsInput.value.trim() || "2000-2019";
+    const started = performance.now();
+    try {
+      const years = parseYears(spec);
+      let prediction, where;
+      if (mode() === "browser") {
+        prediction = await predictInBrowser(currentFile, spec);
+        where = "In this browser";
+      } else {
+        setStatus("Reading the poster on the server…");
+        prediction = await predictOnServer(currentFile, spec);
+        where = "On the server";
+      }
+      render(prediction, years, where, (performance.now() - started) / 1000);
+      setStatus("");
+    } catch (error) {
+      setStatus("");
+      showError(error.message || String(error));
+      results.hidden = true;
+    }
+  }
+
+  function choose(file) {
+    if (!file) return;
+    currentFile = file;
+    if (preview.src) URL.revokeObjectURL(preview.src);
+    preview.src = URL.createObjectURL(file);
+    predict();
+  }
+
+  fileInput.addEventListener("change", () => choose(fileInput.files[0]));
+  for (const type of ["dragenter", "dragover"]) {
+    dropZone.addEventListener(type, (event) => {
+      event.preventDefault();
+      dropZone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    dropZone.addEventListener(type, () => dropZone.classList.remove("dragging"));
+  }
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    choose(event.dataTransfer.files[0]);
+  });
+  form.addEventListener("change", (event) => {
+    if (event.target.name === "mode" || event.target === yearsInput) predict();
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    predict();
+  });
+})();
