@@ -103,14 +103,19 @@ def upsert_movie(session: Session, store: ObjectStore, record: MovieRecord, post
         if movie.poster_sha256 != info.sha256 or not store.exists(key):
             store.put(key, poster, content_type=info.content_type)
             written = True
-        movie.poster_key = key
-        movie.poster_sha256 = info.sha256
-        movie.poster_phash = phash
-        movie.poster_width = info.width
-        movie.poster_height = info.height
-        movie.poster_bytes = info.size_bytes
+        attach_poster(movie, key, info, phash)
     session.flush()
     return movie, written
+
+
+def attach_poster(movie: Movie, key: str, info: PosterInfo, phash: str) -> None:
+    """Point a movie at its poster, already stored under ``key`` (the crawler stores it itself)."""
+    movie.poster_key = key
+    movie.poster_sha256 = info.sha256
+    movie.poster_phash = phash
+    movie.poster_width = info.width
+    movie.poster_height = info.height
+    movie.poster_bytes = info.size_bytes
 
 
 def record_rejection(session: Session, source: str, source_id: str, reason: str,
@@ -121,3 +126,11 @@ def record_rejection(session: Session, source: str, source_id: str, reason: str,
         session.add(RejectedPoster(source=source, source_id=source_id, reason=reason, url=url))
     else:
         row.reason, row.url = reason, url
+
+
+def clear_rejection(session: Session, source: str, source_id: str) -> None:
+    """Forget an earlier rejection once a good poster of the movie is stored."""
+    row = session.scalar(select(RejectedPoster).where(RejectedPoster.source == source,
+                                                      RejectedPoster.source_id == source_id))
+    if row is not None:
+        session.delete(row)

@@ -53,7 +53,56 @@ def _import(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _crawl(args: argparse.Namespace) -> int:
+    from services.crawler.progress import summary_table
+    from services.crawler.runner import CrawlError, CrawlOptions, new_job_id, run_crawl
+
+    job_id = args.job_id or new_job_id()
+    print(f"crawl job {job_id} (rerun with --job-id {job_id} to resume it)", flush=True)
+    options = CrawlOptions(years=list(args.years), job_id=job_id,
+                           max_movies_per_year=args.max_movies_per_year, poster_size=args.poster_size,
+                           min_poster_width=args.min_poster_width)
+    try:
+        summary = run_crawl(options)
+    except CrawlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary_table(summary))
+    if summary.finish_reason != "finished":
+        print(f"crawl stopped ({summary.finish_reason}); resume it with: postergenre crawl "
+              f"--years {args.years[0]}-{args.years[-1]} --job-id {job_id}", file=sys.stderr)
+        return 130
+    return 0 if summary.complete else 1
+
+
+def _bench_crawl(args: argparse.Namespace) -> int:
+    from services.crawler.bench import bench_crawl
+
+    return bench_crawl(movies=args.movies, as_json=args.json, real_posters=not args.generated_posters,
+                       embedded=args.embedded)
+
+
 def register(commands: Any, bench: Any) -> None:
+    crawl = commands.add_parser("crawl", help="crawl TMDB (API v3) into the database and object store")
+    crawl.add_argument("--years", type=parse_years, required=True, help="e.g. 2000-2019 or 2005")
+    crawl.add_argument("--max-movies-per-year", type=int, default=None,
+                       help="only the N most popular movies of each year")
+    crawl.add_argument("--job-id", default=None, help="resume (or name) this crawl; default: a new id")
+    crawl.add_argument("--poster-size", default=None,
+                       help="one of TMDB's poster sizes (default POSTERGENRE_CRAWL_POSTER_SIZE or w342)")
+    crawl.add_argument("--min-poster-width", type=int, default=None,
+                       help="reject narrower posters (default POSTERGENRE_CRAWL_MIN_POSTER_WIDTH or 100)")
+    crawl.set_defaults(handler=_crawl)
+
+    bench_crawl = bench.add_parser("crawl", help="movies stored per second from the local TMDB test site")
+    bench_crawl.add_argument("--movies", type=int, default=2000)
+    bench_crawl.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench_crawl.add_argument("--generated-posters", action="store_true",
+                             help="generated posters even when ../shared/data/posters-imdb exists")
+    bench_crawl.add_argument("--embedded", action="store_true",
+                             help="SQLite and a local folder instead of PostgreSQL and an S3 server")
+    bench_crawl.set_defaults(handler=_bench_crawl)
+
     imp = commands.add_parser("import", help="import a poster folder (images/<id>.jpg + labels.csv)")
     imp.add_argument("--from", dest="source", type=Path, required=True, help="the folder")
     imp.add_argument("--years", type=parse_years, default=None, help="only these years, e.g. 2000-2015")
