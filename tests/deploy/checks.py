@@ -303,6 +303,20 @@ def host_port(url: str) -> tuple[str, int | None]:
     return parts.hostname or "", parts.port
 
 
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|API_KEY")
+
+
+def literal_secret(name: str, value: str) -> bool:
+    """Whether a variable carries a secret written into the file itself (not from .env / a Secret):
+    a secret-named variable with a literal value, or a URL with a literal password."""
+    if SECRET_NAME.search(name) and value and not INTERPOLATION.search(value):
+        return True
+    if "://" in value:
+        password = urlsplit(INTERPOLATION.sub("interpolated", value)).password
+        return bool(password) and password != "interpolated"
+    return False
+
+
 def command_flags(argv: list[str]) -> dict[str, str]:
     """``--name=value`` flags of a command line."""
     return dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
@@ -381,6 +395,11 @@ def check_compose_semantics(path: Path = COMPOSE_FILE, env_example: Path = ENV_E
             problems.append(f"${{{variable}}} is required but {env_example.name} does not set it")
     stack: dict[str, str] = {}
     for name, service in services.items():
+        problems += [
+            f"{name}: {key} holds a secret written in compose.yaml; take it from .env"
+            for key, value in as_mapping(service.get("environment")).items()
+            if literal_secret(key, value)
+        ]
         if not is_postergenre_service(service):
             continue
         environment = as_mapping(service.get("environment"))
@@ -612,6 +631,19 @@ def check_k8s_semantics(
     }
     workloads = [doc for doc in docs if pod_spec(doc) is not None]
 
+    for config_map, data in config_maps.items():
+        problems += [
+            f"ConfigMap {config_map}: {key} is a secret; it belongs in the Secret postergenre-secrets"
+            for key, value in data.items()
+            if literal_secret(key, value) or key == "POSTERGENRE_DATABASE_URL"
+        ]
+    for doc in workloads:
+        for container in containers(pod_spec(doc) or {}):
+            problems += [
+                f"{doc['kind']}/{doc['metadata']['name']}: {variable['name']} holds a literal secret"
+                for variable in container.get("env", [])
+                if literal_secret(variable["name"], str(variable.get("value", "")))
+            ]
     for secret_name, keys in secrets.items():
         problems += [
             f"secret.example.yaml: {secret_name}.{key} is not a setting"

@@ -90,6 +90,16 @@ def test_a_compose_file_breaking_the_specification_is_caught(tmp_path: Path) -> 
         ),
         ("image: redis:7.4.2-bookworm", "image: redis", "image 'redis' is not pinned"),
         (
+            "MINIO_ROOT_PASSWORD: ${POSTERGENRE_S3_SECRET_KEY:?set POSTERGENRE_S3_SECRET_KEY in .env}",
+            "MINIO_ROOT_PASSWORD: minio123",
+            "minio: MINIO_ROOT_PASSWORD holds a secret written in compose.yaml",
+        ),
+        (
+            "postgresql://postergenre:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}@postgres",
+            "postgresql://postergenre:hunter2@postgres",
+            "POSTERGENRE_DATABASE_URL holds a secret written",
+        ),
+        (
             "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}@postgres",
             "${POSTGRES_PASSWD:?set it}@postgres",
             "${POSTGRES_PASSWD} is neither a setting",

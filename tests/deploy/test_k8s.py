@@ -127,6 +127,12 @@ def test_a_kustomization_that_does_not_render_is_caught(tmp_path: Path) -> None:
         ),
         ("overlays/prod/kustomization.yaml", "  - external.yaml\n", "", "prod: no Service postgres"),
         (
+            "base/kustomization.yaml",
+            "      - POSTERGENRE_HOME=/var/lib/postergenre\n",
+            "      - POSTERGENRE_HOME=/var/lib/postergenre\n      - POSTERGENRE_ADMIN_TOKEN=s3cret\n",
+            "POSTERGENRE_ADMIN_TOKEN is a secret; it belongs in the Secret",
+        ),
+        (
             "base/web.yaml",
             "  selector:\n    app.kubernetes.io/name: web\n",
             "  selector:\n    app.kubernetes.io/name: webb\n",
