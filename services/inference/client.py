@@ -138,8 +138,9 @@ class InferenceClient:
         self._channel.close()
 
     def _request(
-        self, name: str, pixels: np.ndarray, version: int | None, label: str | None, signature: str
+        self, name: str, pixels: Any, version: int | None, label: str | None, signature: str
     ) -> Any:
+        """A ``PredictRequest``; ``pixels`` is an array or an already built ``TensorProto``."""
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
@@ -149,7 +150,8 @@ class InferenceClient:
             request.model_spec.version.value = version
         elif label:
             request.model_spec.version_label = label
-        request.inputs[PIXELS_INPUT].CopyFrom(pixels_tensor(pixels))
+        tensor = pixels if not isinstance(pixels, np.ndarray) else pixels_tensor(pixels)
+        request.inputs[PIXELS_INPUT].CopyFrom(tensor)
         return request
 
     def _error(self, exc: Exception, what: str) -> InferenceError:
@@ -213,11 +215,13 @@ class InferenceClient:
 
         The deadline covers the whole fan-out: every call gets what is left of ``timeout``.
         """
-        tensor_request = {name: self._request(name, pixels, None, label, signature) for name in names}
+        tensor = pixels_tensor(pixels)  # encoded once for all the models
         deadline = time.monotonic() + self.timeout
         calls = {
-            name: self._predictions.Predict.future(request, timeout=self.timeout)
-            for name, request in tensor_request.items()
+            name: self._predictions.Predict.future(
+                self._request(name, tensor, None, label, signature), timeout=self.timeout
+            )
+            for name in names
         }
         results: dict[str, Prediction | InferenceError] = {}
         for name, call in calls.items():

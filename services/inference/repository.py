@@ -118,7 +118,13 @@ def parse_model_server_config(text: str) -> object:
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one rename; an unchanged file is left alone (no poller churn)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:
