@@ -128,8 +128,9 @@ def render_png(report: dict[str, Any]) -> bytes:
     )
     axes[1].legend()
     per_year = report["posters_per_year"]
-    axes[2].bar(list(per_year), list(per_year.values()))
-    axes[2].tick_params(axis="x", rotation=90)
+    positions = np.arange(len(per_year))
+    axes[2].bar(positions, list(per_year.values()))
+    axes[2].set_xticks(positions, list(per_year), rotation=90)
     axes[2].set_title("posters per release year in the selection")
     figure.tight_layout()
     buffer = io.BytesIO()

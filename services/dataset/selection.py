@@ -88,6 +88,21 @@ def load_movies(session: Session, years: Iterable[int]) -> MovieTable:
     )
 
 
+def count_movies(session: Session, years: Iterable[int]) -> int:
+    """Movies with a poster released in ``years`` (a cheap check before queueing a build)."""
+    from sqlalchemy import func
+
+    wanted = sorted(set(years))
+    if not wanted:
+        return 0
+    query = (
+        select(func.count())
+        .select_from(Movie)
+        .where(Movie.year.in_(wanted), Movie.poster_key.is_not(None), Movie.poster_sha256.is_not(None))
+    )
+    return int(session.scalar(query) or 0)
+
+
 def database_years(session: Session) -> tuple[int, int] | None:
     """First and last release year of the movies with a poster, or None when there are none."""
     from sqlalchemy import func

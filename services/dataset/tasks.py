@@ -26,7 +26,7 @@ def check_request(values: Mapping[str, Any], database_url: str | None = None) ->
     """
     from services.dataset.params import window_targets
     from services.dataset.pipeline import empty_selection
-    from services.dataset.selection import database_years, load_movies
+    from services.dataset.selection import count_movies, database_years
     from shared.config import get_settings
     from shared.db import session_scope
 
@@ -36,7 +36,7 @@ def check_request(values: Mapping[str, Any], database_url: str | None = None) ->
     params = BuildParams.from_mapping(values)
     years = sorted({y for ys in window_targets(params.window, params.years).values() for y in ys})
     with session_scope(database_url) as session:
-        if len(load_movies(session, years)) == 0:
+        if count_movies(session, years) == 0:
             raise empty_selection(params, years, database_years(session))
     return params
 
