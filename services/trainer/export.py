@@ -211,7 +211,19 @@ def decode_poster(data: tf.Tensor) -> tf.Tensor:
         decoded = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
         return _composite_on_white(decoded)
 
-    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    def grey_16_bit_png() -> tf.Tensor:
+        # Pillow keeps these as mode I;16 and shared.images scales them by their maximum, where
+        # decode_image would keep the high byte (which is what Pillow does for 16-bit colour).
+        grey = tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16), tf.float32)
+        scaled = tf.cast(grey / tf.maximum(tf.reduce_max(grey), 1.0) * 255.0, tf.int32)
+        return tf.ensure_shape(tf.tile(scaled, [1, 1, 3]), [None, None, 3])
+
+    # Padded, so that short or empty bytes compare unequal instead of failing here.
+    png_header = tf.strings.substr(tf.strings.join([data, tf.constant(bytes(26))]), 0, 26)
+    is_grey_16_bit_png = tf.logical_and(
+        tf.equal(tf.strings.substr(png_header, 0, 8), b"\x89PNG\r\n\x1a\n"),
+        tf.equal(tf.strings.substr(png_header, 24, 2), b"\x10\x00"))  # bit depth 16, colour type 0
+    return tf.case([(tf.io.is_jpeg(data), jpeg), (is_grey_16_bit_png, grey_16_bit_png)], default=other)
 
 
 def pillow_bilinear_coefficients(in_size: tf.Tensor, out_size: int) -> tuple[tf.Tensor, tf.Tensor]:

@@ -177,6 +177,10 @@ def poster_variants() -> dict[str, bytes]:
         "png palette": _encode(rgb.convert("P"), "PNG"),
         "png palette transparent": _encode(rgb.convert("P"), "PNG", transparency=0),
         "gif": _encode(rgb.convert("P"), "GIF"),
+        "png 16-bit greyscale": _encode(Image.fromarray(
+            np.random.default_rng(7).integers(0, 40000, (180, 120)).astype(np.uint16)), "PNG"),
+        "png 16-bit rgb": tf.io.encode_png(
+            np.random.default_rng(7).integers(0, 65536, (180, 120, 3)).astype(np.uint16)).numpy(),
     }
 
 
@@ -204,8 +208,10 @@ def test_resize_follows_pillow_on_every_aspect_ratio() -> None:
 
 def test_bytes_signature_refuses_what_is_not_an_image(exported: dict[str, Any]) -> None:
     loaded = tf.saved_model.load(str(exported["dest"]))
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures["serving_default"](images=tf.constant([b"not an image at all"]))
+    truncated_jpeg = make_poster(1)[:40]
+    for data in (b"not an image at all", b"", truncated_jpeg):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            loaded.signatures["serving_default"](images=tf.constant([data]))
 
 
 def test_tflite_exports_load_in_litert(exported: dict[str, Any]) -> None:
