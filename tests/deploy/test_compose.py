@@ -14,6 +14,10 @@ def test_compose_file_matches_the_compose_specification() -> None:
     assert checks.check_compose_schema() == []
 
 
+def test_docker_compose_loads_the_file_in_every_profile() -> None:
+    assert checks.check_compose_config() == []
+
+
 def test_compose_file_agrees_with_the_code() -> None:
     assert checks.check_compose_semantics() == []
 
@@ -139,6 +143,38 @@ def test_an_env_example_disagreeing_with_settings_is_caught(
     path.write_text(text.replace(old, new, 1))
     problems = checks.check_env_example(path)
     assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "      tfserving:\n        condition: service_healthy",
+            "      tf-serving:\n        condition: service_healthy",
+            'service "web" depends on undefined service "tf-serving"',
+        ),
+        (
+            '    profiles: ["cpu", "demo"]\n',
+            '    profiles: ["cpu"]\n',
+            '(profile demo): service "demo" depends on undefined service "trainer-cpu"',
+        ),
+        ("  web:\n", "  web:\n    heathcheck: {}\n", "heathcheck"),
+    ],
+)
+def test_docker_compose_refuses_a_broken_file(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    path = broken_copy(tmp_path, old, new)
+    problems = checks.check_compose_config(path, tmp_path / ".env.example")
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_docker_compose_refuses_to_start_without_a_required_secret(tmp_path: Path) -> None:
+    path = broken_copy(tmp_path, "x", "x")
+    env = tmp_path / ".env.example"
+    env.write_text(env.read_text().replace("POSTERGENRE_S3_SECRET_KEY=change-me-too\n", ""))
+    problems = checks.check_compose_config(path, env)
+    assert any("required variable POSTERGENRE_S3_SECRET_KEY is missing" in problem for problem in problems), (
+        problems
+    )
 
 
 def test_required_secrets_must_be_set_in_env_example(tmp_path: Path) -> None:
