@@ -16,10 +16,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.trainer.models import LAYOUTS, Hyperparameters
 from shared.config import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 FINAL_STATES = ("SUCCESS", "FAILURE")
 
@@ -82,15 +85,18 @@ def plan_tasks(manifest: dict[str, Any], years: range, layout: str, hp: Hyperpar
             for name, group in groups]
 
 
-def send_tasks(tasks: list[PlannedTask], database_url: str | None = None) -> None:
-    """Record each job (so progress can be followed at once) and queue its task on ``gpu``."""
+def send_tasks(tasks: list[PlannedTask], database_url: str | None = None, app: Celery | None = None) -> None:
+    """Record each job (so progress can be followed at once) and queue its task on ``gpu``.
+
+    ``app`` defaults to the process' Celery app (configured from the settings at import time).
+    """
     from services.trainer.tasks import TASK_NAME
     from shared.celery_app import celery_app
     from shared.jobs import create_job
 
     for task in tasks:
         create_job(task.task_id, "train", task.params, url=database_url)
-        celery_app.send_task(TASK_NAME, args=[task.params], task_id=task.task_id)
+        (app or celery_app).send_task(TASK_NAME, args=[task.params], task_id=task.task_id)
 
 
 @contextlib.contextmanager

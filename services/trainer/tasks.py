@@ -200,7 +200,6 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
         exports = {**_json_safe(exports), "prefix": prefix, "reports": outcome.files}
         row = registry.update(name, version, exports=exports, status_reason="exported")
         training.delete_checkpoint(store, training.checkpoint_dir(settings.home_dir, job_id), job_id)
-    row["resumed_from_epoch"] = outcome.resumed_from_epoch
     return finish(job_id, row, params, settings)
 
 
@@ -219,7 +218,7 @@ def finish(job_id: str, row: dict[str, Any], params: dict[str, Any], settings: S
         "model": row["name"], "version": row["version"], "status": row["status"],
         "status_reason": row["status_reason"], "sync": sync,
         "epochs_run": (row.get("metrics") or {}).get("epochs_run"),
-        "resumed_from_epoch": row.get("resumed_from_epoch", 0),
+        "resumed_from_epoch": ((row.get("metrics") or {}).get("resumed_from_epochs") or [0])[-1],
         "test": metrics.summary(test) if test else {},
         "baselines": {name: metrics.summary(values) for name, values in baselines.items()},
     }

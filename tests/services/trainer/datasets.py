@@ -45,8 +45,9 @@ def write_dataset(store: ObjectStore, dataset_id: str, years: list[int], per_yea
         splits, shards = {}, {}
         for split, part in parts.items():
             rows = np.arange(per_year)[part]
-            shards[split] = write_split_shards(store, dataset_id, str(year), split, pixels, rows, labels[part],
-                                               ids[part], np.full(len(rows), year), shard_size=1024)
+            shards[split] = write_split_shards(store, dataset_id, str(year), split, pixels, rows,
+                                               labels[part], ids[part], np.full(len(rows), year),
+                                               shard_size=1024)
             splits[split] = [int(i) for i in ids[part]]
         targets[str(year)] = {"years": [year], "splits": splits, "train_balanced": list(splits["train"]),
                               "shards": shards, "counts": {"movies": per_year}}

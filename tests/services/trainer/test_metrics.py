@@ -43,7 +43,8 @@ def test_top_k_matches_keras_itself() -> None:
     import keras
 
     for k in (1, 2, 3):
-        expected = float(np.mean(np.asarray(keras.metrics.top_k_categorical_accuracy(LABELS, SCORES.astype(np.float32), k=k))))
+        keras_values = keras.metrics.top_k_categorical_accuracy(LABELS, SCORES.astype(np.float32), k=k)
+        expected = float(np.mean(np.asarray(keras_values)))
         assert metrics.top_k_categorical_accuracy(LABELS, SCORES, k) == pytest.approx(expected)
 
 

@@ -32,7 +32,8 @@ def test_versions_count_up_per_name_and_a_task_registers_once(db: str) -> None:
     again = add(db, "genre-2000", 0.2, "task-a")
     assert again["version"] == 1
     assert len(registry.list_versions("genre-2000", url=db)) == 2
-    assert registry.find_by_task("task-b", url=db)["version"] == 2
+    found = registry.find_by_task("task-b", url=db)
+    assert found is not None and found["version"] == 2
     assert registry.find_by_task("task-z", url=db) is None
 
 
@@ -85,5 +86,6 @@ def test_rollback_restores_the_previous_blessed_version_in_one_call(db: str) -> 
 def test_bless_decision_is_a_pure_rule() -> None:
     assert registry.bless_decision({"test": {"macro_map": 0.2}}, None).blessed
     assert not registry.bless_decision({}, None).blessed
-    assert not registry.bless_decision({"test": {"macro_map": 0.1}}, {"test": {"macro_map": 0.2}}, 0.05).blessed
-    assert registry.bless_decision({"test": {"macro_map": 0.16}}, {"test": {"macro_map": 0.2}}, 0.05).blessed
+    blessed = {"test": {"macro_map": 0.2}}
+    assert not registry.bless_decision({"test": {"macro_map": 0.1}}, blessed, 0.05).blessed
+    assert registry.bless_decision({"test": {"macro_map": 0.16}}, blessed, 0.05).blessed

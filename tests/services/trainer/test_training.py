@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from services.trainer import training
-from services.trainer.models import default_hyperparameters
+from services.trainer.models import Hyperparameters, default_hyperparameters
 from shared.storage import object_store_from_settings
 from tests.services.trainer.datasets import GENRES, write_dataset
 
 
-def tiny_hp(epochs: int) -> object:
+def tiny_hp(epochs: int) -> Hyperparameters:
     return default_hyperparameters("smallcnn", epochs=epochs, batch_size=8, width=4, resolution=32,
                                    weights="none", patience=10)
 
