@@ -149,15 +149,15 @@
     const bitmap = await createImageBitmap(blob, {
       imageOrientation: "from-image", premultiplyAlpha: "none", colorSpaceConversion: "none",
     });
+    const width = bitmap.width, height = bitmap.height;
     const canvas = document.createElement("canvas");
-    canvas.width = bitmap.width;
-    canvas.height = bitmap.height;
+    canvas.width = width;
+    canvas.height = height;
     const context = canvas.getContext("2d", { willReadFrequently: true });
     context.drawImage(bitmap, 0, 0);
-    const data = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
     bitmap.close();
-    return { rgb: compositeOnWhite(data, bitmap.width * bitmap.height), width: canvas.width,
-             height: canvas.height };
+    const data = context.getImageData(0, 0, width, height).data;
+    return { rgb: compositeOnWhite(data, width * height), width, height };
   }
 
   /* shared.images.poster_pixels(data, size) as a Uint8Array of size*size*3. */

@@ -1,0 +1,215 @@
+"""End to end in a real browser (Playwright driving Debian's chromium): upload a poster on the page,
+see the table and the heatmap, switch to the in-browser TF.js mode and get the same table, and see
+the error banner when inference is down.
+
+The models are tiny real SavedModels served by the embedded gRPC server, and their TF.js exports
+come from the trainer's converter (``services.trainer.export.export_tfjs``). Set
+``POSTERGENRE_UPDATE_SCREENSHOT=1`` to write docs/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from shared.config import Settings
+from shared.images import poster_pixels
+from shared.storage import open_object_store, upload_folder
+from tests import servers
+from tests.conftest import SHARED_POSTERS, make_poster
+from tests.services.web.conftest import register_models, stack_settings_for
+from tests.services.web.tiny_models import TinyModel, build_tiny_model
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "screenshot.png"
+GENRES = ["Action", "Adventure", "Animation", "Comedy", "Crime", "Drama", "Family", "Horror", "Romance",
+          "Sci-Fi", "Thriller"]
+YEARS = "2000-2019"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """The web app under uvicorn on a free loopback port, in a thread of this process."""
+    import uvicorn
+
+    from services.web.app import create_app
+
+    port = servers.free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                          log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        servers.wait_for_port("127.0.0.1", port, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def with_tfjs_export(model: TinyModel, store: Any) -> None:
+    from services.trainer.export import export_tfjs
+
+    exports = model.folder.parent / f"{model.version}-tfjs"
+    export_tfjs(model.folder, exports)
+    upload_folder(store, exports, f"models/{model.name}/{model.version}/exports/tfjs")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str, redis_url: str,
+         s3_endpoint: str) -> Iterator[tuple[str, Settings]]:
+    """genre-2000 (32 px) and genre-shared (24 px, 2001-2018) with TF.js exports; 2019 has no model."""
+    from services.trainer.export import TfjsConverterMissing, tfjs_converter_path
+
+    root = tmp_path_factory.mktemp("browser-models")
+    models = [build_tiny_model(root, "genre-2000", 1, 32, seed=21, genres=GENRES),
+              build_tiny_model(root, "genre-shared", 3, 24, seed=22, genres=GENRES,
+                               years=list(range(2001, 2019)))]
+    home = tmp_path_factory.mktemp("browser-home")
+    database_url = servers.create_database(postgres_admin_url, prefix="webbrowser")
+    settings = stack_settings_for(home, database_url, redis_url, s3_endpoint, f"browser-{home.name[-1]}-"
+                                  f"{os.getpid()}")
+    register_models(settings, models, retired=set())
+    try:
+        tfjs_converter_path()
+    except TfjsConverterMissing:
+        pass  # the in-browser test skips; the server-mode test still runs
+    else:
+        store = open_object_store(settings.effective_object_store, settings.s3_endpoint,
+                                  settings.s3_access_key, settings.s3_secret_key)
+        with ThreadPoolExecutor(max_workers=2) as pool:  # the converter is a slow subprocess
+            list(pool.map(lambda model: with_tfjs_export(model, store), models))
+    try:
+        with serve(settings) as url:
+            yield url, settings
+    finally:
+        servers.drop_database(postgres_admin_url, database_url)
+
+
+def read_table(page: Any) -> list[dict[str, Any]]:
+    return page.eval_on_selector_all("#prediction-table tbody tr", """rows => rows.map(row => ({
+        year: Number(row.dataset.year), model: row.dataset.model || null,
+        version: row.dataset.version ? Number(row.dataset.version) : null,
+        top: [...row.querySelectorAll('td.genre')].map(td => [td.dataset.genre, Number(td.dataset.score)]),
+        unavailable: row.classList.contains('unavailable')}))""")
+
+
+def upload_poster(page: Any, poster: Path, mode: str) -> list[dict[str, Any]]:
+    page.fill("#years", YEARS)
+    page.set_input_files("#poster-file", str(poster))
+    page.wait_for_selector(f"#results[data-mode={mode}]:not([hidden])", timeout=120_000)
+    return read_table(page)
+
+
+@pytest.fixture
+def poster(tmp_path: Path) -> Path:
+    path = tmp_path / "poster.jpg"
+    path.write_bytes(make_poster(31, size=(180, 270)))
+    return path
+
+
+def test_upload_shows_the_table_and_heatmap(browser: Any, site: tuple[str, Settings], poster: Path) -> None:
+    url, _ = site
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    table = upload_poster(page, poster, "server")
+    api = httpx.post(f"{url}/api/v1/predictions", params={"years": YEARS},
+                     files={"file": ("poster.jpg", poster.read_bytes(), "image/jpeg")}, timeout=60).json()
+    assert [row["year"] for row in table] == list(range(2000, 2020))
+    assert [row["year"] for row in table if row["unavailable"]] == api["unavailable_years"] == [2019]
+    expected = {row["year"]: row for row in api["years"]}
+    for row in table[:-1]:
+        wanted = expected[row["year"]]
+        assert (row["model"], row["version"]) == (wanted["model"], wanted["version"])
+        assert row["top"] == [[entry["genre"], entry["score"]] for entry in wanted["top"]]
+    assert page.locator("#prediction-table tbody tr.unavailable").inner_text().count("no model") == 1
+    # The heatmap: a row per genre, a column per answered year, every cell a score.
+    assert page.locator("#heatmap tbody tr").count() == len(GENRES)
+    assert page.locator("#heatmap thead th").count() == 1 + 19
+    assert page.locator("#heatmap tbody td[data-score]").count() == len(GENRES) * 19
+    assert page.locator("#banner").is_hidden()
+    if os.environ.get("POSTERGENRE_UPDATE_SCREENSHOT"):
+        real = SHARED_POSTERS / "images" / "tt0211915.jpg"  # a real poster reads better, when present
+        if real.is_file():
+            upload_poster(page, real, "server")
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.close()
+
+
+def test_in_browser_mode_gives_the_same_table(browser: Any, site: tuple[str, Settings], poster: Path) -> None:
+    from services.trainer.export import TfjsConverterMissing, tfjs_converter_path
+    from services.web.vendor import VendorError, ensure_tfjs
+
+    try:
+        tfjs_converter_path()
+        ensure_tfjs()
+    except (TfjsConverterMissing, VendorError) as exc:
+        pytest.skip(f"in-browser mode needs the TF.js converter and tf.min.js: {exc}")
+    url, _ = site
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{url}/?backend=cpu")
+    server_table = upload_poster(page, poster, "server")
+    page.check("input[name=mode][value=browser]")
+    page.wait_for_selector("#results[data-mode=browser]:not([hidden])", timeout=120_000)
+    browser_table = read_table(page)
+    # The page's decoding and resizing give exactly the pixels shared.images gives the server.
+    browser_pixels = page.evaluate("""async ([b64, size]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const decoded = await PosterPixels.decodePoster(new Blob([bytes], { type: "image/jpeg" }));
+        return Array.from(PosterPixels.posterPixels(decoded, size)); }""",
+        [base64.b64encode(poster.read_bytes()).decode(), 24])
+    assert np.array_equal(np.asarray(browser_pixels, np.uint8).reshape(24, 24, 3),
+                          poster_pixels(poster.read_bytes(), 24))
+    assert errors == [] and page.locator("#banner").is_hidden(), page.locator("#banner").inner_text()
+    assert [(r["year"], r["model"], r["version"], r["unavailable"]) for r in browser_table] == \
+        [(r["year"], r["model"], r["version"], r["unavailable"]) for r in server_table]
+    for in_browser, on_server in zip(browser_table, server_table, strict=True):
+        assert [genre for genre, _ in in_browser["top"]] == [genre for genre, _ in on_server["top"]], \
+            (in_browser, on_server)
+        for (_, score_browser), (_, score_server) in zip(in_browser["top"], on_server["top"], strict=True):
+            assert abs(score_browser - score_server) <= 1e-3, (in_browser, on_server)
+    page.close()
+
+
+def test_the_page_says_when_inference_is_down(browser: Any, tmp_path: Path, postgres_url: str, redis_url: str,
+                                              s3_endpoint: str, s3_bucket_url: str, poster: Path) -> None:
+    settings = stack_settings_for(tmp_path, postgres_url, redis_url, s3_endpoint, s3_bucket_url[5:],
+                                  inference_url=f"grpc://127.0.0.1:{servers.free_port()}",
+                                  inference_timeout_s=1.0)
+    model = build_tiny_model(tmp_path / "models", "genre-2000", 1, 16, seed=5)
+    register_models(settings, [model], retired=set())
+    with serve(settings) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.set_input_files("#poster-file", str(poster))
+        page.wait_for_selector("#banner:not([hidden])", timeout=60_000)
+        message = page.locator("#banner").inner_text()
+        assert "unavailable" in message and page.locator("#results").is_hidden()
+        page.close()
