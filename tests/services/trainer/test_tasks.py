@@ -3,6 +3,7 @@ through ``postergenre train``, and a worker killed mid-training whose task resum
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -139,8 +140,8 @@ def test_a_killed_worker_leaves_the_task_to_another_that_resumes_from_the_checkp
     assert rows[0]["metrics"]["resumed_from_epochs"] == [final["result"]["resumed_from_epoch"]]
 
 
-def test_postergenre_train_runs_its_own_worker_on_the_filesystem_broker(settings: Settings,
-                                                                          tmp_path: Path) -> None:
+def test_postergenre_train_runs_its_own_worker_on_the_filesystem_broker_then_evaluate(
+        settings: Settings, tmp_path: Path, poster_folder: Path) -> None:
     upgrade_database(settings.effective_database_url)
     write_dataset(object_store_from_settings(), "fs-tiny", [2000, 2001], per_year=12)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -157,6 +158,21 @@ def test_postergenre_train_runs_its_own_worker_on_the_filesystem_broker(settings
     from services.trainer.tasks import local_workers
 
     assert local_workers(settings) == []  # the worker it started is gone
+
+    # The blessed shared model on a labelled folder: each poster under its own year's head.
+    out = tmp_path / "evaluation.json"
+    result = subprocess.run([sys.executable, "-m", "services.cli", "evaluate", "--data", str(poster_folder),
+                             "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    evaluation = json.loads(out.read_text())
+    assert set(evaluation["per_year"]) == {"2000", "2001"}
+    assert set(evaluation["baselines"]) == {"year_prior", "no_genre"}
+    assert evaluation["posters"] == 24 and evaluation["models"] == ["genre-shared:1"]
+    for name in ("macro_map", "macro_auc", "micro_f1", "recall_at_6", "precision_at_3", "top1_hit",
+                 "binary_accuracy"):
+        assert name in evaluation["overall"] and name in evaluation["per_year"]["2000"]
+    assert evaluation["baselines"]["no_genre"]["micro_f1"] == 0.0
 
 
 def test_postergenre_train_refuses_years_the_dataset_lacks(settings: Settings) -> None:
