@@ -170,3 +170,69 @@ def test_missing_file_field(web_stack: WebStack) -> None:
     response = web_stack.client.post(API, data={"years": "2000"})
     assert response.status_code == 422
     assert "file" in response.json()["error"]["message"]
+
+
+def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def top_of(stack: WebStack, data: bytes) -> list[dict[str, Any]]:
+    response = upload(stack, data, years="2000")
+    assert response.status_code == 200, response.text
+    return list(response.json()["years"][0]["top"])
+
+
+def test_first_frame_exif_orientation_and_modes_are_read_like_training(web_stack: WebStack) -> None:
+    rng = np.random.default_rng(3)
+    first = Image.fromarray(rng.integers(0, 256, (48, 32, 3), dtype=np.uint8))
+    second = Image.fromarray(np.full((48, 32, 3), 250, np.uint8))
+    animated = encoded(first, "GIF", save_all=True, append_images=[second], duration=100)
+    assert top_of(web_stack, animated) == top_of(web_stack, encoded(Image.open(io.BytesIO(animated)), "PNG"))
+
+    # EXIF orientation 6 (rotate 90° clockwise to display): read as the upright poster.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    gradient = np.linspace(0, 255, 90, dtype=np.uint8)[None, :, None]  # dark left, light right
+    wide = Image.fromarray(np.repeat(np.repeat(gradient, 60, 0), 3, 2))
+    stored = encoded(wide, "JPEG", exif=exif, quality=95)
+    upright = encoded(Image.open(io.BytesIO(stored)).transpose(Image.Transpose.ROTATE_270), "PNG")
+    ignored = encoded(Image.open(io.BytesIO(stored)), "PNG")  # the stored pixels, orientation ignored
+    assert top_of(web_stack, stored) == top_of(web_stack, upright) != top_of(web_stack, ignored)
+
+    for mode in ("L", "CMYK", "P"):
+        data = encoded(first.convert(mode), "JPEG" if mode == "CMYK" else "PNG")
+        expected = expected_top(web_stack, "genre-2000/1", data, 2000, 6)
+        assert [entry["genre"] for entry in top_of(web_stack, data)] == [genre for genre, _ in expected], mode
+
+
+def test_decompression_bomb_is_refused(web_stack: WebStack) -> None:
+    bomb = encoded(Image.new("L", (10_000, 10_000)), "PNG", optimize=True)  # 100 Mpx in a few KB
+    assert len(bomb) < web_stack.settings.max_upload_bytes
+    response = upload(web_stack, bomb, name="bomb.png")
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "image_too_large"
+
+
+def test_an_oversized_file_in_a_batch_is_cut_off_at_the_limit(web_stack: WebStack) -> None:
+    limit = web_stack.settings.max_upload_bytes
+    files = [("files", ("big.jpg", b"\xff\xd8" + b"\x00" * (limit + 1), "image/jpeg")),
+             ("files", ("ok.jpg", make_poster(12), "image/jpeg"))]
+    results = web_stack.client.post(f"{API}:batch", files=files, params={"years": "2000"}).json()["results"]
+    assert results[0]["error"]["code"] == "file_too_large" and str(limit) in results[0]["error"]["message"]
+    assert results[1]["prediction"]["years"][0]["year"] == 2000
+
+
+def test_uploads_store_nothing(web_stack: WebStack) -> None:
+    from services.web.state import WebState
+    from shared.db import Movie, RejectedPoster, session_scope
+
+    store = WebState(web_stack.settings, admin_token="").store
+    before = set(store.list())
+    upload(web_stack, make_poster(13))
+    upload(web_stack, b"not an image")
+    assert set(store.list()) == before
+    assert not any(key.startswith("posters/") for key in before)
+    with session_scope(web_stack.settings.effective_database_url) as session:
+        assert session.query(Movie).count() == 0 and session.query(RejectedPoster).count() == 0

@@ -22,8 +22,9 @@ class TinyModel:
     weights: tuple[np.ndarray, np.ndarray]
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
-        """What the model computes, in NumPy: sigmoid(mean colour / 255 @ W + b)."""
-        features = pixels.astype(np.float64).reshape(len(pixels), -1, 3).mean(axis=1) / 255.0
+        """What the model computes, in NumPy: sigmoid(mean colour of the top half / 255 @ W + b)."""
+        top = pixels[:, : self.image_size // 2].astype(np.float64)
+        features = top.reshape(len(pixels), -1, 3).mean(axis=1) / 255.0
         kernel, bias = self.weights
         logits = features @ kernel + bias
         scores = 1.0 / (1.0 + np.exp(-logits))
@@ -32,7 +33,7 @@ class TinyModel:
 
 def build_tiny_model(root: Path, name: str, version: int, image_size: int, seed: int,
                      years: list[int] | None = None, genres: list[str] | None = None) -> TinyModel:
-    """A mean-colour -> dense -> sigmoid model; distinct seeds give distinct, spread-out scores."""
+    """A top-half mean colour -> dense -> sigmoid model; distinct seeds give distinct, spread-out scores."""
     import keras
     import tensorflow as tf
 
@@ -45,6 +46,8 @@ def build_tiny_model(root: Path, name: str, version: int, image_size: int, seed:
 
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     x = keras.layers.Rescaling(1.0 / 255)(pixels)
+    # The top half only: a model that sees which way up the poster is (EXIF orientation matters).
+    x = keras.layers.Cropping2D(((0, image_size - image_size // 2), (0, 0)))(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     dense = keras.layers.Dense(outputs, activation="sigmoid")
     x = dense(x)
