@@ -15,12 +15,12 @@ The Keras model takes float32 pixels ``[None, S, S, 3]`` (RGB, 0..255) and retur
 ``[None, G]`` or ``[None, Y, G]``. The SavedModel has two signatures:
 
 * ``serving_default``: ``images`` (tf.string ``[None]``, raw JPEG/PNG bytes) -> ``scores``. The
-  decoding and resizing happen in the graph and reproduce :func:`shared.images.poster_pixels`:
-  JPEG decoded with the accurate integer DCT (Pillow's libjpeg default, bit-exact), transparency
-  composited on white, greyscale expanded to RGB, and an antialiased bilinear resize, which is
-  the triangle filter Pillow's ``BILINEAR`` uses when it shrinks an image (values then rounded to
-  integers, as Pillow's uint8 output is). What TF cannot do: EXIF orientation is not applied
-  (posters almost never carry it) and Pillow's fixed-point resize differs by at most one grey level.
+  decoding and resizing happen in the graph and reproduce :func:`shared.images.poster_pixels` bit
+  for bit (checked on all 4,632 posters of the shared collection at 128 px): JPEG decoded with
+  the accurate integer DCT as Pillow's libjpeg does, EXIF orientation applied, transparency
+  composited on white and 16-bit greyscale scaled in Pillow's integer arithmetic, and Pillow's
+  two-pass antialiased ``BILINEAR`` resize reimplemented with its fixed-point weights. Not
+  reproduced: EXIF orientation in non-JPEG files, and formats TF cannot decode.
 * ``pixels``: ``pixels`` (float32 ``[None, S, S, 3]``) -> ``scores``: the model as trained.
 
 Each export is loaded back and compared with Keras on sample inputs (:func:`check_exports`); the
@@ -46,6 +46,8 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
+from shared.images import MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +194,38 @@ def apply_exif_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tenso
     return tf.switch_case(orientation - 1, branches)
 
 
+def declared_pixel_count(data: tf.Tensor) -> tf.Tensor:
+    """Width x height as the header of JPEG, PNG or GIF bytes declares it (int64; 0 if unknown).
+
+    Read before decoding, so that a decompression bomb is refused before TF allocates it.
+    """
+    padded = tf.strings.join([data, tf.constant(bytes(32))])
+    header = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
+
+    def number(start: int, width: int, big_endian: bool) -> tf.Tensor:
+        shifts = reversed(range(width)) if big_endian else range(width)
+        pairs = zip(range(start, start + width), shifts, strict=True)
+        return sum(header[position] * (1 << (8 * shift)) for position, shift in pairs)
+
+    is_png = tf.equal(tf.strings.substr(padded, 0, 8), b"\x89PNG\r\n\x1a\n")
+    is_gif = tf.equal(tf.strings.substr(padded, 0, 3), b"GIF")
+
+    def jpeg() -> tf.Tensor:
+        return tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64))
+
+    return tf.case([
+        (tf.io.is_jpeg(data), jpeg),
+        (is_png, lambda: number(16, 4, True) * number(20, 4, True)),  # IHDR width, height
+        (is_gif, lambda: number(6, 2, False) * number(8, 2, False)),  # logical screen size
+    ], default=lambda: tf.constant(0, tf.int64))
+
+
+def _refuse_too_large(pixel_count: tf.Tensor) -> tf.Tensor:
+    return tf.debugging.assert_less_equal(
+        pixel_count, tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message=f"image too large: more than {MAX_IMAGE_PIXELS} pixels")
+
+
 def decode_poster(data: tf.Tensor) -> tf.Tensor:
     """One poster's bytes (scalar tf.string) -> int32 ``[H, W, 3]`` RGB 0..255.
 
@@ -223,7 +257,12 @@ def decode_poster(data: tf.Tensor) -> tf.Tensor:
     is_grey_16_bit_png = tf.logical_and(
         tf.equal(tf.strings.substr(png_header, 0, 8), b"\x89PNG\r\n\x1a\n"),
         tf.equal(tf.strings.substr(png_header, 24, 2), b"\x10\x00"))  # bit depth 16, colour type 0
-    return tf.case([(tf.io.is_jpeg(data), jpeg), (is_grey_16_bit_png, grey_16_bit_png)], default=other)
+    with tf.control_dependencies([_refuse_too_large(declared_pixel_count(data))]):
+        image = tf.case([(tf.io.is_jpeg(data), jpeg), (is_grey_16_bit_png, grey_16_bit_png)], default=other)
+    # WebP and other formats are only measured once decoded; Pillow refuses them above the limit too.
+    shape = tf.shape(image, out_type=tf.int64)
+    with tf.control_dependencies([_refuse_too_large(shape[0] * shape[1])]):
+        return tf.identity(image)
 
 
 def pillow_bilinear_coefficients(in_size: tf.Tensor, out_size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -252,12 +291,23 @@ def pillow_bilinear_coefficients(in_size: tf.Tensor, out_size: int) -> tuple[tf.
 
 
 def _resample_axis(image: tf.Tensor, axis: int, out_size: int) -> tf.Tensor:
-    """One pass of Pillow's two-pass resize along ``axis`` (1: horizontal, 0: vertical); int32."""
+    """One pass of Pillow's two-pass resize along ``axis`` (1: horizontal, 0: vertical); int32.
+
+    Accumulates one filter tap at a time, so memory stays at one output-sized buffer even for a
+    large poster (gathering all taps at once would need K times as much).
+    """
     index, weight = pillow_bilinear_coefficients(tf.shape(image)[axis], out_size)
-    neighbours = tf.gather(image, index, axis=axis)  # axis 1: [H, S, K, 3]; axis 0: [S, K, W, 3]
-    weight = weight[None, :, :, None] if axis == 1 else weight[:, :, None, None]
-    # int32 cannot overflow: at most 255 * 2**22 plus rounding, as in Pillow's own int32 sums.
-    total = tf.reduce_sum(neighbours * weight, axis=axis + 1) + (1 << (RESAMPLE_PRECISION_BITS - 1))
+
+    def add_tap(tap: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        taken = tf.gather(image, index[:, tap], axis=axis)  # axis 1: [H, S, 3]; axis 0: [S, W, 3]
+        tap_weight = weight[:, tap]
+        tap_weight = tap_weight[None, :, None] if axis == 1 else tap_weight[:, None, None]
+        return tap + 1, total + taken * tap_weight
+
+    # Pillow starts each sum at half a unit, so the shift below rounds. int32 cannot overflow:
+    # at most 255 * 2**22 plus rounding, as in Pillow's own int32 sums.
+    start = tf.fill(tf.shape(tf.gather(image, index[:, 0], axis=axis)), 1 << (RESAMPLE_PRECISION_BITS - 1))
+    _, total = tf.while_loop(lambda tap, _: tap < tf.shape(index)[1], add_tap, (tf.constant(0), start))
     return tf.clip_by_value(tf.bitwise.right_shift(total, RESAMPLE_PRECISION_BITS), 0, 255)
 
 

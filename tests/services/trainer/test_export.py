@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +208,27 @@ def test_resize_follows_pillow_on_every_aspect_ratio() -> None:
         assert np.array_equal(resized, expected), (width, height)
 
 
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        checksum = struct.pack(">I", zlib.crc32(kind + payload))
+        return struct.pack(">I", len(payload)) + kind + payload + checksum
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(width + 1)))
+            + chunk(b"IEND", b""))
+
+
 def test_bytes_signature_refuses_what_is_not_an_image(exported: dict[str, Any]) -> None:
     loaded = tf.saved_model.load(str(exported["dest"]))
     truncated_jpeg = make_poster(1)[:40]
     for data in (b"not an image at all", b"", truncated_jpeg):
         with pytest.raises(tf.errors.InvalidArgumentError):
             loaded.signatures["serving_default"](images=tf.constant([data]))
+    # Refused from its header, before TF would allocate 100 million pixels.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+        loaded.signatures["serving_default"](images=tf.constant([png_declaring(10_000, 10_000)]))
 
 
 def test_tflite_exports_load_in_litert(exported: dict[str, Any]) -> None:
