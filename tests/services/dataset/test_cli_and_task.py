@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,43 @@ def test_task_builds_reports_progress_and_refuses_bad_input(
     with session_scope() as session:
         job = session.get(Job, "job-dataset-2")
         assert job is not None and job.state == "FAILURE" and "unknown years" in job.errors[0]
+
+
+# Celery messages of this test go to their own Redis database, so no other test's worker takes them.
+BROKER_DB = 12
+
+
+def test_task_through_a_real_worker_in_stack_mode(
+    stack_settings: Any, collection: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.contrib.testing.worker import start_worker
+
+    from shared.celery_app import make_celery
+    from shared.config import get_settings
+
+    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
+    monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", broker)
+    get_settings.cache_clear()
+    imported(collection(years=range(2000, 2002), per_year=10))
+    app = make_celery(get_settings())
+    app.control.purge()  # messages a killed earlier run left behind would be taken first
+    good_id, bad_id = f"job-{uuid.uuid4().hex}", f"job-{uuid.uuid4().hex}"
+    request = {"years": "2000-2001", "min_posters": 5, "image_size": 16}
+    try:
+        with start_worker(app, pool="solo", queues=["dataset"], perform_ping_check=False):
+            dataset_id = app.send_task("postergenre.dataset", kwargs=request, task_id=good_id).get(
+                timeout=120
+            )
+            bad = app.send_task("postergenre.dataset", kwargs={"years": "1950"}, task_id=bad_id)
+            with pytest.raises(DatasetInputError, match="unknown years"):
+                bad.get(timeout=60)
+    finally:
+        app.control.purge()
+    manifest = load_manifest(object_store_from_settings(), dataset_id)
+    assert sorted(manifest["targets"]) == ["2000", "2001"]
+    with session_scope() as session:
+        job = session.get(Job, good_id)
+        assert job is not None and job.state == "SUCCESS" and job.result["dataset_id"] == dataset_id
+        failed = session.get(Job, bad_id)
+        assert failed is not None and failed.state == "FAILURE"
