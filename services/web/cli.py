@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -16,6 +17,20 @@ def _serve_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_web(args: argparse.Namespace) -> int:
+    import logging
+
+    from services.web.bench import bench_web
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    print(f"POST {args.url}/api/v1/predictions, years {args.years}, {args.requests} requests, "
+          f"concurrency {args.concurrency}")
+    for result in bench_web(args.url.rstrip("/"), args.poster, args.years, args.requests, args.concurrency):
+        print(result.summary())
+    return 0
+
+
 def register(commands: Any, serve: Any, bench: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     web = serve.add_parser("web", help="the poster page and the HTTP API (uvicorn)")
@@ -25,3 +40,11 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     web.add_argument("--forwarded-allow-ips", default="127.0.0.1",
                      help="proxies whose X-Forwarded-* headers are trusted")
     web.set_defaults(handler=_serve_web)
+
+    web_bench = bench.add_parser("web", help="latency and throughput of the prediction API (cold and cached)")
+    web_bench.add_argument("--url", default="http://127.0.0.1:8000")
+    web_bench.add_argument("--poster", type=Path, default=None, help="poster to vary (default: generated)")
+    web_bench.add_argument("--years", default="2000-2019")
+    web_bench.add_argument("--requests", type=int, default=50)
+    web_bench.add_argument("--concurrency", type=int, default=4)
+    web_bench.set_defaults(handler=_bench_web)
