@@ -91,7 +91,7 @@ class Fault:
 
 @dataclass
 class LoggedRequest:
-    time: float
+    time: float  # when it arrived (time.monotonic)
     path: str
     query: dict[str, str]
     status: int
@@ -252,7 +252,7 @@ class TmdbSite:
 
     def requests_to(self, path: str) -> list[LoggedRequest]:
         with self.lock:
-            return [r for r in self.log if r.path.startswith(path)]
+            return sorted((r for r in self.log if r.path.startswith(path)), key=lambda r: r.time)
 
     def handle(self, path: str, query: dict[str, str],
                authorization: str | None) -> tuple[int, str, bytes, dict[str, str], str]:
@@ -311,12 +311,13 @@ def _handler(site: TmdbSite) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            arrived = time.monotonic()
             parsed = urlparse(self.path)
             query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
             status, content_type, body, headers, fault = site.handle(
                 parsed.path, query, self.headers.get("Authorization"))
             with site.lock:
-                site.log.append(LoggedRequest(time.monotonic(), parsed.path, query, status, fault))
+                site.log.append(LoggedRequest(arrived, parsed.path, query, status, fault))
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)

@@ -148,7 +148,11 @@ def run_crawl(options: CrawlOptions, settings: Settings | None = None,
     check_credentials(settings)
     database_url = settings.effective_database_url
     upgrade_database(database_url)
-    object_store_from_settings()  # creates the bucket before the pipelines run, fails early if unreachable
+    try:
+        object_store_from_settings()  # creates the bucket before the pipelines run
+    except Exception as exc:  # minio raises ValueError, S3Error, urllib3 errors...
+        raise CrawlError(f"cannot use the object store {redact(settings.effective_object_store)} "
+                         f"(POSTERGENRE_OBJECT_STORE, POSTERGENRE_S3_ENDPOINT): {exc}") from exc
 
     folder = job_dir(settings.home_dir, options.job_id)
     with job_lock(folder):

@@ -80,6 +80,9 @@ class CrawlSettings(BaseSettings):
     poster_size: str = Field(default="w342", description="One of /configuration's poster_sizes.")
     min_poster_width: int = Field(default=100, ge=1, description="Narrower posters are rejected.")
     min_poster_height: int = Field(default=1, ge=1, description="Shorter posters are rejected.")
+    buffer_bytes: int = Field(default=100_000, ge=1024, description="Discover pages (in bytes of "
+                              "JSON) whose movies may be in progress at once; about 10 TMDB pages. Bounds "
+                              "memory and how long a clean stop (Ctrl-C) takes.")
     max_page: int = Field(default=500, ge=1, description="TMDB's last page of one query (it answers "
                                                          "422 above); larger years are split by date.")
     progress_interval: float = Field(default=5.0, gt=0, description="Seconds between progress lines.")
@@ -104,6 +107,9 @@ def scrapy_settings(crawl: CrawlSettings, *, jobdir: Path | None, object_store_u
         "AUTOTHROTTLE_START_DELAY": crawl.autothrottle_start_delay,
         "AUTOTHROTTLE_MAX_DELAY": crawl.autothrottle_max_delay,
         "DOWNLOAD_TIMEOUT": crawl.timeout,
+        # A response counts as active until every movie of it went through the pipelines, so this
+        # bounds the movies in flight (Scrapy's default, 5 MB, would be about 10,000 movies).
+        "SCRAPER_SLOT_MAX_ACTIVE_SIZE": crawl.buffer_bytes,
         "RETRY_TIMES": crawl.retry_times,
         "RETRY_BACKOFF_BASE": crawl.backoff_base,
         "RETRY_BACKOFF_MAX": crawl.backoff_max,

@@ -111,10 +111,12 @@ def split_window(window: DateWindow) -> tuple[DateWindow, DateWindow] | None:
             DateWindow(window.year, middle + dt.timedelta(days=1), window.end))
 
 
-def pages_needed(total_results: int, limit: int | None, page_size: int = PAGE_SIZE) -> int:
-    """How many pages hold the first ``limit`` results (all results when no limit)."""
-    wanted = total_results if limit is None else min(total_results, limit)
-    return math.ceil(wanted / page_size) if wanted > 0 else 0
+def pages_needed(total_results: int, total_pages: int, limit: int | None, page_size: int = PAGE_SIZE) -> int:
+    """How many pages hold the first ``limit`` results (every page when there is no limit)."""
+    if limit is None:
+        return total_pages
+    wanted = min(total_results, limit)
+    return min(total_pages, math.ceil(wanted / page_size)) if wanted > 0 else 0
 
 
 def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:

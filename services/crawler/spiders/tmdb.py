@@ -174,7 +174,7 @@ class TmdbSpider(scrapy.Spider):
         if window.is_whole_year:
             expected = total_results if self.limit is None else min(total_results, self.limit)
             crawl_state(self)["expected"][window.year] = expected
-        needed = min(pages_needed(total_results, self.limit, PAGE_SIZE), total_pages)
+        needed = pages_needed(total_results, total_pages, self.limit, PAGE_SIZE)
         if needed > self.max_page:
             halves = split_window(window)
             if halves is not None:
