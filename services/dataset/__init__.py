@@ -1,0 +1,1 @@
+"""The dataset service: balanced, leak-free, versioned training sets (see docs/datasets.md)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -11,6 +12,8 @@ from services.crawler.cli import parse_years
 
 
 def _build(args: argparse.Namespace) -> int:
+    # TensorFlow (the shard writer) logs its CPU features at INFO; keep the build's output readable.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from services.dataset.params import BuildParams, DatasetInputError
     from services.dataset.pipeline import build_dataset
     from shared.config import get_settings

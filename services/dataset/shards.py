@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from shared.images import poster_pixels
-from shared.storage import ObjectExistsError, ObjectStore
+from services.dataset.params import DatasetInputError
+from shared.images import PosterImageError, poster_pixels
+from shared.storage import ObjectExistsError, ObjectNotFoundError, ObjectStore
 
 TFRECORD_CONTENT_TYPE = "application/octet-stream"
 
@@ -37,7 +38,12 @@ def decode_posters(
     pixels = np.empty((len(poster_keys), image_size, image_size, 3), dtype=np.uint8)
 
     def decode(index: int) -> int:
-        pixels[index] = poster_pixels(store.get(poster_keys[index]), image_size)
+        key = poster_keys[index]
+        try:
+            pixels[index] = poster_pixels(store.get(key), image_size)
+        except (PosterImageError, ObjectNotFoundError) as exc:
+            # Checked at import, so this is a store out of step with the database: name the poster.
+            raise DatasetInputError(f"poster {key} of a selected movie cannot be read: {exc}") from None
         return index
 
     done = 0

@@ -148,3 +148,15 @@ def test_task_through_a_real_worker_in_stack_mode(
         assert job is not None and job.state == "SUCCESS" and job.result["dataset_id"] == dataset_id
         failed = session.get(Job, bad_id)
         assert failed is not None and failed.state == "FAILURE"
+
+
+def test_a_poster_missing_from_the_store_is_named(
+    settings: Any, poster_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    imported(poster_folder)
+    with session_scope() as session:
+        key = session.query(Movie).filter(Movie.source_id == "tt1000005").one().poster_key or ""
+    object_store_from_settings().delete(key)
+    assert main(["dataset", "build", "--years", "2000-2001", *SMALL]) == 2
+    assert f"poster {key} of a selected movie cannot be read" in capsys.readouterr().err
+    assert not list(object_store_from_settings().list("datasets/"))
