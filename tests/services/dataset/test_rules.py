@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.dataset.balance import (
     balance_copies,
@@ -170,3 +172,27 @@ def test_splits_follow_fractions_keep_groups_whole_and_repeat() -> None:
             assert np.allclose(labels[rows].mean(axis=0), labels[in_year].mean(axis=0), atol=0.05)
     assert np.array_equal(splits, assign_splits(groups, years, labels, 0.15, 0.15, seed=7))
     assert not np.array_equal(splits, assign_splits(groups, years, labels, 0.15, 0.15, seed=8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=25),
+    min_fraction=st.floats(min_value=0.001, max_value=0.2),
+    spread=st.floats(min_value=1.0, max_value=8.0),
+    singleton_max_copies=st.integers(min_value=1, max_value=5),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_balancing_bounds_hold_for_any_composite_sizes(
+    sizes: list[int], min_fraction: float, spread: float, singleton_max_copies: int, seed: int
+) -> None:
+    codes = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    np.random.default_rng(seed).shuffle(codes)
+    bounds = composite_bounds(len(codes), min_fraction, min(1.0, min_fraction * spread))
+    copies = balance_copies(codes, bounds, singleton_max_copies, seed)
+    assert bound_violations(codes, copies, bounds, singleton_max_copies) == []
+    # Undersampling keeps distinct movies; oversampling spreads copies evenly (differ by at most one).
+    for code, size in enumerate(sizes):
+        mine = copies[codes == code]
+        assert mine.max() - mine.min() <= 1
+        if size > bounds.upper:
+            assert mine.max() == 1
