@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
             monitor=args.monitor, width=args.width, dropout=args.dropout, head_l2=args.head_l2,
             augment=None if args.augment is None else args.augment == "on",
             augment_strength=args.augment_strength, balanced=args.balanced, seed=args.seed,
-            optimizer=args.optimizer, weight_decay=args.weight_decay)
+            optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule)
         tasks = submit.plan_tasks(manifest, args.years, args.layout, hp, args.prefix or settings.model_prefix,
                                   formats=args.formats, bless=not args.no_bless, tolerance=args.tolerance)
     except (DatasetNotFoundError, submit.TrainInputError, ValueError) as exc:
@@ -180,6 +180,7 @@ def register(commands: Any, bench: Any) -> None:
     train.add_argument("--learning-rate", type=float, default=None)
     train.add_argument("--optimizer", choices=["adam", "adamw"], default=None)
     train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--schedule", choices=["constant", "cosine"], default=None, help="learning rate")
     train.add_argument("--resolution", type=int, default=None,
                        help="working side inside the model (default: resnet50 256, smallcnn the dataset's)")
     train.add_argument("--patience", type=int, default=None, help="early stopping on val_loss")

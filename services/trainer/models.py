@@ -50,6 +50,7 @@ class Hyperparameters:
     batch_size: int = 32
     learning_rate: float = 1e-3
     optimizer: str = "adam"  # "adam" (the method) or "adamw"
+    schedule: str = "constant"  # learning rate: "constant" (the method) or "cosine" decay to 0
     weight_decay: float = 0.0
     patience: int = 20  # early stopping on val_loss
     monitor: str = "val_binary_accuracy"  # the checkpoint kept as "best"
@@ -78,8 +79,8 @@ DEFAULTS: dict[str, Hyperparameters] = {
     "efficientnetb0": Hyperparameters(architecture="efficientnetb0", resolution=224),
     "mobilenetv3small": Hyperparameters(architecture="mobilenetv3small", resolution=224),
     "smallcnn": Hyperparameters(architecture="smallcnn", resolution=None, epochs=30, batch_size=64,
-                                optimizer="adamw", weight_decay=1e-4, patience=8, monitor="val_auc",
-                                dropout=0.3),
+                                optimizer="adamw", weight_decay=1e-4, schedule="cosine", patience=30,
+                                monitor="val_auc", dropout=0.3),
 }
 
 
@@ -239,11 +240,23 @@ def serving_model_of(training: keras.Model) -> keras.Model:
     return keras.Model(pixels, training.get_layer(SCORES_LAYER).output, name=f"{training.name}_serving")
 
 
-def make_optimizer(hp: Hyperparameters) -> keras.optimizers.Optimizer:
+def learning_rate(hp: Hyperparameters, steps_per_epoch: int
+                  ) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Constant, or cosine decay over every step of every epoch (part of the optimizer state, so a
+    resumed training continues on the same curve)."""
+    if hp.schedule == "constant":
+        return hp.learning_rate
+    if hp.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(hp.learning_rate, max(1, steps_per_epoch * hp.epochs))
+    raise ValueError(f"unknown learning-rate schedule {hp.schedule!r}: constant or cosine")
+
+
+def make_optimizer(hp: Hyperparameters, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    rate = learning_rate(hp, steps_per_epoch)
     if hp.optimizer == "adam":
-        return keras.optimizers.Adam(hp.learning_rate)
+        return keras.optimizers.Adam(rate)
     if hp.optimizer == "adamw":
-        return keras.optimizers.AdamW(hp.learning_rate, weight_decay=hp.weight_decay)
+        return keras.optimizers.AdamW(rate, weight_decay=hp.weight_decay)
     raise ValueError(f"unknown optimizer {hp.optimizer!r}: adam or adamw")
 
 
@@ -258,9 +271,9 @@ def training_metrics() -> list[keras.metrics.Metric]:
     ]
 
 
-def compile_model(model: keras.Model, hp: Hyperparameters) -> None:
+def compile_model(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int = 1) -> None:
     model.compile(
-        optimizer=make_optimizer(hp),
+        optimizer=make_optimizer(hp, steps_per_epoch),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=hp.label_smoothing),
         metrics=training_metrics(),
     )

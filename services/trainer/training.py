@@ -314,7 +314,7 @@ def _make_progress_callback(progress: ProgressFn, batches: int, min_interval_s: 
 
 
 def build_or_resume(request: TrainRequest, image_size: int, genre_count: int, folder: Path,
-                    state: dict[str, Any] | None) -> tuple[keras.Model, int]:
+                    state: dict[str, Any] | None, steps_per_epoch: int) -> tuple[keras.Model, int]:
     """The compiled training model and the epoch to start from (0, or the checkpoint's epoch)."""
     import keras
 
@@ -332,7 +332,7 @@ def build_or_resume(request: TrainRequest, image_size: int, genre_count: int, fo
                                                         request.hp)
         else:
             model = models.build_independent_model(image_size, genre_count, request.hp)
-        models.compile_model(model, request.hp)
+        models.compile_model(model, request.hp, steps_per_epoch)
         return model, 0
 
 
@@ -354,14 +354,14 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
     folder = checkpoint_dir(home, request.task_id)
     folder.mkdir(parents=True, exist_ok=True)
     state = fetch_checkpoint(store, folder, request.task_id)
-    model, initial_epoch = build_or_resume(request, image_size, len(genres), folder, state)
+    batches = batches_per_epoch(manifest, targets, hp.batch_size, hp.balanced)
+    model, initial_epoch = build_or_resume(request, image_size, len(genres), folder, state, batches)
     if initial_epoch > 0 and state is not None:
         state.setdefault("resumed_from", []).append(initial_epoch)
     else:
         state = {"request": request.as_dict()}
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    batches = batches_per_epoch(manifest, targets, hp.batch_size, hp.balanced)
     callbacks: list[Any] = [
         _make_epoch_checkpoint(store, folder, request.task_id, hp, state),
         keras.callbacks.TensorBoard(log_dir=str(work_dir / "tensorboard"), update_freq="epoch"),
