@@ -376,6 +376,39 @@ def serving_archive(model: keras.Model, image_size: int, with_bytes: bool = True
     return archive
 
 
+def _all_layers(layer: Any) -> list[Any]:
+    children = list(getattr(layer, "layers", []) or [])
+    return children + [grandchild for child in children for grandchild in _all_layers(child)]
+
+
+def _with_float32_policies(config: Any) -> Any:
+    if isinstance(config, list):
+        return [_with_float32_policies(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    return {key: _with_float32_policies(value) for key, value in config.items()}
+
+
+def export_network(model: keras.Model) -> keras.Model:
+    """The network that is exported: ``model`` itself, or its float32 twin if it computes in float16.
+
+    A model trained in mixed precision (on a GPU) computes in float16, which neither the TFLite
+    converter nor TF.js accept and which CPUs serve slowly; its weights are float32 already, so a
+    float32 copy of the architecture takes them as they are.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in _all_layers(model)):
+        return model
+    try:
+        config = _with_float32_policies(keras.saving.serialize_keras_object(model))
+        twin = keras.saving.deserialize_keras_object(config)
+        twin.set_weights(model.get_weights())
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"cannot rebuild the mixed-precision model in float32 for export: {exc}") from exc
+    return twin
+
+
 def model_image_size(model: keras.Model) -> int:
     """The side S of the model's square ``[None, S, S, 3]`` input."""
     shape = tuple(model.inputs[0].shape)
@@ -424,7 +457,7 @@ def export_saved_model(model: keras.Model, dest: Path, image_size: int,
         raise ExportError(f"image_size {image_size} does not match the model's input "
                           f"{model_image_size(model)}")
     dest.mkdir(parents=True, exist_ok=True)
-    serving_archive(model, image_size).write_out(str(dest), verbose=False)
+    serving_archive(export_network(model), image_size).write_out(str(dest), verbose=False)
     if warmup_pixels is None:
         warmup_pixels = np.full((1, image_size, image_size, 3), 127.0, np.float32)
     write_warmup_requests(dest, dest.parent.name or "model", warmup_pixels[:1])
@@ -449,7 +482,8 @@ def export_tflite(model: keras.Model, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="tflite-src-") as folder:
-        serving_archive(model, model_image_size(model), with_bytes=False).write_out(folder, verbose=False)
+        network = export_network(model)
+        serving_archive(network, model_image_size(network), with_bytes=False).write_out(folder, verbose=False)
         for key, filename, optimize in (("tflite", TFLITE_FILE, False),
                                         ("tflite_int8", TFLITE_INT8_FILE, True)):
             converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[PIXELS_SIGNATURE])
@@ -578,18 +612,24 @@ def check_exports(model: keras.Model, dest: Path, sample_pixels: np.ndarray) -> 
     Keys: ``savedmodel`` (pixels signature), ``savedmodel_bytes`` (bytes signature on the samples
     encoded as PNG, so decoding is exact and only the graph's preprocessing is tested),
     ``tflite``, ``tflite_int8`` (quantised: recorded, not expected below 1e-4), ``tfjs`` (only
-    where Node.js and @tensorflow/tfjs are available; otherwise logged and left out).
+    where Node.js and @tensorflow/tfjs are available; otherwise logged and left out). For a
+    mixed-precision model the exports are compared with its float32 twin, and ``float32_twin``
+    records how far that twin is from the model itself.
     """
     dest = Path(dest)
     pixels = np.asarray(sample_pixels, dtype=np.float32)
-    expected = np.asarray(model(pixels, training=False), dtype=np.float32)
+    network = export_network(model)
+    expected = np.asarray(network(pixels, training=False), dtype=np.float32)
     diffs: dict[str, float] = {}
+    if network is not model:
+        original = np.asarray(model(pixels, training=False), dtype=np.float32)
+        diffs["float32_twin"] = _max_abs_diff(expected, original, "the float32 twin")
     if (dest / "saved_model.pb").is_file():
         loaded = tf.saved_model.load(str(dest))
         by_pixels = loaded.signatures[PIXELS_SIGNATURE](**{PIXELS_INPUT: tf.constant(pixels)})
         diffs["savedmodel"] = _max_abs_diff(by_pixels[SCORES_OUTPUT].numpy(), expected, "SavedModel pixels")
         rounded = np.clip(np.round(pixels), 0, 255)
-        expected_rounded = np.asarray(model(rounded, training=False), dtype=np.float32)
+        expected_rounded = np.asarray(network(rounded, training=False), dtype=np.float32)
         images = tf.constant([encode_png(image) for image in rounded])
         by_bytes = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT: images})
         diffs["savedmodel_bytes"] = _max_abs_diff(by_bytes[SCORES_OUTPUT].numpy(), expected_rounded,
@@ -627,12 +667,13 @@ def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: n
     if "tfjs" in formats:
         tfjs_converter_path()  # fail before the slow steps, not after them
     samples = sample_inputs(image_size) if sample_pixels is None else np.asarray(sample_pixels, np.float32)
+    network = export_network(model)  # rebuilt once here, not in every step
     written: dict[str, Path] = {}
     if "savedmodel" in formats:
-        written["savedmodel"] = export_saved_model(model, dest, image_size, metadata=metadata,
+        written["savedmodel"] = export_saved_model(network, dest, image_size, metadata=metadata,
                                                    warmup_pixels=samples[:1])
     if "tflite" in formats:
-        written.update(export_tflite(model, dest / EXPORTS_DIR))
+        written.update(export_tflite(network, dest / EXPORTS_DIR))
     if "tfjs" in formats:
         written["tfjs"] = export_tfjs(dest, dest / EXPORTS_DIR / TFJS_DIR)
     diffs = check_exports(model, dest, samples)

@@ -275,6 +275,22 @@ def test_shared_layout_keeps_years_axis(tmp_path: Path) -> None:
     assert not (dest / "assets.extra" / "genres.json").exists()  # no metadata given, none invented
 
 
+def test_mixed_precision_model_is_exported_in_float32(tmp_path: Path) -> None:
+    """A model trained with mixed precision (GPU) exports as its float32 twin, which TFLite accepts."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tiny_model(seed=6)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[2].dtype_policy.compute_dtype == "float16"
+    dest = tmp_path / "genre-2001" / "1"
+    result = export.export_all(model, dest, IMAGE_SIZE, formats=("savedmodel", "tflite"))
+    diffs = result["max_abs_diff"]
+    for key in ("savedmodel", "savedmodel_bytes", "tflite"):
+        assert diffs[key] < TOLERANCE, key
+    assert 0 < diffs["float32_twin"] < 0.01  # float16 rounding in the original, nothing more
+
+
 def test_bad_requests_get_clear_errors(exported: dict[str, Any], tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     model = exported["model"]
