@@ -22,6 +22,14 @@ def parse_years(text: str) -> range:
     return range(first, last + 1)
 
 
+def parse_year_list(text: str) -> list[int]:
+    """``2000-2019``, ``2005`` or ``2000-2004,2010`` as sorted distinct years."""
+    years: set[int] = set()
+    for part in text.split(","):
+        years.update(parse_years(part.strip()))
+    return sorted(years)
+
+
 def _import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -69,8 +77,9 @@ def _crawl(args: argparse.Namespace) -> int:
         return 2
     print(summary_table(summary))
     if summary.finish_reason != "finished":
+        years = ",".join(str(year) for year in args.years)
         print(f"crawl stopped ({summary.finish_reason}); resume it with: postergenre crawl "
-              f"--years {args.years[0]}-{args.years[-1]} --job-id {job_id}", file=sys.stderr)
+              f"--years {years} --job-id {job_id}", file=sys.stderr)
         return 130
     return 0 if summary.complete else 1
 
@@ -84,7 +93,8 @@ def _bench_crawl(args: argparse.Namespace) -> int:
 
 def register(commands: Any, bench: Any) -> None:
     crawl = commands.add_parser("crawl", help="crawl TMDB (API v3) into the database and object store")
-    crawl.add_argument("--years", type=parse_years, required=True, help="e.g. 2000-2019 or 2005")
+    crawl.add_argument("--years", type=parse_year_list, required=True,
+                       help="e.g. 2000-2019, 2005 or 2000-2004,2010")
     crawl.add_argument("--max-movies-per-year", type=int, default=None,
                        help="only the N most popular movies of each year")
     crawl.add_argument("--job-id", default=None, help="resume (or name) this crawl; default: a new id")
