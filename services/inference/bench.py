@@ -19,7 +19,6 @@ import io
 import logging
 import os
 import socket
-import statistics
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class BenchConfig:
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
     workdir: str = ""
+    litert: bool = False  # also time LiteRT against TensorFlow on one model
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -131,7 +132,19 @@ def export_pixels_signature(model: Any, dest: Path, image_size: int) -> None:
 
 
 def build_models(config: BenchConfig, models_dir: Path) -> tuple[list[str], str]:
-    """Export the independent models and the shared one into ``models_dir/<name>/1`` (reused when there)."""
+    """Export the independent models and the shared one into ``models_dir/<name>/1``.
+
+    Exports are reused by a later run with the same models, image size and genres (``--workdir``).
+    """
+    import json
+    import shutil
+
+    shape = {"models": config.models, "image_size": config.image_size, "genres": config.genres}
+    marker = models_dir / "bench.json"
+    if models_dir.exists() and (not marker.exists() or json.loads(marker.read_text()) != shape):
+        shutil.rmtree(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(shape))
     names = [f"{PREFIX}-{FIRST_YEAR + i}" for i in range(config.models)]
     for index, name in enumerate(names):
         dest = models_dir / name / "1"
@@ -246,9 +259,100 @@ class LayoutResult:
     layout: str
     table_p50_s: float
     table_p95_s: float
+    floor_p50_s: float  # sum of single passes (independent) or one bare backbone pass (shared)
     table_times_s: list[float]
+    floor_times_s: list[float]
     concurrent_posters_per_s: float
     offline_posters_per_s: float
+
+
+def time_once(function: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def burst(ask: Callable[[], None], clients: int) -> None:
+    """``clients`` tables asked at once, one per client thread."""
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(lambda _: ask(), range(clients)))
+
+
+def measure_layout(
+    layout: str,
+    ask: Callable[[], None],
+    floor: Callable[[], Any],
+    offline: Callable[[], Any],
+    config: BenchConfig,
+) -> LayoutResult:
+    """Served tables and their floor, interleaved: on a shared machine both see the same load.
+
+    Latency: each repeat times the floor (in-process passes), then one table through the service.
+    Throughput: each round times the offline batch (``concurrency`` posters in one call per model),
+    then a burst of ``concurrency`` concurrent clients asking for one table each.
+    """
+    for _ in range(2):
+        ask()
+    floor()
+    offline()
+    floor_times, table_times = [], []
+    for _ in range(config.repeats):
+        floor_times.append(time_once(floor))
+        table_times.append(time_once(ask))
+    offline_s, concurrent_s = 0.0, 0.0
+    for _ in range(config.rounds):
+        offline_s += time_once(offline)
+        concurrent_s += time_once(lambda: burst(ask, config.concurrency))
+    posters = config.concurrency * config.rounds
+    return LayoutResult(
+        layout,
+        percentile(table_times, 50),
+        percentile(table_times, 95),
+        percentile(floor_times, 50),
+        table_times,
+        floor_times,
+        posters / concurrent_s,
+        posters / offline_s,
+    )
+
+
+def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    """One model under TensorFlow and under LiteRT (its TFLite conversion): time and largest difference.
+
+    Decides the serving backend: LiteRT is only worth it if it is faster at the batch sizes the
+    batching server runs, with the same scores (within 1e-4).
+    """
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    tflite_path = saved_model / "exports" / "model.tflite"
+    if not tflite_path.exists():
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["pixels"])
+        tflite_path.parent.mkdir(parents=True, exist_ok=True)
+        tflite_path.write_bytes(converter.convert())
+    interpreter = Interpreter(model_path=str(tflite_path), num_threads=os.cpu_count())
+    litert = interpreter.get_signature_runner("pixels")
+    function = tf.saved_model.load(str(saved_model)).signatures["pixels"]
+    rng = np.random.default_rng(1)
+    report: dict[str, Any] = {}
+    for rows in (1, batch_size):
+        pixels = rng.uniform(0, 255, size=(rows, image_size, image_size, 3)).astype(np.float32)
+        tensor = tf.constant(pixels)
+        tf_times, lite_times = [], []
+        run_tf = partial(function, pixels=tensor)
+        run_litert = partial(litert, pixels=pixels)
+        for _ in range(max(2, repeats // (1 if rows == 1 else 3))):  # interleaved, as the layouts
+            tf_times.append(time_once(run_tf))
+            lite_times.append(time_once(run_litert))
+        difference = float(
+            np.abs(function(pixels=tensor)["scores"].numpy() - litert(pixels=pixels)["scores"]).max()
+        )
+        report[f"batch_{rows}"] = {
+            "tensorflow_p50_s": percentile(tf_times, 50),
+            "litert_p50_s": percentile(lite_times, 50),
+            "max_abs_diff": difference,
+        }
+    return report
 
 
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
@@ -268,11 +372,13 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     get_settings.cache_clear()
     settings: Settings = get_settings()
     upgrade_database(settings.effective_database_url)
+    load_before = os.getloadavg()
     started = time.perf_counter()
     names, shared = build_models(config, settings.models_dir)
     export_s = time.perf_counter() - started
     register(settings, names, shared, config)
 
+    started = time.perf_counter()
     server = start_server(
         settings.models_dir,
         None,
@@ -281,6 +387,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         poll_seconds=0,
         request_timeout_s=600,
     )
+    load_s = time.perf_counter() - started
     os.environ["POSTERGENRE_INFERENCE_URL"] = server.url
     os.environ["POSTERGENRE_INFERENCE_TIMEOUT_S"] = "600"
     get_settings.cache_clear()
@@ -290,70 +397,70 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     one = rng.uniform(0, 255, size=(1, size, size, 3)).astype(np.float32)
     batch = rng.uniform(0, 255, size=(config.concurrency, size, size, 3)).astype(np.float32)
 
-    def run_direct(name: str, pixels: np.ndarray) -> Callable[[], Any]:
-        servable = server.manager.resolve(name)
-        run = servable.signatures["pixels"].batcher.run_batch
+    def direct(name: str, pixels: np.ndarray) -> Callable[[], Any]:
+        """The loaded SavedModel's pixels signature, called in-process (no queue, no RPC)."""
+        run = server.manager.resolve(name).signatures["pixels"].batcher.run_batch
         return lambda: run({"pixels": pixels})
 
-    # The floor: one bare backbone pass, and each independent model's single pass, in-process.
-    bare = tf.function(
-        backbone(size), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)], jit_compile=False
+    singles = [direct(name, one) for name in names]
+    batches = [direct(name, batch) for name in names]
+    bare_model = tf.function(
+        backbone(size), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
     )
-    one_tensor = tf.constant(one / 127.5 - 1.0)
-    bare_times = timed(lambda: bare(one_tensor), config.repeats, warmup=2)
-    single_medians = {name: statistics.median(timed(run_direct(name, one), config.repeats)) for name in names}
-    shared_single = statistics.median(timed(run_direct(shared, one), config.repeats))
-    offline_independent_s = sum(
-        statistics.median(timed(run_direct(name, batch), max(1, config.repeats // 3))) for name in names
-    )
-    offline_shared_s = statistics.median(timed(run_direct(shared, batch), max(1, config.repeats // 3)))
+    bare_input = tf.constant(one / 127.5 - 1.0)
+    floors: dict[str, Callable[[], Any]] = {
+        "independent": lambda: [single() for single in singles],
+        "shared": lambda: bare_model(bare_input),
+    }
+    offlines: dict[str, Callable[[], Any]] = {
+        "independent": lambda: [run() for run in batches],
+        "shared": direct(shared, batch),
+    }
 
-    seeds = iter(range(10**9))
+    # Every table gets a new poster (no cache hit), encoded before the clock starts.
+    needed = 2 * (config.repeats + 2 + config.concurrency * config.rounds)
+    posters = iter([random_poster(seed) for seed in range(needed)])
+    poster_lock = threading.Lock()
+
+    def next_poster() -> bytes:
+        with poster_lock:
+            return next(posters)
+
     last_year = FIRST_YEAR + config.models - 1
-    results: dict[str, LayoutResult] = {}
 
     @contextmanager
     def asker(layout: str) -> Iterator[Callable[[], None]]:
         if config.through == "web":
             with web_api(settings) as ask:
-                yield lambda: check_table(ask(random_poster(next(seeds)), last_year), config.models)
+                yield lambda: check_table(ask(next_poster(), last_year), config.models)
             return
         with InferenceClient(server.url, timeout=600) as client:
             model_names = names if layout == "independent" else [shared]
 
             def ask_grpc() -> None:
-                pixels = poster_pixels(random_poster(next(seeds)), size)[np.newaxis].astype(np.float32)
+                pixels = poster_pixels(next_poster(), size)[np.newaxis].astype(np.float32)
                 answers = client.predict_many(model_names, pixels)
                 if any(isinstance(answer, Exception) for answer in answers.values()):
                     raise RuntimeError(f"inference failed: {answers}")
 
             yield ask_grpc
 
-    for current_layout, offline_s in (("independent", offline_independent_s), ("shared", offline_shared_s)):
-        serve_layout(settings, current_layout)
-        with asker(current_layout) as ask:
-            table_times = timed(ask, config.repeats, warmup=2)
-            clients = config.concurrency
-            started = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=clients) as pool:
-                list(pool.map(lambda _: [ask() for _ in range(config.rounds)], range(clients)))
-            wall = time.perf_counter() - started
-        results[current_layout] = LayoutResult(
-            current_layout,
-            percentile(table_times, 50),
-            percentile(table_times, 95),
-            table_times,
-            clients * config.rounds / wall,
-            config.concurrency / offline_s,
-        )
+    results: dict[str, LayoutResult] = {}
+    for layout in ("independent", "shared"):
+        serve_layout(settings, layout)
+        with asker(layout) as ask:
+            results[layout] = measure_layout(layout, ask, floors[layout], offlines[layout], config)
     server.stop(grace=1)
+    litert = (
+        compare_litert(settings.models_dir / names[0] / "1", size, config.concurrency, config.repeats)
+        if config.litert
+        else None
+    )
 
-    bare_s = statistics.median(bare_times)
-    sum_single_s = sum(single_medians.values())
     independent, shared_result = results["independent"], results["shared"]
     ratios = {
-        "shared_p50_over_bare_backbone": shared_result.table_p50_s / bare_s,
-        "independent_p50_over_sum_of_single_passes": independent.table_p50_s / sum_single_s,
+        "shared_p50_over_bare_backbone": shared_result.table_p50_s / shared_result.floor_p50_s,
+        "independent_p50_over_sum_of_single_passes": independent.table_p50_s / independent.floor_p50_s,
         "independent_concurrent_over_offline": independent.concurrent_posters_per_s
         / independent.offline_posters_per_s,
         "shared_concurrent_over_offline": shared_result.concurrent_posters_per_s
@@ -367,22 +474,18 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     }
     return {
         "config": asdict(config),
-        "machine": machine(),
+        "machine": {**machine(), "load_average_before": load_before},
         "export_s": export_s,
-        "bare_backbone_pass_s": bare_s,
-        "sum_of_single_passes_s": sum_single_s,
-        "shared_single_pass_s": shared_single,
-        "offline_batch_independent_s": offline_independent_s,
-        "offline_batch_shared_s": offline_shared_s,
+        "load_s": load_s,
+        "bare_backbone_pass_s": shared_result.floor_p50_s,
+        "sum_of_single_passes_s": independent.floor_p50_s,
         "layouts": {name: asdict(result) for name, result in results.items()},
         "ratios": ratios,
         "aims": {
-            key: {
-                "aim": f"{op} {bound}",
-                "met": (ratios[key] <= bound) if op == "<=" else (ratios[key] >= bound),
-            }
+            key: {"aim": f"{op} {bound}", "met": ratios[key] <= bound if op == "<=" else ratios[key] >= bound}
             for key, (op, bound) in aims.items()
         },
+        "litert_vs_tensorflow": litert,
         "workdir": str(workdir),
     }
 
@@ -454,4 +557,16 @@ def format_markdown(report: dict[str, Any]) -> str:
     ]
     lines = ["| measure | independent models | shared backbone |", "|---|---|---|"]
     lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
+    litert = report.get("litert_vs_tensorflow")
+    if litert:
+        lines += [
+            "",
+            "| one model, in-process | TensorFlow p50 (ms) | LiteRT p50 (ms) | max abs diff |",
+            "|---|---|---|---|",
+        ]
+        for key, value in litert.items():
+            lines.append(
+                f"| {key.replace('_', ' ')} | {value['tensorflow_p50_s'] * ms:.0f} | "
+                f"{value['litert_p50_s'] * ms:.0f} | {value['max_abs_diff']:.1e} |"
+            )
     return "\n".join(lines)

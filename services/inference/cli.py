@@ -89,6 +89,7 @@ def _bench_inference(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         batch_timeout_ms=args.batch_timeout_ms,
         workdir=args.workdir,
+        litert=args.litert,
     )
     report = run_benchmark(config)
     if args.json:
@@ -154,4 +155,7 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     bench_inference.add_argument("--max-batch-size", type=int, default=16)
     bench_inference.add_argument("--batch-timeout-ms", type=float, default=2.0)
     bench_inference.add_argument("--workdir", default="", help="reuse exported models between runs")
+    bench_inference.add_argument(
+        "--litert", action="store_true", help="also time LiteRT against TensorFlow on one model"
+    )
     bench_inference.set_defaults(handler=_bench_inference)

@@ -137,9 +137,7 @@ class InferenceClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _request(
-        self, name: str, pixels: Any, version: int | None, label: str | None, signature: str
-    ) -> Any:
+    def _request(self, name: str, pixels: Any, version: int | None, label: str | None, signature: str) -> Any:
         """A ``PredictRequest``; ``pixels`` is an array or an already built ``TensorProto``."""
         from tensorflow_serving.apis import predict_pb2
 

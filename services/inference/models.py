@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -306,12 +307,14 @@ class ModelManager:
         max_batch_size: int = 32,
         batch_timeout_s: float = 0.002,
         poll_seconds: float = 1.0,
+        load_threads: int = 4,
     ) -> None:
         self.models_dir = models_dir
         self.config_path = config_path
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_s
         self.poll_seconds = poll_seconds
+        self.load_threads = load_threads
         self._state = ServingState({})
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -330,7 +333,8 @@ class ModelManager:
                 log.error("cannot read model config %s: %s; keeping the loaded models", self.config_path, exc)
                 return
             old = self._state
-            models: dict[str, ModelEntry] = {}
+            plan: list[tuple[ModelSource, dict[int, Servable], dict[int, LoadFailure]]] = []
+            to_load: list[tuple[str, int, Path, tuple[float, ...]]] = []
             for source in sources:
                 previous = old.models.get(source.name)
                 versions: dict[int, Servable] = {}
@@ -345,21 +349,21 @@ class ModelManager:
                     if failed is not None and failed.stamp == stamp:
                         failures[version] = failed
                         continue
-                    try:
-                        versions[version] = Servable(
-                            source.name, version, path, self.max_batch_size, self.batch_timeout_s
-                        )
-                        log.info("loaded model %s version %d from %s", source.name, version, path)
-                    except Exception as exc:
-                        message = f"{type(exc).__name__}: {exc}".strip()[:2000]
-                        log.error(
-                            "model %s version %d failed to load from %s: %s",
-                            source.name,
-                            version,
-                            path,
-                            message,
-                        )
-                        failures[version] = LoadFailure(version, path, message, stamp)
+                    to_load.append((source.name, version, path, stamp))
+                plan.append((source, versions, failures))
+            # Loading is mostly file reading and graph building: a few at once shortens a cold start.
+            with ThreadPoolExecutor(max_workers=max(1, min(self.load_threads, len(to_load)))) as pool:
+                outcomes = list(pool.map(lambda job: self._load(*job), to_load))
+            loaded_now = {(job[0], job[1]): outcome for job, outcome in zip(to_load, outcomes, strict=True)}
+            models: dict[str, ModelEntry] = {}
+            for source, versions, failures in plan:
+                for (name, version), outcome in loaded_now.items():
+                    if name != source.name:
+                        continue
+                    if isinstance(outcome, LoadFailure):
+                        failures[version] = outcome
+                    else:
+                        versions[version] = outcome
                 models[source.name] = ModelEntry(source.name, versions, source.labels, failures)
             self._state = ServingState(models)  # the swap: requests from now on see the new versions
             kept = {id(s) for entry in models.values() for s in entry.versions.values()}
@@ -368,6 +372,16 @@ class ModelManager:
                     if id(servable) not in kept:
                         log.info("unloading model %s version %d", servable.name, servable.version)
                         servable.close()
+
+    def _load(self, name: str, version: int, path: Path, stamp: tuple[float, ...]) -> Servable | LoadFailure:
+        try:
+            servable = Servable(name, version, path, self.max_batch_size, self.batch_timeout_s)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}".strip()[:2000]
+            log.error("model %s version %d failed to load from %s: %s", name, version, path, message)
+            return LoadFailure(version, path, message, stamp)
+        log.info("loaded model %s version %d from %s", name, version, path)
+        return servable
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable for a request: a given version, a labelled one, or the newest loaded."""
