@@ -106,7 +106,8 @@ class DatasetRequest(StartRequest):
 class TrainingRequest(StartRequest):
     """Train (or retrain) the models of some years on a dataset version: one job per model."""
 
-    dataset: str = Field(min_length=1, max_length=64, description="dataset version id")
+    dataset: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
+                         description="dataset version id")  # part of an object key: no '/', no '..'
     years: str = Field("2000-2019", examples=["2000-2019"])
     layout: Literal["independent", "window", "shared"] = "independent"
     arch: str = Field("smallcnn", min_length=1, max_length=32)

@@ -32,13 +32,6 @@ Errors always have the body `{"error": {"code": "...", "message": "..."}}`.
 The admin API needs `Authorization: Bearer <POSTERGENRE_ADMIN_TOKEN>`."""
 
 
-def warm_inference(state: WebState) -> None:
-    try:
-        state.inference.client()
-    except Exception as exc:
-        log.warning("inference is not ready yet: %s", exc)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     problem = admin_token_problem(settings)
@@ -48,12 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Connect to (or start) the inference server in the background, so the first visitor
         # does not wait for the models to load; a failure is retried on the first request.
-        warm_up = asyncio.get_running_loop().run_in_executor(None, warm_inference, state)
+        state.inference.connect_in_background()
         try:
             yield
         finally:
-            await warm_up
-            state.close()
+            await asyncio.to_thread(state.close)
 
     app = FastAPI(title="Poster Genre", version="1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.web = state

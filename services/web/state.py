@@ -29,6 +29,8 @@ class InferenceConnection:
         self._client: Predictor | None = None
         self._server: Any = None
         self._lock = threading.Lock()
+        self._starting: threading.Thread | None = None
+        self._starting_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -56,6 +58,32 @@ class InferenceConnection:
                     log.info("embedded inference server on %s", self._server.url)
                 self._client = InferenceClient(self.url, self.settings.inference_timeout_s)
             return self._client
+
+    def ready_client(self) -> Predictor | None:
+        """The client if it is connected now, without waiting; else starts connecting in the
+        background (``/readyz`` must answer at once while the embedded server loads its models)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._client is not None:
+                    return self._client
+            finally:
+                self._lock.release()
+        self.connect_in_background()
+        return None
+
+    def connect_in_background(self) -> None:
+        with self._starting_lock:
+            if self._starting is not None and self._starting.is_alive():
+                return
+            self._starting = threading.Thread(target=self._connect_quietly, name="inference-connect",
+                                              daemon=True)
+            self._starting.start()
+
+    def _connect_quietly(self) -> None:
+        try:
+            self.client()
+        except Exception as exc:  # retried by the next request or readiness check
+            log.warning("inference is not ready yet: %s", exc)
 
     def close(self) -> None:
         with self._lock:

@@ -18,6 +18,8 @@ from services.web.errors import ApiError
 CHUNK_BYTES = 256 * 1024
 # Room for the multipart boundaries, part headers and the small form fields (years, k).
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Every other body is a small JSON request (admin starts, rollbacks): refused past this, unread.
+JSON_BODY_BYTES = 64 * 1024
 
 
 async def read_upload(upload: UploadFile, limit: int) -> bytes:
@@ -34,12 +36,12 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 
 def body_limit(path: str, max_upload_bytes: int, max_files: int) -> int | None:
-    """The largest request body a path accepts, or ``None`` for paths that take no uploads."""
+    """The largest request body a path accepts: uploads on the prediction paths, small JSON elsewhere."""
     if path.endswith("/predictions:batch"):
         return max_upload_bytes * max_files + MULTIPART_OVERHEAD_BYTES
     if path.endswith("/predictions"):
         return max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-    return None
+    return JSON_BODY_BYTES
 
 
 class UploadLimitMiddleware:
@@ -56,7 +58,8 @@ class UploadLimitMiddleware:
             return
         declared = Headers(scope=scope).get("content-length")
         too_large = HTTPException(413, f"the request is larger than the {self.max_upload_bytes} byte "
-                                       "upload limit allows")
+                                       "upload limit allows" if limit > JSON_BODY_BYTES
+                                  else f"the request body is larger than {limit} bytes")
         received = 0
 
         async def receive_with_limit() -> Message:

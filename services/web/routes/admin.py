@@ -24,7 +24,7 @@ from services.web.rollback import roll_back
 from services.web.schemas import ERROR_RESPONSES, DatasetList, JobInfo, JobList, JobStarted, ModelList
 from shared.db import DatasetVersion, Job
 from shared.jobs import job_as_dict
-from shared.storage import ObjectNotFoundError
+from shared.storage import ObjectNotFoundError, check_key
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDep], responses=ERROR_RESPONSES)
 
@@ -58,7 +58,9 @@ def rollback(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")], settings:
 
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, summary="A job: state, progress, counts, errors")
-def get_job(job_id: str, session: SessionDep) -> dict[str, Any]:
+def get_job(job_id: Annotated[str, Path(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")],
+            session: SessionDep) -> dict[str, Any]:
+    # Ids are at most 64 characters (the column); PostgreSQL refuses NUL in a string parameter.
     job = session.get(Job, job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
@@ -90,6 +92,10 @@ def list_datasets(session: SessionDep, store: StoreDep,
 def dataset_report_plot(dataset_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")],
                         store: StoreDep) -> Response:
     try:
-        return Response(store.get(f"datasets/{dataset_id}/report.png"), media_type="image/png")
+        key = check_key(f"datasets/{dataset_id}/report.png")  # ".." passes the pattern
+    except ValueError:
+        raise ApiError(404, "not_found", f"no dataset {dataset_id!r}") from None
+    try:
+        return Response(store.get(key), media_type="image/png")
     except ObjectNotFoundError:
         raise ApiError(404, "not_found", f"dataset {dataset_id} has no report plot") from None

@@ -29,7 +29,8 @@ def check_object_store(store: ObjectStore) -> None:
 
 
 def check_inference(inference: InferenceConnection) -> None:
-    inference.client()  # starts the embedded server if it is not running
+    if inference.ready_client() is None:
+        raise ConnectionError("the inference connection is starting (the embedded server loads its models)")
     target = inference.url.removeprefix("grpc://")
     with grpc.insecure_channel(target) as channel:
         try:

@@ -8,6 +8,7 @@ the slow part); tests that change it build their own.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,6 +81,14 @@ def register_models(settings: Settings, models: list[TinyModel], retired: set[st
                 created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=index)))
 
 
+def wait_until_ready(client: TestClient, timeout_s: float = 120.0) -> None:
+    """Poll /readyz: the embedded inference server loads its models in the background."""
+    deadline = time.monotonic() + timeout_s
+    while (response := client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, f"the web service never became ready: {response.text}"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def web_stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: list[TinyModel], postgres_admin_url: str,
               redis_url: str, s3_endpoint: str) -> Iterator[WebStack]:
@@ -91,6 +100,7 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: list[TinyMo
     register_models(settings, tiny_models, retired={"genre-2001/1"})
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            wait_until_ready(client)
             yield WebStack(settings, client, {f"{m.name}/{m.version}": m for m in tiny_models},
                            settings.broker_url)
     finally:

@@ -213,3 +213,31 @@ def test_the_page_says_when_inference_is_down(browser: Any, tmp_path: Path, post
         message = page.locator("#banner").inner_text()
         assert "unavailable" in message and page.locator("#results").is_hidden()
         page.close()
+
+
+def test_admin_page_shows_live_job_progress_and_models(browser: Any, site: tuple[str, Settings]) -> None:
+    from shared.jobs import create_job, update_job
+    from tests.services.web.conftest import ADMIN_TOKEN
+
+    url, settings = site
+    database = settings.effective_database_url
+    create_job("job-live-progress", "train", {"model_name": "genre-2000"}, url=database)
+    update_job("job-live-progress", state="PROGRESS", progress=20, counts={"epoch": 1}, url=database)
+    page = browser.new_page()
+    page.goto(f"{url}/admin")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#token-form button")
+    bar = page.locator('tr[data-job="job-live-progress"] progress')
+    bar.wait_for(timeout=30_000)
+    assert bar.get_attribute("value") == "20"
+    update_job("job-live-progress", progress=65, counts={"epoch": 3}, url=database)
+    page.wait_for_function("""() => document.querySelector('tr[data-job="job-live-progress"] progress')
+                                     .getAttribute('value') === '65'""", timeout=30_000)
+    assert "epoch: 3" in page.locator('tr[data-job="job-live-progress"]').inner_text()
+    assert page.locator("#models article h3").all_inner_texts() == ["genre-2000 v1", "genre-shared v3"]
+    assert page.locator("#banner").is_hidden()
+    page.fill("#token", "wrong-token")
+    page.click("#token-form button")
+    page.wait_for_selector("#banner:not([hidden])", timeout=30_000)
+    assert "wrong admin token" in page.locator("#banner").inner_text()
+    page.close()

@@ -8,9 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.web.app import create_app
+from shared.config import Settings
 from tests.conftest import make_poster
 from tests.servers import free_port
-from tests.services.web.conftest import WebStack, stack_settings_for
+from tests.services.web.conftest import WebStack, register_models, stack_settings_for, wait_until_ready
+from tests.services.web.tiny_models import TinyModel
 
 
 def test_healthz_and_readyz(web_stack: WebStack) -> None:
@@ -84,8 +86,6 @@ def test_pages_and_static_files(web_stack: WebStack) -> None:
 def test_inference_down_gives_503_with_a_message(tmp_path: Path, postgres_url: str, redis_url: str,
                                                  s3_endpoint: str, s3_bucket_url: str) -> None:
     from shared.db import upgrade_database
-    from tests.services.web.conftest import register_models
-    from tests.services.web.tiny_models import TinyModel
 
     dead = f"grpc://127.0.0.1:{free_port()}"  # nothing listens there
     settings = stack_settings_for(tmp_path, postgres_url, redis_url, s3_endpoint, s3_bucket_url[5:],
@@ -120,3 +120,32 @@ def test_no_blessed_model_means_unavailable_years(tmp_path: Path, postgres_url: 
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["years"] == [] and body["unavailable_years"] == [int(y) for y in years.split("-")]
+
+
+def test_embedded_mode_uses_sqlite_files_and_an_in_process_cache(settings: Settings,
+                                                                tiny_models: list[TinyModel]) -> None:
+    from services.web.cache import LruScoreCache
+
+    embedded = settings.model_copy(update={"admin_token": "embedded-token"})
+    register_models(embedded, tiny_models[:1], retired=set())
+    with TestClient(create_app(embedded)) as client:
+        assert isinstance(client.app.state.web.cache, LruScoreCache)  # type: ignore[attr-defined]
+        poster = {"file": ("p.jpg", make_poster(40), "image/jpeg")}
+        first = client.post("/api/v1/predictions", params={"years": "2000-2001"}, files=poster)
+        assert first.status_code == 200, first.text
+        assert [row["model"] for row in first.json()["years"]] == ["genre-2000"]
+        assert first.json()["unavailable_years"] == [2001]
+        second = client.post("/api/v1/predictions", params={"years": "2000-2001"}, files=poster)
+        assert second.json() == first.json()
+        assert 'postergenre_prediction_cache_total{result="hit"} 1.0' in client.get("/metrics").text
+        wait_until_ready(client)
+
+
+def test_lru_cache_keeps_the_most_recent_entries() -> None:
+    from services.web.cache import LruScoreCache
+
+    cache = LruScoreCache(capacity=2)
+    cache.set_many({"a": 1, "b": 2})
+    assert cache.get_many(["a"]) == {"a": 1}  # "a" is now the most recent
+    cache.set_many({"c": 3})
+    assert cache.get_many(["a", "b", "c"]) == {"a": 1, "c": 3}
