@@ -45,8 +45,10 @@ system-deps:
 tfjs-env:
 	@if [ -f scripts/make_tfjs_env.sh ]; then bash scripts/make_tfjs_env.sh; fi
 
-node-deps:
-	@if [ -f package-lock.json ] && [ ! -d node_modules ]; then npm ci --no-audit --no-fund; fi
+node_modules/.package-lock.json: package-lock.json
+	npm ci --no-audit --no-fund
+
+node-deps: node_modules/.package-lock.json
 
 demo: venv
 	$(BIN)/postergenre demo --data "$(DATA)"
