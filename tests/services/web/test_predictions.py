@@ -236,3 +236,17 @@ def test_uploads_store_nothing(web_stack: WebStack) -> None:
     assert not any(key.startswith("posters/") for key in before)
     with session_scope(web_stack.settings.effective_database_url) as session:
         assert session.query(Movie).count() == 0 and session.query(RejectedPoster).count() == 0
+
+
+def test_a_blessed_model_the_server_does_not_serve_is_an_unavailable_year(web_stack: WebStack) -> None:
+    """Blessed in the registry, but never synced to the inference server: NOT_FOUND -> unavailable."""
+    from shared.db import ModelVersion, session_scope
+
+    with session_scope(web_stack.settings.effective_database_url) as session:
+        session.add(ModelVersion(name="genre-2004", version=1, year=2004, image_size=32, genres=["Drama"],
+                                 years=[2004], status="blessed"))
+    poster = make_poster(14)
+    for _ in range(2):  # a NOT_FOUND is asked again next time, never cached
+        body = upload(web_stack, poster, years="2000,2004").json()
+        assert [row["year"] for row in body["years"]] == [2000] and body["unavailable_years"] == [2004]
+    assert 'postergenre_unavailable_years_total{year="2004"} 2.0' in web_stack.client.get("/metrics").text
