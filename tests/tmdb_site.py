@@ -23,7 +23,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -141,17 +141,17 @@ class TmdbSite:
         return cls(movies=movies, **kwargs)
 
     @classmethod
-    def from_posters(cls, folder: Path, years: range | None = None, per_year: int | None = None,
-                     **kwargs: Any) -> TmdbSite:
-        """The shared collection's movies with their real posters (IMDb genres as TMDB ids)."""
+    def from_posters(cls, folder: Path, per_year: Mapping[int, int], **kwargs: Any) -> TmdbSite:
+        """The shared collection's movies with their real posters (IMDb genres as TMDB ids).
+
+        ``per_year``: how many movies of each year (the first ones of ``labels.csv``).
+        """
         movies = []
         taken: dict[int, int] = {}
         with (folder / "labels.csv").open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 year = int(row["year"])
-                if years is not None and year not in years:
-                    continue
-                if per_year is not None and taken.get(year, 0) >= per_year:
+                if taken.get(year, 0) >= per_year.get(year, 0):
                     continue
                 index = taken.get(year, 0)
                 taken[year] = index + 1
@@ -356,6 +356,15 @@ def serve(site: TmdbSite, port: int = 0) -> Iterator[str]:
         server.server_close()
 
 
+def poster_counts(folder: Path) -> dict[int, int]:
+    """Movies per year in the shared collection's ``labels.csv``."""
+    counts: dict[int, int] = {}
+    with (folder / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            counts[int(row["year"])] = counts.get(int(row["year"]), 0) + 1
+    return counts
+
+
 def parse_counts(text: str) -> dict[int, int]:
     """``2000=100,2001=50`` as ``{2000: 100, 2001: 50}``."""
     counts = {}
@@ -373,8 +382,7 @@ def main() -> None:
     parser.add_argument("--poster-width", type=int, default=342)
     args = parser.parse_args()
     if args.real_posters is not None:
-        years = range(min(args.movies_per_year), max(args.movies_per_year) + 1)
-        site = TmdbSite.from_posters(args.real_posters, years, per_year=max(args.movies_per_year.values()))
+        site = TmdbSite.from_posters(args.real_posters, args.movies_per_year)
     else:
         width = args.poster_width
         site = TmdbSite.generated(args.movies_per_year, poster_size_px=(width, width * 3 // 2))
