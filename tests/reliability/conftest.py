@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
+from tests.services.crawler.conftest import make_site  # noqa: F401 (the crawler tests' site fixture)
 from tests.services.web.conftest import register_models, stack_settings_for
 from tests.services.web.tiny_models import TinyModel, build_tiny_model
 
