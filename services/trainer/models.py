@@ -24,7 +24,7 @@ Layouts:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class Hyperparameters:
     label_smoothing: float = 0.0
     balanced: bool = False  # train on the dataset's genre-balanced sampling
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
