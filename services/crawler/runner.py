@@ -189,9 +189,11 @@ def run_crawl(options: CrawlOptions, settings: Settings | None = None,
         finish_reason = str(crawler.stats.get_value("finish_reason") or "") if crawler.stats else ""
         fatal = getattr(spider, "fatal_error", None)
         summary = summarize(options.job_id, state, options.years, finish_reason, fatal)
-        # Only a clean stop leaves a JOBDIR worth resuming from; a fatal stop or a skipped page
-        # needs every page listed again next time.
-        if finish_reason == "shutdown" or summary.complete:
+        # Only a clean stop with nothing lost leaves a JOBDIR worth resuming from. After a fatal
+        # stop, a skipped page or a failed poster, the requests marked as made include some whose
+        # movies are not stored: the next run lists every page again (cheaply) instead.
+        nothing_lost = not fatal and not summary.failed_pages and summary.total.failed == 0
+        if nothing_lost and finish_reason in ("finished", "shutdown"):
             (folder / CLEAN_MARKER).write_text(finish_reason + "\n")
         if fatal:
             update_job(options.job_id, state="FAILURE", error=fatal, counts=summary.as_dict(),
