@@ -29,6 +29,7 @@ from typing import Any
 from services.crawler.progress import CrawlSummary, summarize
 from services.crawler.settings import CrawlSettings, job_dir, scrapy_settings
 from services.crawler.tmdb import PAGE_SIZE, redact
+from shared.catalog import MAX_YEAR, MIN_YEAR
 from shared.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ def check_credentials(settings: Settings) -> None:
 def check_options(options: CrawlOptions, crawl: CrawlSettings) -> None:
     if not options.years:
         raise CrawlError("no year to crawl: --years 2000-2019")
+    outside = [year for year in options.years if not MIN_YEAR <= year <= MAX_YEAR]
+    if outside:
+        raise CrawlError(f"years must lie between {MIN_YEAR} and {MAX_YEAR}, not {outside[0]}")
     if not options.job_id or "/" in options.job_id or options.job_id.startswith("."):
         raise CrawlError(f"bad job id {options.job_id!r}: letters, digits, - and _ only")
     if options.max_movies_per_year is not None:

@@ -59,6 +59,8 @@ def test_options_and_credentials_are_checked_before_any_request(settings: Settin
     check_options(CrawlOptions([2000], "ok-1", max_movies_per_year=10_000), crawl)
     with pytest.raises(CrawlError, match=r"must be 1..10000"):
         check_options(CrawlOptions([2000], "ok", max_movies_per_year=10_001), crawl)
+    with pytest.raises(CrawlError, match="between 1874 and 2100, not 1066"):
+        check_options(CrawlOptions([1066, 2000], "ok"), crawl)
     with pytest.raises(CrawlError, match="bad job id"):
         check_options(CrawlOptions([2000], "../escape"), crawl)
     with pytest.raises(CrawlError, match="TMDB_API_KEY"):
