@@ -1,7 +1,8 @@
 """The web service: the poster page, the prediction API and the admin API (FastAPI).
 
 ``create_app(settings)`` builds an app for given settings (tests build several); ``postergenre serve
-web`` runs one with uvicorn. The OpenAPI document is at ``/openapi.json``, its page at ``/docs``.
+web`` runs one with uvicorn. The OpenAPI document is at ``/openapi.json`` (FastAPI's ``/docs`` page
+fetches Swagger UI from a CDN, so it needs internet; the poster and admin pages do not).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.web.metrics import RequestMetricsMiddleware
 from services.web.predictor import MAX_BATCH_FILES
 from services.web.routes import admin, health, models, pages, predictions
 from services.web.routes.pages import STATIC_DIR
+from services.web.security import SecurityHeadersMiddleware
 from services.web.state import WebState
 from services.web.uploads import UploadLimitMiddleware
 from shared.config import Settings, get_settings
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes,
                        max_files=MAX_BATCH_FILES)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
 
     app.include_router(predictions.router)

@@ -79,6 +79,9 @@ def test_pages_and_static_files(web_stack: WebStack) -> None:
     assert admin.status_code == 200 and "jobs" in admin.text.lower()
     for name in ("app.js", "admin.js", "style.css", "preprocess.js"):
         assert web_stack.client.get(f"/static/{name}").status_code == 200, name
+    for response in (page, web_stack.client.get("/api/v1/models")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
     missing = web_stack.client.get("/nowhere")
     assert missing.status_code == 404 and missing.json()["error"]["message"] == "no such path: /nowhere"
 
