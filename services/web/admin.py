@@ -87,6 +87,8 @@ class CrawlRequest(StartRequest):
 
     years: str = Field("2000-2019", examples=["2000-2019"], description="years or ranges: 2000-2004,2010")
     max_movies_per_year: int = Field(300, ge=1, le=20000)
+    poster_size: str | None = Field(None, pattern=r"^(w\d{2,4}|original)$", description="TMDB size: w500")
+    min_poster_width: int | None = Field(None, ge=1, le=10000)
 
     _check_years = field_validator("years")(_years)
 

@@ -31,7 +31,7 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDe
 
 @router.post("/crawls", status_code=202, response_model=JobStarted, summary="Start a TMDB crawl")
 def start_crawl(body: CrawlRequest, celery: CeleryDep, settings: SettingsDep) -> dict[str, Any]:
-    job_id = start_job(celery, settings, "crawl", body.model_dump())
+    job_id = start_job(celery, settings, "crawl", body.model_dump(exclude_none=True))
     return {"job_id": job_id, "job_ids": [job_id]}
 
 

@@ -59,8 +59,8 @@ def test_admin_calls_need_the_bearer_token(web_stack: WebStack, method: str, pat
 
 
 @pytest.mark.parametrize(("path", "body", "queue", "task", "kind"), [
-    ("/api/v1/admin/crawls", {"years": "2001-2002", "max_movies_per_year": 40}, "crawl", "postergenre.crawl",
-     "crawl"),
+    ("/api/v1/admin/crawls", {"years": "2001-2002", "max_movies_per_year": 40, "poster_size": "w342"},
+     "crawl", "postergenre.crawl", "crawl"),
     ("/api/v1/admin/datasets", {"years": "2000-2003", "window": "rolling", "image_size": 64}, "dataset",
      "postergenre.dataset", "dataset"),
 ])
@@ -194,6 +194,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
     ("/api/v1/admin/crawls", {"years": "2019-2000"}, "backwards"),
     ("/api/v1/admin/crawls", {"years": "2000", "max_movies_per_year": 0}, "max_movies_per_year"),
     ("/api/v1/admin/crawls", {"years": "2000", "pages": 3}, "pages"),
+    ("/api/v1/admin/crawls", {"years": "2000", "poster_size": "huge"}, "poster_size"),
     ("/api/v1/admin/datasets", {"window": "century"}, "window"),
     ("/api/v1/admin/datasets", {"image_size": 4}, "image_size"),
     ("/api/v1/admin/datasets", {"years": "2000,2005"}, "one span"),
