@@ -8,6 +8,7 @@ task returns its version instead of adding or replacing one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -79,7 +80,7 @@ def test_a_model_version_once_written_cannot_be_overwritten(stack_settings: Sett
     upgrade_database()
     store = object_store_from_settings()
     model = reliability_models[0]
-    details = {"name": "genre-2000", "year": 2000, "window": "year", "layout": "independent",
+    details: dict[str, Any] = {"name": "genre-2000", "year": 2000, "window": "year", "layout": "independent",
                "architecture": "smallcnn", "image_size": model.image_size, "dataset_version": "ds-1",
                "genres": model.genres, "years": [2000]}
     row = registry.register(task_id="task-a", metrics={"test": {"macro_map": 0.5}}, **details)
