@@ -5,8 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,3 +250,37 @@ def test_embedded_mode_without_a_token_uses_a_logged_random_one(settings: Settin
     assert client.get("/api/v1/admin/jobs", headers={"Authorization": "Bearer x"}).status_code == 403
     response = client.get("/api/v1/admin/jobs", headers={"Authorization": f"Bearer {token}"})
     assert response.json() == {"jobs": []}
+
+
+@pytest.mark.slow
+def test_a_started_crawl_runs_on_a_real_worker_and_its_failure_is_reported(web_stack: WebStack,
+                                                                          tmp_path: Path) -> None:
+    """The admin API's message is what the crawler's task takes: a real Celery worker runs it; with no
+    TMDB credentials here the crawl fails, and the job shows why."""
+    settings = web_stack.settings
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("POSTERGENRE_", "TMDB_"))}
+    env.update({"POSTERGENRE_HOME": str(tmp_path / "worker-home"),
+                "POSTERGENRE_DATABASE_URL": settings.database_url,
+                "POSTERGENRE_OBJECT_STORE": settings.object_store,
+                "POSTERGENRE_S3_ENDPOINT": settings.s3_endpoint,
+                "POSTERGENRE_S3_ACCESS_KEY": settings.s3_access_key,
+                "POSTERGENRE_S3_SECRET_KEY": settings.s3_secret_key,
+                "POSTERGENRE_BROKER_URL": settings.broker_url,
+                "POSTERGENRE_RESULT_BACKEND": settings.result_backend})
+    job_id = web_stack.client.post("/api/v1/admin/crawls", json={"years": "2005", "max_movies_per_year": 5},
+                                   headers=AUTH).json()["job_id"]
+    worker = subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "--queues", "crawl", "--pool",
+                               "solo", "--loglevel", "WARNING", "--hostname", f"webtest-{job_id}@%h"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: job_state(web_stack, job_id) in ("FAILURE", "SUCCESS"), timeout_s=120)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    job = web_stack.client.get(f"/api/v1/admin/jobs/{job_id}", headers=AUTH).json()
+    assert job["state"] == "FAILURE" and any("TMDB" in error for error in job["errors"]), job
+
+
+def job_state(stack: WebStack, job_id: str) -> str:
+    return str(stack.client.get(f"/api/v1/admin/jobs/{job_id}", headers=AUTH).json()["state"])
