@@ -153,6 +153,11 @@ def test_upload_shows_the_table_and_heatmap(browser: Any, site: tuple[str, Setti
     assert page.locator("#heatmap thead th").count() == 1 + 19
     assert page.locator("#heatmap tbody td[data-score]").count() == len(GENRES) * 19
     assert page.locator("#banner").is_hidden()
+    # On a phone the page fits the screen's width; the wide tables scroll inside their own frames.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.locator("#prediction-table").is_visible() and page.locator("#poster-file").is_visible()
+    page.set_viewport_size({"width": 1280, "height": 900})
     if os.environ.get("POSTERGENRE_UPDATE_SCREENSHOT"):
         real = SHARED_POSTERS / "images" / "tt0211915.jpg"  # a real poster reads better, when present
         if real.is_file():
