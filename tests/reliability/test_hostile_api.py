@@ -310,3 +310,24 @@ def test_admin_calls_without_a_wrong_or_a_rotated_token_are_refused(
         assert ok.status_code == 200 and ok.json()["id"] == "existing-job"
     queued_after = sum(int(broker.llen(queue)) for queue in ("crawl", "dataset", "gpu"))  # type: ignore[arg-type]
     assert queued_after == queued_before
+
+
+def test_the_hostile_image_corpus_through_the_prediction_api(hostile_stack: HostileStack) -> None:
+    """The shared decoding tests' corpus, uploaded: a named 4xx or an answer, never a 5xx."""
+    from tests.shared.test_images_hostile import CORPUS
+
+    statuses: dict[str, int] = {}
+    for name, data in sorted(CORPUS.items()):
+        response = hostile_stack.client.post("/api/v1/predictions",
+                                             files={"file": ("poster.jpg", data, "image/jpeg")})
+        statuses[name] = response.status_code
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (name, response.text)
+        if response.status_code != 200:
+            assert response.json()["error"]["code"] in ("empty_file", "not_an_image", "image_too_large",
+                                                         "bad_image"), (name, response.text)
+    assert statuses["zero bytes"] == 422 and statuses["png bomb 60000x60000"] == 413
+    # All of them in one batch: each file gets its own answer or error, the batch itself a 200.
+    files = [("files", (f"{index}.jpg", data, "image/jpeg")) for index, data in enumerate(CORPUS.values())]
+    batch = hostile_stack.client.post("/api/v1/predictions:batch", files=files[:32])
+    assert batch.status_code == 200, batch.text
+    assert len(batch.json()["results"]) == min(32, len(files))
