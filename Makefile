@@ -48,9 +48,13 @@ tfjs-env:
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund
 
-node-deps: node_modules/.package-lock.json
+# TF.js for the page's in-browser mode and the export checks, from the npm registry (not committed).
+node-deps: node_modules/.package-lock.json venv
+	$(BIN)/python -m services.web.vendor
 
 demo: venv
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory node-deps; \
+	  else echo "npm not found: the page's in-browser mode stays off (server mode works)"; fi
 	$(BIN)/postergenre demo --data "$(DATA)"
 
 test: test-deps
