@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.servers import ThrowawayPostgres, free_port, wait_for_port
+from tests.servers import ThrowawayPostgres, ThrowawayRedis, free_port, wait_for_port
 
 
 class CuttableLink:
@@ -181,3 +181,25 @@ def rss_bytes(pid: int | None = None) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc status")
+
+
+class PersistentRedis(ThrowawayRedis):
+    """A private Redis with the deployment's append-only file (``compose.yaml``, ``k8s``), so what was
+    written before a restart is there after it."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        import shutil
+        import subprocess
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "yes", "--dir", str(self.folder)],
+                                     stdout=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, proc=self.proc)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import select
 
 from services.trainer import registry
@@ -24,6 +25,7 @@ from shared.celery_app import make_celery
 from shared.config import Settings, get_settings
 from shared.db import Movie, session_scope, upgrade_database
 from tests import servers
+from tests.reliability.faults import PersistentRedis
 from tests.services.crawler.conftest import FAST_CRAWL_ENV, RunningSite
 from tests.services.trainer.test_tasks import job, send, stop, wait_for
 from tests.tmdb_site import TmdbSite
@@ -57,6 +59,7 @@ def broker(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 def restart(redis_server: servers.ThrowawayRedis) -> None:
+    """Kill -9 (a crash, not a clean shutdown), wait, start again on the same port."""
     redis_server.stop()
     time.sleep(RESTART_GAP_S)
     redis_server.start()
@@ -126,3 +129,31 @@ def test_redis_restart_during_a_crawl_task_the_crawl_completes(
     with session_scope(database_url) as session:
         stored = {int(source_id) for source_id in session.scalars(select(Movie.source_id))}
     assert stored == {movie.id for movie in site.movies}
+
+
+@pytest.mark.slow
+def test_a_task_queued_before_a_redis_crash_survives_with_the_deployments_append_only_file(
+        stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_server = PersistentRedis(tmp_path / "redis-data")
+    redis_server.start()
+    try:
+        monkeypatch.setenv("POSTERGENRE_BROKER_URL", redis_server.url)
+        monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", redis_server.url)
+        get_settings.cache_clear()
+        settings = get_settings()
+        upgrade_database(settings.effective_database_url)
+        task = send(settings, "queued-restart", epochs=1, batch_size=8)  # no worker yet: it waits in Redis
+        time.sleep(2.0)  # Redis's default appendfsync is once a second
+        restart(redis_server)
+        assert redis.Redis.from_url(redis_server.url).llen("gpu") == 1  # the message came back
+        log = tmp_path / "worker.log"
+        worker = start_worker(log, "rq1", "gpu")
+        try:
+            final = wait_for(task.task_id, lambda j: j["state"] == "SUCCESS", 240, log, "the queued task")
+        finally:
+            stop(worker)
+        assert final["counts"]["pid"] == worker.pid
+        assert [r["task_id"] for r in registry.list_versions("genre-2000")] == [task.task_id]
+    finally:
+        redis_server.stop()
+        get_settings.cache_clear()
