@@ -45,13 +45,14 @@ class BenchConfig:
     repeats: int = 10
     image_size: int = 256
     concurrency: int = 16
-    rounds: int = 2  # requests per concurrent client
+    rounds: int = 5  # interleaved offline/concurrent rounds
     genres: int = 20
     through: str = "web"  # or "grpc": the inference client directly
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0
     workdir: str = ""
     litert: bool = False  # also time LiteRT against TensorFlow on one model
+    batch_threads: int = 1
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -264,6 +265,7 @@ class LayoutResult:
     floor_times_s: list[float]
     concurrent_posters_per_s: float
     offline_posters_per_s: float
+    round_ratios: list[float]  # concurrent / offline throughput of each interleaved round
 
 
 def time_once(function: Callable[[], Any]) -> float:
@@ -299,10 +301,10 @@ def measure_layout(
     for _ in range(config.repeats):
         floor_times.append(time_once(floor))
         table_times.append(time_once(ask))
-    offline_s, concurrent_s = 0.0, 0.0
+    offline_times, concurrent_times = [], []
     for _ in range(config.rounds):
-        offline_s += time_once(offline)
-        concurrent_s += time_once(lambda: burst(ask, config.concurrency))
+        offline_times.append(time_once(offline))
+        concurrent_times.append(time_once(lambda: burst(ask, config.concurrency)))
     posters = config.concurrency * config.rounds
     return LayoutResult(
         layout,
@@ -311,8 +313,9 @@ def measure_layout(
         percentile(floor_times, 50),
         table_times,
         floor_times,
-        posters / concurrent_s,
-        posters / offline_s,
+        posters / sum(concurrent_times),
+        posters / sum(offline_times),
+        [offline / concurrent for offline, concurrent in zip(offline_times, concurrent_times, strict=True)],
     )
 
 
@@ -386,6 +389,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         batch_timeout_ms=config.batch_timeout_ms,
         poll_seconds=0,
         request_timeout_s=600,
+        batch_threads=config.batch_threads,
     )
     load_s = time.perf_counter() - started
     os.environ["POSTERGENRE_INFERENCE_URL"] = server.url

@@ -31,6 +31,7 @@ def _serve_inference(args: argparse.Namespace) -> int:
         else args.batch_timeout_ms,
         poll_seconds=args.poll_seconds if args.poll_seconds is not None else settings.inference_poll_seconds,
         request_timeout_s=settings.inference_timeout_s,
+        batch_threads=args.batch_threads,
     )
     print(f"serving gRPC on {server.url} and REST on {server.rest_url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.grpc_server.stop(1))
@@ -90,6 +91,7 @@ def _bench_inference(args: argparse.Namespace) -> int:
         batch_timeout_ms=args.batch_timeout_ms,
         workdir=args.workdir,
         litert=args.litert,
+        batch_threads=args.batch_threads,
     )
     report = run_benchmark(config)
     if args.json:
@@ -119,6 +121,7 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     server.add_argument(
         "--batch-timeout-ms", type=float, default=None, help="default: inference_batch_timeout_ms"
     )
+    server.add_argument("--batch-threads", type=int, default=1, help="batches of one model run at once")
     server.add_argument(
         "--poll-seconds",
         type=float,
@@ -149,12 +152,15 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     bench_inference.add_argument("--repeats", type=int, default=10, help="timed tables per layout")
     bench_inference.add_argument("--image-size", type=int, default=256)
     bench_inference.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
-    bench_inference.add_argument("--rounds", type=int, default=2, help="tables per concurrent client")
+    bench_inference.add_argument(
+        "--rounds", type=int, default=5, help="rounds of offline batch, then concurrent burst"
+    )
     bench_inference.add_argument("--genres", type=int, default=20)
     bench_inference.add_argument("--through", choices=["web", "grpc"], default="web")
     bench_inference.add_argument("--max-batch-size", type=int, default=16)
     bench_inference.add_argument("--batch-timeout-ms", type=float, default=2.0)
     bench_inference.add_argument("--workdir", default="", help="reuse exported models between runs")
+    bench_inference.add_argument("--batch-threads", type=int, default=1, help="batches of one model at once")
     bench_inference.add_argument(
         "--litert", action="store_true", help="also time LiteRT against TensorFlow on one model"
     )

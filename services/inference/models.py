@@ -94,7 +94,13 @@ class Servable:
     """One loaded version of one model, with one batcher per signature."""
 
     def __init__(
-        self, name: str, version: int, path: Path, max_batch_size: int, batch_timeout_s: float
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        max_batch_size: int,
+        batch_timeout_s: float,
+        batch_threads: int = 1,
     ) -> None:
         import tensorflow as tf
 
@@ -117,7 +123,13 @@ class Servable:
                 key,
                 inputs,
                 outputs,
-                Batcher(self._runner(function), max_batch_size, batch_timeout_s, f"{name}-{version}-{key}"),
+                Batcher(
+                    self._runner(function),
+                    max_batch_size,
+                    batch_timeout_s,
+                    f"{name}-{version}-{key}",
+                    threads=batch_threads,
+                ),
             )
         if not self.signatures:
             raise ValueError("the SavedModel has no serving signature")
@@ -308,6 +320,7 @@ class ModelManager:
         batch_timeout_s: float = 0.002,
         poll_seconds: float = 1.0,
         load_threads: int = 4,
+        batch_threads: int = 1,
     ) -> None:
         self.models_dir = models_dir
         self.config_path = config_path
@@ -315,6 +328,7 @@ class ModelManager:
         self.batch_timeout_s = batch_timeout_s
         self.poll_seconds = poll_seconds
         self.load_threads = load_threads
+        self.batch_threads = batch_threads
         self._state = ServingState({})
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -375,7 +389,9 @@ class ModelManager:
 
     def _load(self, name: str, version: int, path: Path, stamp: tuple[float, ...]) -> Servable | LoadFailure:
         try:
-            servable = Servable(name, version, path, self.max_batch_size, self.batch_timeout_s)
+            servable = Servable(
+                name, version, path, self.max_batch_size, self.batch_timeout_s, self.batch_threads
+            )
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}".strip()[:2000]
             log.error("model %s version %d failed to load from %s: %s", name, version, path, message)

@@ -383,9 +383,20 @@ def start_server(
     batch_timeout_ms: float = 2.0,
     poll_seconds: float = 1.0,
     request_timeout_s: float = 30.0,
+    batch_threads: int = 1,
 ) -> EmbeddedServer:
-    """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port."""
-    manager = ModelManager(models_dir, config_path, max_batch_size, batch_timeout_ms / 1000.0, poll_seconds)
+    """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port.
+
+    ``batch_threads`` is the number of batches of one model that may run at once.
+    """
+    manager = ModelManager(
+        models_dir,
+        config_path,
+        max_batch_size,
+        batch_timeout_ms / 1000.0,
+        poll_seconds,
+        batch_threads=batch_threads,
+    )
     manager.refresh()
     for name, failures in manager.failures().items():
         for failure in failures:
