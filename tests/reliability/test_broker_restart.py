@@ -105,7 +105,7 @@ def movie_count(database_url: str) -> int:
 def test_redis_restart_during_a_crawl_task_the_crawl_completes(
         broker: servers.ThrowawayRedis, make_site: Callable[..., RunningSite], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    site = TmdbSite.generated({2010: 60}, poster_delay=0.05)
+    site = TmdbSite.generated({2010: 60}, poster_delay=0.1)
     make_site(site)  # TMDB_API_URL and the fast crawl settings, inherited by the worker
     monkeypatch.setenv("POSTERGENRE_CRAWL_CONCURRENCY", "2")
     for name, value in FAST_CRAWL_ENV.items():

@@ -143,7 +143,7 @@ def wait_for_rows(database_url: str, count: int, process: object, timeout: float
 def test_crawl_waits_out_a_10_second_store_outage(stack_settings: Settings, s3_link: CuttableLink,
                                                   make_site: Callable[..., RunningSite],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    site = TmdbSite.generated({2009: 40}, poster_delay=0.05)
+    site = TmdbSite.generated({2009: 40}, poster_delay=0.1)
     make_site(site)
     monkeypatch.setenv("POSTERGENRE_CRAWL_CONCURRENCY", "2")
     env = {"POSTERGENRE_S3_ENDPOINT": s3_link.endpoint, "POSTERGENRE_S3_RETRY_SECONDS": "60"}

@@ -41,6 +41,8 @@ def assert_unavailable(response: httpx.Response, code: str) -> None:
     assert response.headers["content-type"].startswith("application/json")
     error = response.json()["error"]
     assert error["code"] == code and error["message"], error
+    if code == "database_unavailable":
+        assert response.headers["retry-after"] == "5"
 
 
 @pytest.fixture
