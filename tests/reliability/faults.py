@@ -8,8 +8,6 @@ objects in memory: a stopped moto comes back empty, which is a lost disk, not an
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import threading
 import time
@@ -17,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.servers import ThrowawayPostgres, ThrowawayRedis, free_port, wait_for_port
+from tests.servers import ThrowawayRedis, free_port, wait_for_port
 
 
 class CuttableLink:
@@ -105,21 +103,6 @@ class CuttableLink:
                 sink.shutdown(socket.SHUT_WR)
             with self._lock:
                 self._connections.discard(source)
-
-
-def stop_postgres_fast(server: ThrowawayPostgres) -> None:
-    """Stop a throw-away PostgreSQL with its *fast* shutdown (SIGINT to the postmaster).
-
-    ``ThrowawayPostgres.stop`` sends SIGTERM to ``runuser`` when the tests run as root: runuser does not
-    pass it on, and SIGTERM is PostgreSQL's *smart* shutdown, which waits for every client to leave; a
-    web service holding pooled connections would keep it up forever.
-    """
-    pid_file = Path(server.data) / "postmaster.pid"
-    postmaster = int(pid_file.read_text().split()[0])
-    os.kill(postmaster, signal.SIGINT)
-    if server.proc is not None:
-        server.proc.wait(timeout=60)
-        server.proc = None
 
 
 class ServedApp:

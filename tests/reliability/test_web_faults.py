@@ -22,7 +22,7 @@ from services.web.app import create_app
 from tests import servers
 from tests.conftest import make_poster
 from tests.reliability.conftest import ADMIN_TOKEN, YEARS, web_settings
-from tests.reliability.faults import served, stop_postgres_fast
+from tests.reliability.faults import served
 from tests.services.web.tiny_models import TinyModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def throwaway_postgres() -> Iterator[servers.ThrowawayPostgres]:
         yield server
     finally:
         if server.proc is not None:
-            stop_postgres_fast(server)
+            server.stop()
         server.close()
 
 
@@ -71,7 +71,7 @@ def test_postgres_restart_gives_503_for_the_gap_and_the_service_recovers(
         assert [row["year"] for row in before.json()["years"]] == [2000, 2001]
         assert client.get("/api/v1/admin/jobs", headers=AUTH).status_code == 200
 
-        stop_postgres_fast(throwaway_postgres)
+        throwaway_postgres.stop()
         # Every route that reads the database, including a poster whose scores are cached.
         assert_unavailable(predict(client, poster), "database_unavailable")
         assert_unavailable(predict(client, make_poster(302)), "database_unavailable")
