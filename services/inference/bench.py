@@ -53,6 +53,7 @@ class BenchConfig:
     workdir: str = ""
     litert: bool = False  # also time LiteRT against TensorFlow on one model
     batch_threads: int = 1
+    backend: str = "tensorflow"  # litert: the served models run from a TFLite conversion
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -319,6 +320,18 @@ def measure_layout(
     )
 
 
+def ensure_tflite(saved_model: Path) -> Path:
+    """``exports/model.tflite`` of a SavedModel's ``pixels`` signature (converted once, then reused)."""
+    import tensorflow as tf
+
+    tflite_path = saved_model / "exports" / "model.tflite"
+    if not tflite_path.exists():
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["pixels"])
+        tflite_path.parent.mkdir(parents=True, exist_ok=True)
+        tflite_path.write_bytes(converter.convert())
+    return tflite_path
+
+
 def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, Any]:
     """One model under TensorFlow and under LiteRT (its TFLite conversion): time and largest difference.
 
@@ -328,11 +341,7 @@ def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats:
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    tflite_path = saved_model / "exports" / "model.tflite"
-    if not tflite_path.exists():
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["pixels"])
-        tflite_path.parent.mkdir(parents=True, exist_ok=True)
-        tflite_path.write_bytes(converter.convert())
+    tflite_path = ensure_tflite(saved_model)
     interpreter = Interpreter(model_path=str(tflite_path), num_threads=os.cpu_count())
     litert = interpreter.get_signature_runner("pixels")
     function = tf.saved_model.load(str(saved_model)).signatures["pixels"]
@@ -380,6 +389,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     names, shared = build_models(config, settings.models_dir)
     export_s = time.perf_counter() - started
     register(settings, names, shared, config)
+    if config.backend == "litert":
+        for name in [*names, shared]:
+            ensure_tflite(settings.models_dir / name / "1")
 
     started = time.perf_counter()
     server = start_server(
@@ -390,6 +402,7 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         poll_seconds=0,
         request_timeout_s=600,
         batch_threads=config.batch_threads,
+        backend=config.backend,
     )
     load_s = time.perf_counter() - started
     os.environ["POSTERGENRE_INFERENCE_URL"] = server.url

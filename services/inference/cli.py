@@ -32,6 +32,7 @@ def _serve_inference(args: argparse.Namespace) -> int:
         poll_seconds=args.poll_seconds if args.poll_seconds is not None else settings.inference_poll_seconds,
         request_timeout_s=settings.inference_timeout_s,
         batch_threads=args.batch_threads,
+        backend=args.backend,
     )
     print(f"serving gRPC on {server.url} and REST on {server.rest_url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.grpc_server.stop(1))
@@ -92,6 +93,7 @@ def _bench_inference(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         litert=args.litert,
         batch_threads=args.batch_threads,
+        backend=args.backend,
     )
     report = run_benchmark(config)
     if args.json:
@@ -122,6 +124,12 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
         "--batch-timeout-ms", type=float, default=None, help="default: inference_batch_timeout_ms"
     )
     server.add_argument("--batch-threads", type=int, default=1, help="batches of one model run at once")
+    server.add_argument(
+        "--backend",
+        choices=["tensorflow", "litert"],
+        default="tensorflow",
+        help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite)",
+    )
     server.add_argument(
         "--poll-seconds",
         type=float,
@@ -161,6 +169,7 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     bench_inference.add_argument("--batch-timeout-ms", type=float, default=2.0)
     bench_inference.add_argument("--workdir", default="", help="reuse exported models between runs")
     bench_inference.add_argument("--batch-threads", type=int, default=1, help="batches of one model at once")
+    bench_inference.add_argument("--backend", choices=["tensorflow", "litert"], default="tensorflow")
     bench_inference.add_argument(
         "--litert", action="store_true", help="also time LiteRT against TensorFlow on one model"
     )

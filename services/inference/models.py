@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from services.inference.batching import Batcher, Tensors
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
+LITERT_SIGNATURE = "pixels"  # the signature the trainer converts to TFLite
+BACKENDS = ("tensorflow", "litert")
 WARMUP_SIGNATURE = "pixels"
 
 
@@ -101,12 +104,14 @@ class Servable:
         max_batch_size: int,
         batch_timeout_s: float,
         batch_threads: int = 1,
+        backend: str = "tensorflow",
     ) -> None:
         import tensorflow as tf
 
         self.name = name
         self.version = version
         self.path = path
+        self.backend = "tensorflow"
         self._loaded = tf.saved_model.load(str(path))
         self.signatures: dict[str, Signature] = {}
         for key, function in self._loaded.signatures.items():
@@ -119,12 +124,15 @@ class Servable:
                 for arg, spec in specs.items()
             }
             outputs = sorted(function.structured_outputs)
+            runner = self._runner(function)
+            if key == LITERT_SIGNATURE and backend == "litert":
+                runner = self._litert_runner(runner)
             self.signatures[key] = Signature(
                 key,
                 inputs,
                 outputs,
                 Batcher(
-                    self._runner(function),
+                    runner,
                     max_batch_size,
                     batch_timeout_s,
                     f"{name}-{version}-{key}",
@@ -144,6 +152,28 @@ class Servable:
             outputs = function(**{key: tf.constant(value) for key, value in inputs.items()})
             return {key: value.numpy() for key, value in outputs.items()}
 
+        return run
+
+    def _litert_runner(self, tensorflow_runner: Any) -> Any:
+        """The ``pixels`` signature run by LiteRT from ``exports/model.tflite`` (the trainer's fp32
+        export), or TensorFlow's when the version has no TFLite export."""
+        tflite = self.path / "exports" / "model.tflite"
+        if not tflite.is_file():
+            log.info("model %s version %d has no %s: served with TensorFlow", self.name, self.version, tflite)
+            return tensorflow_runner
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(tflite), num_threads=os.cpu_count() or 1)
+        signature = interpreter.get_signature_runner(LITERT_SIGNATURE)
+        lock = threading.Lock()  # an interpreter is not thread-safe; its batcher is its only caller
+
+        def run(inputs: Tensors) -> Tensors:
+            with lock:
+                outputs = signature(**inputs)
+                # Copies: the interpreter reuses its output buffers on the next call.
+                return {key: np.array(value) for key, value in outputs.items()}
+
+        self.backend = "litert"
         return run
 
     def _read_genres(self) -> list[str]:
@@ -321,7 +351,11 @@ class ModelManager:
         poll_seconds: float = 1.0,
         load_threads: int = 4,
         batch_threads: int = 1,
+        backend: str = "tensorflow",
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.backend = backend
         self.models_dir = models_dir
         self.config_path = config_path
         self.max_batch_size = max_batch_size
@@ -390,7 +424,13 @@ class ModelManager:
     def _load(self, name: str, version: int, path: Path, stamp: tuple[float, ...]) -> Servable | LoadFailure:
         try:
             servable = Servable(
-                name, version, path, self.max_batch_size, self.batch_timeout_s, self.batch_threads
+                name,
+                version,
+                path,
+                self.max_batch_size,
+                self.batch_timeout_s,
+                self.batch_threads,
+                self.backend,
             )
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}".strip()[:2000]

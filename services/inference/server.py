@@ -384,10 +384,12 @@ def start_server(
     poll_seconds: float = 1.0,
     request_timeout_s: float = 30.0,
     batch_threads: int = 1,
+    backend: str = "tensorflow",
 ) -> EmbeddedServer:
     """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port.
 
-    ``batch_threads`` is the number of batches of one model that may run at once.
+    ``batch_threads`` is the number of batches of one model that may run at once; ``backend`` runs
+    the ``pixels`` signature with ``"tensorflow"`` or ``"litert"`` (from ``exports/model.tflite``).
     """
     manager = ModelManager(
         models_dir,
@@ -396,6 +398,7 @@ def start_server(
         batch_timeout_ms / 1000.0,
         poll_seconds,
         batch_threads=batch_threads,
+        backend=backend,
     )
     manager.refresh()
     for name, failures in manager.failures().items():

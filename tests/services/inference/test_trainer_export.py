@@ -18,14 +18,20 @@ from tests.services.inference.conftest import GENRES, IMAGE_SIZE, random_pixels
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     import keras
 
-    from services.trainer.export import export_saved_model
+    from services.trainer.export import export_all
 
     keras.utils.set_random_seed(0)
     pixels = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="pixels")
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(pixels))
     model = keras.Model(pixels, keras.layers.Dense(len(GENRES), activation="sigmoid")(features))
     folder = tmp_path_factory.mktemp("exported") / "genre-2000" / "1"
-    export_saved_model(model, folder, IMAGE_SIZE, metadata={"genres": GENRES, "years": [2000]})
+    export_all(
+        model,
+        folder,
+        IMAGE_SIZE,
+        formats=("savedmodel", "tflite"),
+        metadata={"genres": GENRES, "years": [2000]},
+    )
     return folder, model
 
 
@@ -61,3 +67,25 @@ def test_trainer_export_is_served_through_both_signatures(settings, exported):
         )
     finally:
         server.stop(grace=0)
+
+
+def test_litert_backend_answers_as_tensorflow_within_1e4(settings, exported):
+    import shutil
+
+    from services.inference.server import start_server
+
+    folder, model = exported
+    shutil.copytree(folder, settings.models_dir / "genre-2000" / "1")
+    pixels = random_pixels(5, seed=6)
+    answers = {}
+    for backend in ("tensorflow", "litert"):
+        server = start_server(settings.models_dir, None, poll_seconds=0, backend=backend)
+        try:
+            assert server.manager.resolve("genre-2000").backend == backend
+            with InferenceClient(server.url, timeout=10) as client:
+                answers[backend] = client.predict("genre-2000", pixels)[0]
+                answers[backend + "-one"] = client.predict("genre-2000", pixels[:1])[0]
+        finally:
+            server.stop(grace=0)
+    np.testing.assert_allclose(answers["litert"], answers["tensorflow"], atol=1e-4)
+    np.testing.assert_allclose(answers["litert-one"], answers["tensorflow"][:1], atol=1e-4)
