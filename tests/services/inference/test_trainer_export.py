@@ -77,7 +77,7 @@ def test_litert_backend_answers_as_tensorflow_within_1e4(settings, exported):
     folder, model = exported
     shutil.copytree(folder, settings.models_dir / "genre-2000" / "1")
     pixels = random_pixels(5, seed=6)
-    answers = {}
+    answers: dict[str, np.ndarray] = {}
     for backend in ("tensorflow", "litert"):
         server = start_server(settings.models_dir, None, poll_seconds=0, backend=backend)
         try:
