@@ -185,6 +185,22 @@ def copy_version(store: ObjectStore, model: ServedModel, version: int, models_di
     return dest
 
 
+def prune_versions(models: list[ServedModel], models_dir: Path) -> list[Path]:
+    """Delete the local copies of versions no longer served (after the config stopped listing them).
+
+    The servers hold a loaded version in memory, so removing its folder does not disturb a request;
+    the object store keeps every version, and a rollback copies it back.
+    """
+    removed = []
+    for model in models:
+        for child in (models_dir / model.name).iterdir():
+            if child.is_dir() and child.name.isdigit() and int(child.name) not in model.versions:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+                log.info("removed model %s version %s (no longer served)", model.name, child.name)
+    return removed
+
+
 def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStore | None = None) -> Path:
     """Copy the served versions of every registered model and write ``models.config``.
 
@@ -218,6 +234,7 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
         batching_parameters_text(settings.inference_max_batch_size, settings.inference_batch_timeout_ms),
     )
     write_atomically(settings.models_config_path, model_server_config_text(available, models_dir))
+    prune_versions(available, models_dir)
     log.info(
         "models.config lists %d models: %s",
         len(available),

@@ -124,6 +124,8 @@ def test_served_labels_and_a_rollback_reach_the_running_server(settings, tmp_pat
             np.testing.assert_allclose(scores, expected_scores(pixels, 21), atol=1e-5)
             assert client.predict("genre-2001", pixels)[1] == 1
             assert [s.version for s in client.model_status("genre-2001")] == [1]
+        # The copies of versions no longer served are gone; the object store still has them.
+        assert sorted(p.name for p in (settings.models_dir / "genre-2001").iterdir()) == ["1"]
     finally:
         server.stop(grace=0)
 
