@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent requests to one model signature are run as one batch.
 
-On a CPU one forward pass over 16 images costs far less than 16 passes over one image, so a server
-with many concurrent clients gains throughput by merging their requests. The :class:`Batcher` worker
-takes the first waiting request, then keeps collecting until the batch holds ``max_batch_size`` rows
-or ``batch_timeout_s`` has passed, runs the model once on the concatenated inputs and hands every
-caller its own slice of the outputs. While a batch runs, new requests queue up and form the next
-batch, so under load batches fill without waiting and a lone request pays at most the timeout.
+On a CPU one forward pass over 16 images costs less than 16 passes over one image (up to about half,
+ResNet50 at 256x256 on 2 cores), so a server with many concurrent clients gains throughput by
+merging their requests. The :class:`Batcher` worker takes the first waiting request, then keeps
+collecting until the batch holds ``max_batch_size`` rows or ``batch_timeout_s`` has passed, runs the
+model once on the concatenated inputs and hands every caller its own slice of the outputs. While a
+batch runs, new requests queue up and form the next batch, so under load batches fill without
+waiting. A request waits for company only when requests have been arriving close together, so a
+lone client does not pay the timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
+# A request waits up to the batch timeout for others only if the previous one arrived within this
+# many timeouts of it.
+ARRIVAL_WINDOW_FACTOR = 10.0
 RunBatch = Callable[[Tensors], Tensors]
 
 
@@ -31,6 +36,7 @@ class _Pending:
     inputs: Tensors
     rows: int
     future: Future[Tensors] = field(default_factory=Future)
+    gap_s: float = float("inf")  # time since the previous request arrived
 
 
 def _rows(inputs: Tensors) -> int:
@@ -77,6 +83,7 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        self._last_arrival = float("-inf")
         self._threads = [
             threading.Thread(target=self._work, name=f"batcher-{name}-{index}", daemon=True)
             for index in range(max(1, threads))
@@ -87,6 +94,9 @@ class Batcher:
     def submit(self, inputs: Tensors) -> Future[Tensors]:
         pending = _Pending(inputs, _rows(inputs))
         with self._lock:
+            now = time.monotonic()
+            pending.gap_s = now - self._last_arrival
+            self._last_arrival = now
             if not self._closed.is_set():
                 self._queue.put(pending)
                 return pending.future
@@ -111,7 +121,10 @@ class Batcher:
     def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch = [first]
         rows = first.rows
-        deadline = time.monotonic() + self.batch_timeout_s
+        # Wait for company only when requests have been coming close together: a lone client whose
+        # previous request came a whole model pass ago would wait for nothing.
+        busy = first.gap_s < ARRIVAL_WINDOW_FACTOR * self.batch_timeout_s
+        deadline = time.monotonic() + (self.batch_timeout_s if busy else 0.0)
         while rows < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:

@@ -74,3 +74,22 @@ def test_an_error_reaches_every_caller_of_the_batch_and_the_worker_carries_on():
     batcher.close()
     # After close, a late request is still answered (inline), never dropped.
     assert batcher.submit({"x": np.ones((1, 1))}).result(timeout=10)["y"][0, 0] == 1.0
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_timeout_but_close_ones_share_a_batch():
+    batch_sizes: list[int] = []
+
+    def record(inputs: Tensors) -> Tensors:
+        batch_sizes.append(len(inputs["x"]))
+        return {"y": inputs["x"]}
+
+    # An hour of timeout: a lone request that waited for it would fail result(timeout=10).
+    batcher = Batcher(record, max_batch_size=2, batch_timeout_s=3600.0, name="test")
+    assert batcher.submit({"x": np.zeros((1, 1))}).result(timeout=10)["y"].shape == (1, 1)
+    # Two requests in quick succession: the second arrives within the window, so its batch waits
+    # for company and fills up to max_batch_size with the third.
+    second = batcher.submit({"x": np.ones((1, 1))})
+    third = batcher.submit({"x": np.ones((1, 1))})
+    assert second.result(timeout=10)["y"][0, 0] == third.result(timeout=10)["y"][0, 0] == 1.0
+    assert batch_sizes[0] == 1 and sum(batch_sizes) == 3
+    batcher.close()
