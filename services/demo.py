@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from services.crawler.cli import parse_years
 from shared.config import get_settings
-from shared.db import Movie, ModelVersion, session_scope, upgrade_database
+from shared.db import ModelVersion, Movie, session_scope, upgrade_database
 
 DEMO_YEARS = "2000-2015"
 
