@@ -38,12 +38,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if config["broker_url"].startswith("filesystem://"):
         folder = settings.broker_folder
-        for sub in ("in", "processed"):
+        for sub in ("in", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "in"),
             "data_folder_out": str(folder / "in"),
             "processed_folder": str(folder / "processed"),
+            # Exchange tables (broadcast, pidbox); kombu's default is ./control in the working dir.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
         results = settings.home_dir / "celery" / "results"
