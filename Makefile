@@ -58,11 +58,13 @@ demo: venv
 	$(BIN)/postergenre demo --data "$(DATA)"
 
 test: test-deps
+	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy shared services tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: test-deps
 	$(BIN)/ruff check shared services tests
-	$(BIN)/mypy shared services
+	$(BIN)/mypy shared services tests
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
