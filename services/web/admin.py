@@ -86,7 +86,7 @@ class CrawlRequest(StartRequest):
     """Crawl TMDB for the posters of some years."""
 
     years: str = Field("2000-2019", examples=["2000-2019"], description="years or ranges: 2000-2004,2010")
-    max_movies_per_year: int = Field(300, ge=1, le=20000)
+    max_movies_per_year: int = Field(300, ge=1, le=10_000)  # TMDB serves at most 500 pages of 20 per query
     poster_size: str | None = Field(None, pattern=r"^(w\d{2,4}|original)$", description="TMDB size: w500")
     min_poster_width: int | None = Field(None, ge=1, le=10000)
 

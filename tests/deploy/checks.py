@@ -99,6 +99,11 @@ def settings_variables() -> frozenset[str]:
             names.update(
                 str(choice).upper() for choice in getattr(alias, "choices", []) if isinstance(choice, str)
             )
+    # The crawler's politeness settings are their own group (POSTERGENRE_CRAWL_*).
+    from services.crawler.settings import CrawlSettings
+
+    crawl_prefix = str(CrawlSettings.model_config.get("env_prefix", ""))
+    names.update((crawl_prefix + field_name).upper() for field_name in CrawlSettings.model_fields)
     return frozenset(names)
 
 
