@@ -53,7 +53,7 @@ class BenchConfig:
     workdir: str = ""
     litert: bool = False  # also time LiteRT against TensorFlow on one model
     batch_threads: int = 1
-    backend: str = "tensorflow"  # litert: the served models run from a TFLite conversion
+    backend: str = "litert"  # the served models run from a TFLite conversion; or "tensorflow"
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -127,7 +127,7 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     server.add_argument(
         "--backend",
         choices=["tensorflow", "litert"],
-        default="tensorflow",
+        default="litert",
         help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite)",
     )
     server.add_argument(
@@ -169,7 +169,7 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     bench_inference.add_argument("--batch-timeout-ms", type=float, default=2.0)
     bench_inference.add_argument("--workdir", default="", help="reuse exported models between runs")
     bench_inference.add_argument("--batch-threads", type=int, default=1, help="batches of one model at once")
-    bench_inference.add_argument("--backend", choices=["tensorflow", "litert"], default="tensorflow")
+    bench_inference.add_argument("--backend", choices=["tensorflow", "litert"], default="litert")
     bench_inference.add_argument(
         "--litert", action="store_true", help="also time LiteRT against TensorFlow on one model"
     )

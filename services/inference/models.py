@@ -351,7 +351,7 @@ class ModelManager:
         poll_seconds: float = 1.0,
         load_threads: int = 4,
         batch_threads: int = 1,
-        backend: str = "tensorflow",
+        backend: str = "litert",
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")

@@ -384,12 +384,14 @@ def start_server(
     poll_seconds: float = 1.0,
     request_timeout_s: float = 30.0,
     batch_threads: int = 1,
-    backend: str = "tensorflow",
+    backend: str = "litert",
 ) -> EmbeddedServer:
     """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port.
 
     ``batch_threads`` is the number of batches of one model that may run at once; ``backend`` runs
-    the ``pixels`` signature with ``"tensorflow"`` or ``"litert"`` (from ``exports/model.tflite``).
+    the ``pixels`` signature with ``"litert"`` (from ``exports/model.tflite``, the default: measured
+    about twice as fast as TensorFlow on CPU, see docs/benchmarks.md) or ``"tensorflow"``; a version
+    without a TFLite export is always served by TensorFlow.
     """
     manager = ModelManager(
         models_dir,
