@@ -161,7 +161,15 @@ class Servable:
         if not tflite.is_file():
             log.info("model %s version %d has no %s: served with TensorFlow", self.name, self.version, tflite)
             return tensorflow_runner
-        from ai_edge_litert.interpreter import Interpreter
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # the optional `litert` extra is not installed
+            log.warning(
+                "ai-edge-litert is not installed: model %s version %d served with TensorFlow",
+                self.name,
+                self.version,
+            )
+            return tensorflow_runner
 
         interpreter = Interpreter(model_path=str(tflite), num_threads=os.cpu_count() or 1)
         signature = interpreter.get_signature_runner(LITERT_SIGNATURE)
