@@ -15,8 +15,9 @@ Layouts:
 
 - ``independent``: one full network per year (the method).
 - ``shared``: one backbone for all years and one sigmoid head per year, output ``[None, Y, G]``.
-  Each head is a common head plus a per-year correction pulled towards zero by an L2 penalty, so a
-  year with 150 posters borrows strength from the others. During training the model also takes the
+  Each head is a common head plus a per-year correction whose weights are pulled towards zero by an
+  L2 penalty (its bias, the year's base rates, is free), so a year with 150 posters borrows strength
+  from the others. During training the model also takes the
   head index of each example and returns only that head's scores, so the loss only touches the head
   of the example's own year.
 - ``window``: independent networks trained on decade or rolling-window dataset targets.
@@ -218,9 +219,10 @@ def build_shared_model(image_size: int, genres: int, years: int, hp: Hyperparame
     head = keras.Input((), name="head", dtype="int32")
     features = _features(pixels, image_size, hp)
     common = layers.Dense(genres, dtype="float32", name="common_logits")(features)
+    # Only the per-year *weights* are pulled towards the common head: the per-year bias is left free,
+    # since a year's genre base rates are exactly what its own posters can estimate.
     per_year = layers.Dense(years * genres, dtype="float32", name="year_logits",
                             kernel_regularizer=keras.regularizers.L2(hp.head_l2),
-                            bias_regularizer=keras.regularizers.L2(hp.head_l2),
                             kernel_initializer="zeros")(features)
     logits = layers.Add(name="logits")([layers.Reshape((1, genres))(common),
                                         layers.Reshape((years, genres))(per_year)])
