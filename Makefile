@@ -23,7 +23,7 @@ $(BIN)/postergenre: pyproject.toml
 venv: $(BIN)/postergenre
 
 $(VENV)/.test-deps: $(BIN)/postergenre pyproject.toml
-	$(BIN)/pip install -q -e '.[test,litert]'
+	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
 test-deps: $(VENV)/.test-deps system-deps tfjs-env node-deps
