@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shared.machine import machine_info
 
 SAMPLE_SECONDS = 0.25
 GENERATED_PER_YEAR = 200
@@ -60,19 +61,6 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": cpu or platform.processor(), "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def plan_years(movies: int, real_posters: Path | None) -> dict[int, int]:
@@ -186,7 +174,7 @@ def run_benchmark(movies: int, real_posters: Path | None, embedded: bool) -> Cra
         peak_rss_mib=round(peak, 1), rss_mib_at=rss_at_fractions(samples, stored),
         posters="shared collection (real JPEGs)" if real_posters else "generated (342x513 JPEG)",
         storage="SQLite + local folder" if embedded else "PostgreSQL + S3 server (moto)",
-        years=years, machine=machine(),
+        years=years, machine=machine_info(),
         command=f"postergenre bench crawl --movies {movies}" + (" --embedded" if embedded else "")
         + ("" if real_posters else " --generated-posters"),
         samples=samples)

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.machine import machine_info
+
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -508,25 +510,9 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    import platform
-
     import tensorflow as tf
 
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-    }
+    return {**machine_info(), "tensorflow": tf.__version__}
 
 
 def format_markdown(report: dict[str, Any]) -> str:

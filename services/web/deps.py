@@ -13,7 +13,7 @@ from services.web.admin import check_bearer
 from services.web.predictor import PredictionService
 from services.web.state import InferenceConnection, WebState
 from shared.config import Settings
-from shared.db import session_factory
+from shared.db import session_scope
 from shared.storage import ObjectStore
 
 
@@ -30,15 +30,8 @@ def get_settings_dep(state: StateDep) -> Settings:
 
 
 def get_session(state: StateDep) -> Iterator[Session]:
-    session = session_factory(state.settings.effective_database_url)()
-    try:
+    with session_scope(state.settings.effective_database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_store(state: StateDep) -> ObjectStore:
