@@ -31,6 +31,7 @@ from celery.signals import worker_ready, worker_shutdown
 from shared.celery_app import celery_app
 from shared.config import Settings, get_settings
 from shared.jobs import update_job
+from shared.storage import ObjectExistsError, ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,31 @@ def _progress_reporter(job_id: str, epochs: int, resumed_from: int) -> Any:
     return report
 
 
+class VersionTakenError(RuntimeError):
+    """The object store already holds this model version, written by another training."""
+
+
+def claim_version_prefix(store: ObjectStore, prefix: str, job_id: str) -> None:
+    """Record that ``job_id`` writes ``prefix``, or refuse when another task (or nobody known) did.
+
+    The registry gives version numbers; if the database were restored from a backup older than the
+    object store, a new training could be given the number of a version that exists in the store.
+    Objects there are only ever replaced by a redelivery of the task that claimed them.
+    """
+    claim = f"model-claims/{prefix.removeprefix('models/')}"
+    try:
+        store.put(claim, job_id.encode(), content_type="text/plain", overwrite=False)
+    except ObjectExistsError:
+        owner = store.get(claim).decode()
+        if owner != job_id:
+            raise VersionTakenError(f"{prefix} belongs to training {owner}; not overwriting it") from None
+        return
+    if any(True for _ in store.list(prefix + "/")):
+        store.delete(claim)
+        raise VersionTakenError(f"{prefix} already holds objects of an unknown training; refusing to "
+                                "overwrite it (is the database older than the object store?)")
+
+
 def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Train, export, upload, register and (maybe) bless one model. Safe to run again for ``job_id``."""
     from services.trainer import registry, training
@@ -182,7 +208,8 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
             years=outcome.years, metrics=_json_safe(outcome.metrics), status_reason="exporting")
         version = int(row["version"])
         prefix = f"models/{name}/{version}"
-        # A previous delivery may have died half-way through the upload of this (never served) version.
+        claim_version_prefix(store, prefix, job_id)
+        # A previous delivery of this same task may have died half-way through its upload.
         for key in list(store.list(prefix + "/")):
             store.delete(key)
         dest = Path(tmp) / "export" / name / str(version)

@@ -102,3 +102,21 @@ def test_a_model_version_once_written_cannot_be_overwritten(stack_settings: Sett
     assert newer["version"] == row["version"] + 1
     assert [r["version"] for r in registry.list_versions("genre-2000")] == [row["version"], newer["version"]]
     assert snapshot(store, prefix + "/") == written
+
+
+def test_a_training_never_overwrites_a_version_another_training_wrote(tmp_path: Path) -> None:
+    """A registry restored from an old backup hands out a version number that exists in the store."""
+    from services.trainer.tasks import VersionTakenError, claim_version_prefix
+    from shared.storage import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path / "objects")
+    claim_version_prefix(store, "models/genre-2000/1", "task-a")
+    store.put("models/genre-2000/1/saved_model.pb", b"model of task a")
+    claim_version_prefix(store, "models/genre-2000/1", "task-a")  # its own redelivery may rewrite
+    with pytest.raises(VersionTakenError, match="task-a"):
+        claim_version_prefix(store, "models/genre-2000/1", "task-b")
+    store.put("models/genre-2000/2/saved_model.pb", b"written before any claim existed")
+    with pytest.raises(VersionTakenError, match="unknown training"):
+        claim_version_prefix(store, "models/genre-2000/2", "task-c")
+    assert store.get("models/genre-2000/1/saved_model.pb") == b"model of task a"
+    assert store.get("models/genre-2000/2/saved_model.pb") == b"written before any claim existed"
