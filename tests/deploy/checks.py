@@ -83,6 +83,18 @@ def run_tool(args: list[str], stdin: str | None = None) -> subprocess.CompletedP
 # ---------------------------------------------------------------- settings: the names the code reads
 
 
+# Settings that name another service by host:port: each must point at a service that listens there.
+WIRED_URL_SETTINGS = (
+    "POSTERGENRE_DATABASE_URL",
+    "POSTERGENRE_S3_ENDPOINT",
+    "POSTERGENRE_BROKER_URL",
+    "POSTERGENRE_RESULT_BACKEND",
+    "POSTERGENRE_REDIS_URL",
+    "POSTERGENRE_INFERENCE_URL",
+    "POSTERGENRE_INFERENCE_REST_URL",
+)
+
+
 def settings_variables() -> frozenset[str]:
     """Every environment variable ``Settings`` reads: prefix + field name, or the field's alias."""
     from shared.config import Settings
@@ -498,15 +510,7 @@ def _check_compose_wiring(services: dict[str, Any], stack: dict[str, str]) -> li
     web_command = as_list(services.get("web", {}).get("command"))
     if "--port" in web_command:
         listening["web"] = {int(web_command[web_command.index("--port") + 1])}
-    for key in (
-        "POSTERGENRE_DATABASE_URL",
-        "POSTERGENRE_S3_ENDPOINT",
-        "POSTERGENRE_BROKER_URL",
-        "POSTERGENRE_RESULT_BACKEND",
-        "POSTERGENRE_REDIS_URL",
-        "POSTERGENRE_INFERENCE_URL",
-        "POSTERGENRE_INFERENCE_REST_URL",
-    ):
+    for key in WIRED_URL_SETTINGS:
         if key not in stack:
             problems.append(f"stack environment lacks {key}")
             continue
@@ -870,15 +874,7 @@ def _k8s_wiring(
 ) -> list[str]:
     problems = []
     services = by_kind.get("Service", {})
-    for key in (
-        "POSTERGENRE_DATABASE_URL",
-        "POSTERGENRE_S3_ENDPOINT",
-        "POSTERGENRE_BROKER_URL",
-        "POSTERGENRE_RESULT_BACKEND",
-        "POSTERGENRE_REDIS_URL",
-        "POSTERGENRE_INFERENCE_URL",
-        "POSTERGENRE_INFERENCE_REST_URL",
-    ):
+    for key in WIRED_URL_SETTINGS:
         if key not in stack:
             problems.append(f"{overlay}: the pods' environment lacks {key}")
             continue
