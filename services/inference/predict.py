@@ -60,16 +60,11 @@ def inference_client(settings: Settings, url: str = "") -> Iterator[Predictor]:
         server.stop(grace=0)
 
 
-def top_k(genres: tuple[str, ...], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
-    order = sorted(range(len(genres)), key=lambda index: (-float(scores[index]), genres[index]))
-    return [(genres[index], float(scores[index])) for index in order[:k]]
-
-
 def predict_poster(
     data: bytes, years: list[int], k: int, settings: Settings, client: Predictor
 ) -> PosterTable:
     """Ask every served model covering ``years`` about the poster ``data``."""
-    from services.web.served import blessed_models, models_by_year
+    from services.web.served import blessed_models, models_by_year, rank_genres
     from shared.db import session_scope
 
     with session_scope(settings.effective_database_url) as session:
@@ -92,8 +87,8 @@ def predict_poster(
         if isinstance(result, InferenceError):
             raise result
         scores, version = result
-        year_scores = np.asarray(model.scores_for_year(scores[0].tolist(), year))
-        rows.append(YearRow(year, model.name, version, top_k(model.genres, year_scores, k)))
+        year_scores = model.scores_for_year(scores[0].tolist(), year)
+        rows.append(YearRow(year, model.name, version, rank_genres(model.genres, year_scores, k)))
     return PosterTable(rows, unavailable)
 
 

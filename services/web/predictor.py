@@ -22,7 +22,7 @@ from services.inference.client import InferenceUnavailable, ModelNotFound, Predi
 from services.web.cache import ScoreCache, cache_key
 from services.web.errors import ApiError
 from services.web.metrics import WebMetrics
-from services.web.served import ServedModel, models_by_year
+from services.web.served import ServedModel, models_by_year, rank_genres
 from shared.catalog import MAX_YEAR, MIN_YEAR
 from shared.images import PosterImageError, open_poster, resize_pixels
 
@@ -95,9 +95,8 @@ def decode_poster(data: bytes, filename: str = "") -> DecodedPoster:
 
 
 def top_genres(genres: tuple[str, ...], scores: list[float], k: int) -> list[dict[str, Any]]:
-    """The ``k`` best genres, best first; ties broken by name so the table is stable."""
-    order = sorted(range(len(genres)), key=lambda index: (-scores[index], genres[index]))
-    return [{"genre": genres[index], "score": round(scores[index], 6)} for index in order[:k]]
+    """The ``k`` best genres as the API shows them (see :func:`rank_genres`)."""
+    return [{"genre": genre, "score": round(score, 6)} for genre, score in rank_genres(genres, scores, k)]
 
 
 @dataclass

@@ -82,3 +82,9 @@ def models_by_year(models: list[ServedModel], years: list[int]) -> dict[int, Ser
             if year in years and year not in chosen:
                 chosen[year] = model
     return chosen
+
+
+def rank_genres(genres: tuple[str, ...], scores: list[float], k: int) -> list[tuple[str, float]]:
+    """The ``k`` best genres with their scores, best first; ties broken by name so tables are stable."""
+    order = sorted(range(len(genres)), key=lambda index: (-float(scores[index]), genres[index]))
+    return [(genres[index], float(scores[index])) for index in order[:k]]
