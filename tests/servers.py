@@ -66,26 +66,12 @@ def postgres_server() -> Iterator[str]:
     if port_answers("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
         return
-    data = Path(tempfile.mkdtemp(prefix="pg-test-"))
-    port = free_port()
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(data, "postgres", "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen([*run_as, _pg_bin("postgres"), "-D", str(data), "-p", str(port),
-                             "-k", str(data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = ThrowawayPostgres()
+    server.start()
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        time.sleep(0.5)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield server.url
     finally:
-        subprocess.run([*run_as, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        proc.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+        server.close()
 
 
 def create_database(admin_url: str, prefix: str = "pgtest") -> str:
@@ -119,34 +105,25 @@ def redis_server() -> Iterator[str]:
     if port_answers("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/0"
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise RuntimeError("no Redis answers on 127.0.0.1:6379 and redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    server = ThrowawayRedis()
+    server.start()
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 @contextmanager
 def s3_server() -> Iterator[str]:
     """Run moto's S3-protocol server on loopback; yield its ``host:port`` endpoint."""
-    port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
-    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RestartableS3Server()
+    server.start()
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        yield f"127.0.0.1:{port}"
+        yield server.endpoint
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 class RestartableS3Server:
