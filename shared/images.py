@@ -50,17 +50,19 @@ def open_poster(data: bytes) -> tuple[Image.Image, PosterInfo]:
     if not data:
         raise PosterImageError("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format or ""
-            if fmt not in ACCEPTED_FORMATS:
-                raise PosterImageError(f"unsupported image type {fmt or 'unknown'}")
-            width, height = probe.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise PosterImageError(f"image too large: {width}x{height} pixels")
-            probe.seek(0)  # first frame of an animation
-            probe.load()
-            image = ImageOps.exif_transpose(probe) or probe
-            image = _to_rgb(image)
+        # Not closed with `with`: a closed image is unusable, and keeping the decoded one (its file is
+        # only these bytes in memory) spares two full-size copies per poster on the serving path.
+        image: Image.Image = Image.open(io.BytesIO(data))
+        fmt = image.format or ""
+        if fmt not in ACCEPTED_FORMATS:
+            raise PosterImageError(f"unsupported image type {fmt or 'unknown'}")
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise PosterImageError(f"image too large: {width}x{height} pixels")
+        image.seek(0)  # first frame of an animation
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        image = _to_rgb(image)
     except PosterImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -82,6 +84,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16-bit greyscale PNGs: scale to 8 bits before converting.
         array = np.asarray(image, dtype=np.float32)
         return Image.fromarray((array / max(array.max(), 1.0) * 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "RGB":
+        return image  # convert() would only copy it
     return image.convert("RGB")
 
 

@@ -94,6 +94,8 @@ def _bench_inference(args: argparse.Namespace) -> int:
         litert=args.litert,
         batch_threads=args.batch_threads,
         backend=args.backend,
+        processes=args.processes,
+        layouts=tuple(args.layouts.split(",")),
     )
     report = run_benchmark(config)
     if args.json:
@@ -101,6 +103,14 @@ def _bench_inference(args: argparse.Namespace) -> int:
     else:
         print(format_markdown(report))
     return 0
+
+
+def _layouts(value: str) -> str:
+    layouts = [layout.strip() for layout in value.split(",") if layout.strip()]
+    unknown = sorted(set(layouts) - {"independent", "shared"})
+    if not layouts or unknown:
+        raise argparse.ArgumentTypeError(f"layouts are independent and shared, not {value!r}")
+    return ",".join(layouts)
 
 
 def register(commands: Any, serve: Any, bench: Any) -> None:
@@ -172,5 +182,17 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     bench_inference.add_argument("--backend", choices=["tensorflow", "litert"], default="litert")
     bench_inference.add_argument(
         "--litert", action="store_true", help="also time LiteRT against TensorFlow on one model"
+    )
+    bench_inference.add_argument(
+        "--processes",
+        choices=["separate", "one"],
+        default="separate",
+        help="web service and inference server in their own processes, as deployed, or all in one",
+    )
+    bench_inference.add_argument(
+        "--layouts",
+        type=_layouts,
+        default="independent,shared",
+        help="comma-separated: independent, shared",
     )
     bench_inference.set_defaults(handler=_bench_inference)

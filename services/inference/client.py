@@ -80,19 +80,26 @@ def grpc_target(url: str) -> str:
     return target
 
 
-def pixels_tensor(pixels: np.ndarray) -> Any:
-    """float32 ``[N,S,S,3]`` as a ``TensorProto`` (raw bytes in ``tensor_content``)."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-
+def float_pixels(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as a C-contiguous float32 ``[N,S,S,3]`` array, or :class:`InvalidInferenceInput`."""
     array = np.ascontiguousarray(pixels, dtype=np.float32)
     if array.ndim != 4 or array.shape[-1] != 3:
         raise InvalidInferenceInput(f"pixels must be float32 [N, S, S, 3], got shape {list(array.shape)}")
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]
-    )
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT, tensor_shape=shape, tensor_content=array.tobytes()
-    )
+    return array
+
+
+def fill_pixels_tensor(tensor: Any, array: np.ndarray, content: bytes | None = None) -> None:
+    """Write float32 ``array`` into the ``TensorProto`` ``tensor`` (raw bytes in ``tensor_content``).
+
+    Filled in place rather than built and copied in: ``CopyFrom`` of a 256x256 poster's tensor cost
+    about 0.4 ms, once per model of the fan-out. ``content`` is ``array.tobytes()`` when already made.
+    """
+    from tensorflow.core.framework import types_pb2
+
+    tensor.dtype = types_pb2.DT_FLOAT
+    for size in array.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    tensor.tensor_content = array.tobytes() if content is None else content
 
 
 def tensor_array(proto: Any) -> np.ndarray:
@@ -137,8 +144,9 @@ class InferenceClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _request(self, name: str, pixels: Any, version: int | None, label: str | None, signature: str) -> Any:
-        """A ``PredictRequest``; ``pixels`` is an array or an already built ``TensorProto``."""
+    def _request(self, name: str, pixels: np.ndarray, version: int | None, label: str | None, signature: str,
+                 content: bytes | None = None) -> Any:
+        """A ``PredictRequest`` of float32 ``pixels`` (``content``: their bytes, when already made)."""
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
@@ -148,8 +156,7 @@ class InferenceClient:
             request.model_spec.version.value = version
         elif label:
             request.model_spec.version_label = label
-        tensor = pixels if not isinstance(pixels, np.ndarray) else pixels_tensor(pixels)
-        request.inputs[PIXELS_INPUT].CopyFrom(tensor)
+        fill_pixels_tensor(request.inputs[PIXELS_INPUT], pixels, content)
         return request
 
     def _error(self, exc: Exception, what: str) -> InferenceError:
@@ -195,7 +202,7 @@ class InferenceClient:
         signature: str = PIXELS_SIGNATURE,
     ) -> Prediction:
         """Scores of ``pixels`` (float32 ``[N,S,S,3]``) under one model, and the version that answered."""
-        request = self._request(name, pixels, version, label, signature)
+        request = self._request(name, float_pixels(pixels), version, label, signature)
         try:
             response = self._predictions.Predict(request, timeout=self.timeout)
         except Exception as exc:
@@ -213,11 +220,12 @@ class InferenceClient:
 
         The deadline covers the whole fan-out: every call gets what is left of ``timeout``.
         """
-        tensor = pixels_tensor(pixels)  # encoded once for all the models
+        array = float_pixels(pixels)
+        content = array.tobytes()  # encoded once for all the models
         deadline = time.monotonic() + self.timeout
         calls = {
             name: self._predictions.Predict.future(
-                self._request(name, tensor, None, label, signature), timeout=self.timeout
+                self._request(name, array, None, label, signature, content), timeout=self.timeout
             )
             for name in names
         }

@@ -1,4 +1,9 @@
-"""Typed dependencies of the routes (``Annotated`` aliases, as in fastapi/full-stack-fastapi-template)."""
+"""Typed dependencies of the routes (``Annotated`` aliases, as in fastapi/full-stack-fastapi-template).
+
+The ones that only hand out an attribute are ``async``: FastAPI runs a plain ``def`` dependency in a
+worker thread, a hop each that every request paid. The session stays a plain generator: closing it
+may wait on the database.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from shared.db import session_scope
 from shared.storage import ObjectStore
 
 
-def get_state(request: Request) -> WebState:
+async def get_state(request: Request) -> WebState:
     state: WebState = request.app.state.web
     return state
 
@@ -25,7 +30,7 @@ def get_state(request: Request) -> WebState:
 StateDep = Annotated[WebState, Depends(get_state)]
 
 
-def get_settings_dep(state: StateDep) -> Settings:
+async def get_settings_dep(state: StateDep) -> Settings:
     return state.settings
 
 
@@ -34,23 +39,23 @@ def get_session(state: StateDep) -> Iterator[Session]:
         yield session
 
 
-def get_store(state: StateDep) -> ObjectStore:
+async def get_store(state: StateDep) -> ObjectStore:
     return state.store
 
 
-def get_inference(state: StateDep) -> InferenceConnection:
+async def get_inference(state: StateDep) -> InferenceConnection:
     return state.inference
 
 
-def get_predictions(state: StateDep) -> PredictionService:
+async def get_predictions(state: StateDep) -> PredictionService:
     return state.predictions
 
 
-def get_celery(state: StateDep) -> Celery:
+async def get_celery(state: StateDep) -> Celery:
     return state.celery
 
 
-def require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
     check_bearer(authorization, state.admin_token)
 
 

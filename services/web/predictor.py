@@ -118,10 +118,12 @@ class PredictionService:
         self.cache = cache
         self.metrics = metrics
 
-    def _ask_group(self, names: list[str], pixels: np.ndarray) -> dict[str, Any]:
-        """One concurrent fan-out (gRPC futures) to every model taking this input size."""
+    def _ask_group(self, names: list[str], images: list[Image.Image], size: int) -> dict[str, Any]:
+        """Resize the posters to this input size, then one concurrent fan-out (gRPC futures) to every
+        model taking it. Runs in a worker thread: resizing is CPU work the event loop must not do."""
+        pixels = np.stack([resize_pixels(image, size) for image in images]).astype(np.float32)
         started = time.perf_counter()
-        results = dict(self._predictor().predict_many(names, pixels.astype(np.float32)))
+        results = dict(self._predictor().predict_many(names, pixels))
         elapsed = time.perf_counter() - started
         for name in names:
             self.metrics.inference_latency.labels(model=name).observe(elapsed)
@@ -141,10 +143,11 @@ class PredictionService:
         plans = []
         for size, names in groups.items():
             indices = sorted({index for name in names for index in wanted[name]})
-            pixels = np.stack([resize_pixels(posters[index].image, size) for index in indices])
-            plans.append((names, indices, pixels))
-        outcomes = await asyncio.gather(*(asyncio.to_thread(self._ask_group, names, pixels)
-                                          for names, _, pixels in plans), return_exceptions=True)
+            plans.append((names, indices, size))
+        outcomes = await asyncio.gather(
+            *(asyncio.to_thread(self._ask_group, names, [posters[index].image for index in indices], size)
+              for names, indices, size in plans),
+            return_exceptions=True)
 
         answers: Answers = {}
         missing: set[str] = set()
