@@ -72,9 +72,17 @@ class Predictor(Protocol):
     def close(self) -> None: ...
 
 
+# gRPC name-resolver schemes a target may name: every address ``dns:///host:port`` resolves to (a
+# Kubernetes headless Service: one per TF Serving pod), or a fixed list ``ipv4:10.0.0.1:8500,10.0.0.2:8500``.
+RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
+
+
 def grpc_target(url: str) -> str:
-    """``grpc://host:port`` or ``host:port`` -> ``host:port``."""
+    """``grpc://host:port`` or ``host:port`` -> ``host:port``; resolver targets (``dns:///host:port``,
+    ``ipv4:a:p,b:p``, ``unix:path``) pass through, with or without ``grpc://``."""
     target = url.removeprefix("grpc://").rstrip("/")
+    if target.startswith(RESOLVER_SCHEMES):
+        return target
     if not target or "/" in target:
         raise ValueError(f"inference URL must be grpc://host:port, not {url!r}")
     return target
@@ -130,6 +138,10 @@ class InferenceClient:
                 ("grpc.max_receive_message_length", -1),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.keepalive_time_ms", 30_000),
+                # Spread calls over every address the target resolves to (one per TF Serving replica
+                # behind a headless Service) instead of pinning them all to the first one; with a
+                # single address it is the same as gRPC's default.
+                ("grpc.lb_policy_name", "round_robin"),
             ],
         )
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -220,8 +232,16 @@ class InferenceClient:
 
         The deadline covers the whole fan-out: every call gets what is left of ``timeout``.
         """
+        names = list(names)
         array = float_pixels(pixels)
         content = array.tobytes()  # encoded once for all the models
+        if len(names) == 1:  # one model (the shared layout): a blocking call needs no future to poll
+            [name] = names
+            request = self._request(name, array, None, label, signature, content)
+            try:
+                return {name: self._result(self._predictions.Predict(request, timeout=self.timeout))}
+            except Exception as exc:
+                return {name: self._error(exc, _describe(name, None, label))}
         deadline = time.monotonic() + self.timeout
         calls = {
             name: self._predictions.Predict.future(

@@ -375,6 +375,7 @@ def compose_mounts(service: dict[str, Any]) -> dict[str, str]:
 def host_port(url: str) -> tuple[str, int | None]:
     """Host and port of a URL or ``host:port``; compose's ``${...}`` (a password) read as a word."""
     url = INTERPOLATION.sub("interpolated", url)
+    url = re.sub(r"^(grpc://)?dns:///", "tcp://", url)  # a gRPC resolver target: host:port follows
     parts = urlsplit(url if "://" in url else f"tcp://{url}")
     return parts.hostname or "", parts.port
 

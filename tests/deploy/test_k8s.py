@@ -91,9 +91,15 @@ def test_a_kustomization_that_does_not_render_is_caught(tmp_path: Path) -> None:
     [
         (
             "base/tfserving.yaml",
-            "      port: 8500\n",
-            "      port: 8600\n",
-            "POSTERGENRE_INFERENCE_URL uses port 8500, Service tfserving has [8501, 8600]",
+            "      port: 8501\n",
+            "      port: 8601\n",
+            "POSTERGENRE_INFERENCE_REST_URL uses port 8501, Service tfserving has [8500, 8601]",
+        ),
+        (
+            "base/tfserving.yaml",
+            "  name: tfserving-pods\n",
+            "  name: tfserving-replicas\n",
+            "POSTERGENRE_INFERENCE_URL points at tfserving-pods, which is not a Service",
         ),
         (
             "base/web.yaml",

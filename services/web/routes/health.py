@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from services.inference.client import grpc_target
 from services.web.deps import InferenceDep, SessionDep, StateDep, StoreDep
 from services.web.errors import error_body
 from services.web.state import InferenceConnection
@@ -31,8 +32,7 @@ def check_object_store(store: ObjectStore) -> None:
 def check_inference(inference: InferenceConnection) -> None:
     if inference.ready_client() is None:
         raise ConnectionError("the inference connection is starting (the embedded server loads its models)")
-    target = inference.url.removeprefix("grpc://")
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(grpc_target(inference.url)) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT_S)
         except grpc.FutureTimeoutError:

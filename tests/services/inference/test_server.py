@@ -19,6 +19,7 @@ from services.inference.client import (
     ModelNotFound,
     Prediction,
     RestInferenceClient,
+    grpc_target,
 )
 from tests.services.inference.conftest import (
     GENRES,
@@ -253,3 +254,48 @@ def test_server_without_models_starts_and_picks_up_a_config_written_later(settin
     finally:
         server.stop(grace=0)
     shutil.rmtree(models_dir)
+
+
+def test_calls_are_spread_over_every_replica_the_target_resolves_to(settings, yearly_models, models_dir):
+    """Two replicas behind one target (as a headless Service's DNS name lists every TF Serving pod):
+    the client's round-robin policy sends calls to both, where pick-first would pin them to one."""
+    from services.inference.server import start_server
+
+    first = start_server(models_dir, None, host="127.0.0.1", poll_seconds=0)
+    try:
+        second = start_server(models_dir, None, grpc_port=first.grpc_port, host="127.0.0.2", poll_seconds=0)
+    except (OSError, RuntimeError) as exc:  # a loopback without 127.0.0.2 (not Linux)
+        first.stop(grace=0)
+        pytest.skip(f"cannot listen on 127.0.0.2: {exc}")
+    replicas = (first, second)
+    try:
+        target = f"grpc://ipv4:127.0.0.1:{first.grpc_port},127.0.0.2:{first.grpc_port}"
+        pixels = random_pixels(1)
+        with InferenceClient(target, timeout=10) as client:
+            for _ in range(20):
+                scores, _ = client.predict("genre-2000", pixels)
+                expected = expected_scores(pixels, yearly_models["genre-2000"])
+                np.testing.assert_allclose(scores, expected, atol=1e-5)
+        served = [replica.manager.resolve("genre-2000").signatures["pixels"].batcher.rows_run
+                  for replica in replicas]
+        assert sum(served) == 20
+        assert min(served) >= 5, served  # round robin gives each 10; pick-first would give one all 20
+    finally:
+        for replica in replicas:
+            replica.stop(grace=0)
+
+
+@pytest.mark.parametrize(("url", "target"), [
+    ("grpc://tfserving:8500", "tfserving:8500"),
+    ("tfserving:8500", "tfserving:8500"),
+    ("grpc://dns:///tfserving-pods:8500", "dns:///tfserving-pods:8500"),
+    ("ipv4:10.0.0.1:8500,10.0.0.2:8500", "ipv4:10.0.0.1:8500,10.0.0.2:8500"),
+])
+def test_inference_urls_name_a_grpc_target(url, target):
+    assert grpc_target(url) == target
+
+
+@pytest.mark.parametrize("url", ["", "grpc://", "grpc://host:8500/v1/models"])
+def test_an_inference_url_that_is_no_grpc_target_is_refused(url):
+    with pytest.raises(ValueError, match="grpc://host:port"):
+        grpc_target(url)
