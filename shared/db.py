@@ -188,12 +188,19 @@ def get_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+@lru_cache(maxsize=8)
+def _session_maker(engine: Engine) -> sessionmaker[Session]:
+    # One per engine: sessionmaker() defines a new Session subclass each time it is called, and
+    # SQLAlchemy sets up event dispatch for every new class, which every request paid.
+    return sessionmaker(engine, expire_on_commit=False)
+
+
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
     if url is None:
         from shared.config import get_settings
 
         url = get_settings().effective_database_url
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+    return _session_maker(get_engine(url))
 
 
 @contextmanager
