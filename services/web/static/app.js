@@ -288,6 +288,23 @@
     predict();
   }
 
+  /* The years asked for by default: the latest twenty that have a model (the models may end before
+     2019, as the demo's, trained on posters up to 2015), unless the visitor has typed their own. */
+  let yearsEdited = false;
+  yearsInput.addEventListener("input", () => { yearsEdited = true; });
+  fetch("/api/v1/models")
+    .then((response) => (response.ok ? response.json() : null))
+    .then((listing) => {
+      const covered = Object.keys((listing && listing.by_year) || {}).map(Number)
+        .filter(Number.isInteger).sort((a, b) => a - b);
+      if (yearsEdited || covered.length === 0) return;
+      const last = covered[covered.length - 1];
+      const first = Math.max(covered[0], last - 19);
+      yearsInput.value = first === last ? String(last) : `${first}-${last}`;
+      yearsInput.dataset.defaultFromModels = "true";
+    })
+    .catch(() => {});  /* no listing: the field keeps 2000-2019 and the API says what is missing */
+
   fileInput.addEventListener("change", () => choose(fileInput.files[0]));
   for (const type of ["dragenter", "dragover"]) {
     dropZone.addEventListener(type, (event) => {

@@ -133,6 +133,19 @@ def poster(tmp_path: Path) -> Path:
     return path
 
 
+def test_the_years_field_defaults_to_the_latest_twenty_years_with_a_model(browser: Any,
+                                                                        site: tuple[str, Settings]) -> None:
+    url, _ = site
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_selector("#years[data-default-from-models]", timeout=30_000)
+        # genre-2000 and the shared model (2001-2018) are served; 2019 has no model.
+        assert page.input_value("#years") == "2000-2018"
+    finally:
+        page.close()
+
+
 def test_upload_shows_the_table_and_heatmap(browser: Any, site: tuple[str, Settings], poster: Path) -> None:
     url, _ = site
     page = browser.new_page(viewport={"width": 1280, "height": 900})
