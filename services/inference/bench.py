@@ -47,6 +47,9 @@ FIRST_YEAR = 2000
 PREFIX = "genre"
 
 
+LAYOUTS = ("independent", "shared")
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     models: int = 20
@@ -63,7 +66,16 @@ class BenchConfig:
     batch_threads: int = 1
     backend: str = "litert"  # the served models run from a TFLite conversion; or "tensorflow"
     processes: str = "separate"  # web service and inference server in their own processes; or "one"
-    layouts: tuple[str, ...] = ("independent", "shared")
+    layouts: tuple[str, ...] = LAYOUTS
+
+
+# Per layout: the report key of its floor, and the key and aim (at most) of its table p50 over it.
+FLOOR_KEY = {"independent": "sum_of_single_passes_s", "shared": "bare_backbone_pass_s"}
+P50_OVER_FLOOR = {
+    "independent": ("independent_p50_over_sum_of_single_passes", 1.15),
+    "shared": ("shared_p50_over_bare_backbone", 1.25),
+}
+CONCURRENT_OVER_OFFLINE_AIM = 0.9  # at least
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -350,18 +362,17 @@ def answers_http(url: str) -> Callable[[], bool]:
     return ready
 
 
-def serves_models(url: str, names: list[str]) -> Callable[[], bool]:
-    """True once the inference server at ``url`` has every model of ``names`` available."""
-    from services.inference.client import InferenceClient, InferenceError
+def serves_models(client: Any, names: list[str]) -> Callable[[], bool]:
+    """True once the inference server behind ``client`` has every model of ``names`` available."""
+    from services.inference.client import InferenceError
 
     def ready() -> bool:
-        with InferenceClient(url, timeout=2) as client:
-            try:
-                return all(
-                    any(state.state == "AVAILABLE" for state in client.model_status(name)) for name in names
-                )
-            except InferenceError:
-                return False
+        try:
+            return all(
+                any(state.state == "AVAILABLE" for state in client.model_status(name)) for name in names
+            )
+        except InferenceError:
+            return False
 
     return ready
 
@@ -388,8 +399,11 @@ def inference_process(settings: Any, config: BenchConfig, names: list[str]) -> I
         "--batch-timeout-ms", str(config.batch_timeout_ms), "--batch-threads", str(config.batch_threads),
         "--backend", config.backend, "--poll-seconds", "0",
     ]
-    with service_process(argv, service_env(settings, url), serves_models(url, names),
-                         "postergenre serve inference"):
+    from services.inference.client import InferenceClient
+
+    with InferenceClient(url, timeout=2) as probe, \
+            service_process(argv, service_env(settings, url), serves_models(probe, names),
+                            "postergenre serve inference"):
         yield url
 
 
@@ -542,14 +556,12 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
     names, shared = build_models(config, settings.models_dir)
     export_s = time.perf_counter() - started
     register(settings, names, shared, config)
-    if config.backend == "litert":
-        for name in [*(names if "independent" in config.layouts else []),
-                     *([shared] if "shared" in config.layouts else [])]:
-            ensure_tflite(settings.models_dir / name / "1")
-
-    layouts = [layout for layout in ("independent", "shared") if layout in config.layouts]
+    layouts = [layout for layout in LAYOUTS if layout in config.layouts]
     served = [*names] if "independent" in layouts else []
     served += [shared] if "shared" in layouts else []
+    if config.backend == "litert":
+        for name in served:
+            ensure_tflite(settings.models_dir / name / "1")
     with ExitStack() as stack:
         started = time.perf_counter()
         if config.processes == "one":
@@ -595,23 +607,21 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
         else None
     )
 
-    floors = {"independent": "sum_of_single_passes_s", "shared": "bare_backbone_pass_s"}
     ratios: dict[str, float] = {}
     aims: dict[str, tuple[str, float]] = {}
     for layout, result in results.items():
-        over_floor = ("shared_p50_over_bare_backbone" if layout == "shared"
-                      else "independent_p50_over_sum_of_single_passes")
+        over_floor, bound = P50_OVER_FLOOR[layout]
         ratios[over_floor] = result.table_p50_s / result.floor_p50_s
-        aims[over_floor] = ("<=", 1.25 if layout == "shared" else 1.15)
+        aims[over_floor] = ("<=", bound)
         ratios[f"{layout}_concurrent_over_offline"] = (result.concurrent_posters_per_s
                                                        / result.offline_posters_per_s)
-        aims[f"{layout}_concurrent_over_offline"] = (">=", 0.9)
+        aims[f"{layout}_concurrent_over_offline"] = (">=", CONCURRENT_OVER_OFFLINE_AIM)
     return {
         "config": asdict(config),
         "machine": {**machine(), "load_average_before": load_before},
         "export_s": export_s,
         "load_s": load_s,
-        **{floors[layout]: result.floor_p50_s for layout, result in results.items()},
+        **{FLOOR_KEY[layout]: result.floor_p50_s for layout, result in results.items()},
         "layouts": {name: asdict(result) for name, result in results.items()},
         "ratios": ratios,
         "aims": {
@@ -701,23 +711,18 @@ def format_markdown(report: dict[str, Any]) -> str:
     ratios = report["ratios"]
     clients = report["config"]["concurrency"]
     titles = {"independent": "independent models", "shared": "shared backbone"}
-    floor_key = {"independent": "sum_of_single_passes_s", "shared": "bare_backbone_pass_s"}
-    over_floor = {
-        "independent": ("independent_p50_over_sum_of_single_passes", 1.15),
-        "shared": ("shared_p50_over_bare_backbone", 1.25),
-    }
 
     def cells(layout: str) -> list[str]:
         result = layouts[layout]
-        ratio_key, bound = over_floor[layout]
+        ratio_key, bound = P50_OVER_FLOOR[layout]
         return [
             f"{result['table_p50_s'] * ms:.0f}",
             f"{result['table_p95_s'] * ms:.0f}",
-            f"{report[floor_key[layout]] * ms:.0f}",
+            f"{report[FLOOR_KEY[layout]] * ms:.0f}",
             f"{ratios[ratio_key]:.2f} (aim <= {bound})",
             f"{result['concurrent_posters_per_s']:.2f}",
             f"{result['offline_posters_per_s']:.2f}",
-            f"{ratios[f'{layout}_concurrent_over_offline']:.2f} (aim >= 0.9)",
+            f"{ratios[f'{layout}_concurrent_over_offline']:.2f} (aim >= {CONCURRENT_OVER_OFFLINE_AIM})",
         ]
 
     measures = [

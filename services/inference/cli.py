@@ -106,8 +106,10 @@ def _bench_inference(args: argparse.Namespace) -> int:
 
 
 def _layouts(value: str) -> str:
+    from services.inference.bench import LAYOUTS
+
     layouts = [layout.strip() for layout in value.split(",") if layout.strip()]
-    unknown = sorted(set(layouts) - {"independent", "shared"})
+    unknown = sorted(set(layouts) - set(LAYOUTS))
     if not layouts or unknown:
         raise argparse.ArgumentTypeError(f"layouts are independent and shared, not {value!r}")
     return ",".join(layouts)

@@ -234,14 +234,13 @@ class InferenceClient:
         """
         names = list(names)
         array = float_pixels(pixels)
-        content = array.tobytes()  # encoded once for all the models
         if len(names) == 1:  # one model (the shared layout): a blocking call needs no future to poll
             [name] = names
-            request = self._request(name, array, None, label, signature, content)
             try:
-                return {name: self._result(self._predictions.Predict(request, timeout=self.timeout))}
-            except Exception as exc:
-                return {name: self._error(exc, _describe(name, None, label))}
+                return {name: self.predict(name, array, label=label, signature=signature)}
+            except InferenceError as exc:
+                return {name: exc}
+        content = array.tobytes()  # encoded once for all the models
         deadline = time.monotonic() + self.timeout
         calls = {
             name: self._predictions.Predict.future(
