@@ -9,14 +9,13 @@ of the same version, a rerun). Every TFRecord holds ``pixels`` (raw uint8 S*S*3)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.files import write_bytes_atomically
 from shared.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -57,12 +56,7 @@ def cached_file(store: ObjectStore, key: str, cache: Path | None = None) -> Path
     path = (cache or cache_dir()) / key
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = store.get(key)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    write_bytes_atomically(path, store.get(key))
     return path
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from shared.config import Settings
 from shared.db import ModelVersion, session_scope
+from shared.files import write_text_atomically
 from shared.storage import ObjectStore, download_prefix, open_object_store
 
 log = logging.getLogger(__name__)
@@ -119,22 +120,12 @@ def parse_model_server_config(text: str) -> object:
 
 def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` in one rename; an unchanged file is left alone (no poller churn)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if path.read_text() == text:
             return
     except OSError:
         pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, text)
 
 
 def write_warmup_requests(version_dir: Path, name: str, image_size: int) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from services.trainer import metrics as metric_fns
 from services.trainer.models import LAYOUTS, Hyperparameters
+from shared.files import replace_atomically, write_bytes_atomically, write_text_atomically
 from shared.storage import ObjectNotFoundError, ObjectStore
 
 if TYPE_CHECKING:
@@ -219,10 +220,10 @@ def fetch_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> dict[str
         folder.mkdir(parents=True, exist_ok=True)
         for name in (LAST_CHECKPOINT, BEST_WEIGHTS):
             try:
-                (folder / name).write_bytes(store.get(checkpoint_key(task_id, name)))
+                write_bytes_atomically(folder / name, store.get(checkpoint_key(task_id, name)))
             except ObjectNotFoundError:
                 pass
-        (folder / STATE_FILE).write_text(json.dumps(remote))
+        write_text_atomically(folder / STATE_FILE, json.dumps(remote))
         return dict(remote)
     return local
 
@@ -264,7 +265,7 @@ def _make_epoch_checkpoint(store: ObjectStore, folder: Path, task_id: str, hp: H
                 best is None or (monitored > best if higher_is_better else monitored < best))
             if improved or not (folder / BEST_WEIGHTS).is_file():
                 state["best_value"], state["best_epoch"] = monitored, epoch + 1
-                self.model.save_weights(folder / BEST_WEIGHTS)
+                replace_atomically(folder / BEST_WEIGHTS, self.model.save_weights)
             val_loss = logs.get("val_loss")
             best_loss = state.get("best_val_loss")
             if val_loss is not None and (best_loss is None or val_loss < best_loss):
@@ -277,8 +278,10 @@ def _make_epoch_checkpoint(store: ObjectStore, folder: Path, task_id: str, hp: H
                             epoch + 1, hp.patience)
                 state["stopped_early"] = True
                 self.model.stop_training = True
-            self.model.save(folder / LAST_CHECKPOINT)
-            (folder / STATE_FILE).write_text(json.dumps(state))
+            # Each file replaced whole and state.json last: a worker killed mid-save leaves the previous
+            # epoch's checkpoint loadable, and the state never names an epoch the weights have not reached.
+            replace_atomically(folder / LAST_CHECKPOINT, self.model.save)
+            write_text_atomically(folder / STATE_FILE, json.dumps(state))
             upload_checkpoint(store, folder, task_id)
 
     return EpochCheckpoint()
