@@ -119,11 +119,19 @@ def read_table(page: Any) -> list[dict[str, Any]]:
         unavailable: row.classList.contains('unavailable')}))""")
 
 
+def wait_for_results(page: Any, mode: str) -> list[dict[str, Any]]:
+    """The table once the page shows ``mode``'s results; an error banner fails at once, with its text."""
+    page.wait_for_selector(f"#results[data-mode={mode}]:not([hidden]), #banner:not([hidden])",
+                           timeout=120_000)
+    banner = page.locator("#banner")
+    assert banner.is_hidden(), f"the page shows an error: {banner.inner_text()}"
+    return read_table(page)
+
+
 def upload_poster(page: Any, poster: Path, mode: str) -> list[dict[str, Any]]:
     page.fill("#years", YEARS)
     page.set_input_files("#poster-file", str(poster))
-    page.wait_for_selector(f"#results[data-mode={mode}]:not([hidden])", timeout=120_000)
-    return read_table(page)
+    return wait_for_results(page, mode)
 
 
 @pytest.fixture
@@ -195,8 +203,7 @@ def test_in_browser_mode_gives_the_same_table(browser: Any, site: tuple[str, Set
     page.goto(f"{url}/?backend=cpu")
     server_table = upload_poster(page, poster, "server")
     page.check("input[name=mode][value=browser]")
-    page.wait_for_selector("#results[data-mode=browser]:not([hidden])", timeout=120_000)
-    browser_table = read_table(page)
+    browser_table = wait_for_results(page, "browser")
     # The page's decoding and resizing give exactly the pixels shared.images gives the server.
     browser_pixels = page.evaluate("""async ([b64, size]) => {
         const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
