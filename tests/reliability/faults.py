@@ -69,6 +69,11 @@ class CuttableLink:
             with contextlib.suppress(OSError):
                 # RST rather than FIN: the peer sees the connection die, as when a server crashes.
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            with contextlib.suppress(OSError):
+                # close() alone does not end a connection whose pump thread is blocked in recv: that
+                # thread keeps it alive and would forward the next request once the link is restored
+                # (a 120 s read-timeout stall of the client). shutdown() wakes it now.
+                conn.shutdown(socket.SHUT_RDWR)
             conn.close()
 
     def _accept(self, listener: socket.socket) -> None:
