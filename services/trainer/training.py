@@ -217,7 +217,6 @@ def fetch_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> dict[str
     except ObjectNotFoundError:
         remote = None
     if remote is not None and (local is None or remote.get("epoch", 0) > local.get("epoch", 0)):
-        folder.mkdir(parents=True, exist_ok=True)
         for name in (LAST_CHECKPOINT, BEST_WEIGHTS):
             try:
                 write_bytes_atomically(folder / name, store.get(checkpoint_key(task_id, name)))
