@@ -24,6 +24,33 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the database's Alembic revision is the code's head; never changes the database
+    (the Kubernetes init containers wait on it while the migrate Job upgrades)."""
+    from pathlib import Path
+
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import SQLAlchemyError
+
+    import shared.db
+    from shared.config import get_settings
+
+    url = get_settings().effective_database_url
+    head = ScriptDirectory(str(Path(shared.db.__file__).parent / "migrations")).get_current_head()
+    try:
+        with shared.db.get_engine(url).connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        print(f"database not reachable: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    if current != head:
+        print(f"database schema is at {current or 'empty'}, the code needs {head}", file=sys.stderr)
+        return 1
+    print(f"database schema is at head {head}")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from shared.celery_app import celery_app
 
@@ -50,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database schema (Alembic)")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply every migration").set_defaults(handler=_db)
+    db_commands.add_parser(
+        "check", help="exit 0 when the schema is at head, else print both revisions and exit 1"
+    ).set_defaults(handler=_db_check)
 
     worker = commands.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--queues", default="gpu,crawl,dataset,default")

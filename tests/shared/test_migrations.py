@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from shared.db import Base, upgrade_database
@@ -38,3 +39,30 @@ def test_sqlite_upgrade(tmp_path: object) -> None:
     url = f"sqlite:///{tmp_path}/db.sqlite"
     upgrade_database(url)
     upgrade_database(url)
+
+
+def test_db_check_passes_only_at_head_and_changes_nothing(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`postergenre db check`: what the Kubernetes init containers wait on while Job/migrate upgrades."""
+    from services.cli import main
+    from shared.config import get_settings
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    monkeypatch.setenv("POSTERGENRE_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        assert main(["db", "check"]) == 1
+        assert "database schema is at empty, the code needs" in capsys.readouterr().err
+        upgrade_database(url)
+        assert main(["db", "check"]) == 0
+        assert "database schema is at head" in capsys.readouterr().out
+        engine = create_engine(url)
+        with engine.begin() as conn:  # as if the code were one migration ahead of the database
+            conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+        engine.dispose()
+        assert main(["db", "check"]) == 1
+        assert main(["db", "check"]) == 1  # the check never upgrades
+        assert "database schema is at older, the code needs" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
