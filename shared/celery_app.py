@@ -3,18 +3,71 @@ so tasks always run through Celery, with or without servers.
 
 Queues: ``gpu`` (training), ``crawl``, ``dataset``. Tasks are acknowledged late and rejected on
 worker loss, so a killed worker's task goes to another worker.
+
+Time limits. ``postergenre.train`` gets ``POSTERGENRE_TRAIN_TIME_LIMIT_S`` as its hard limit and 5
+minutes less as its soft limit (``SoftTimeLimitExceeded`` is raised in the task, which marks the job
+failed; checkpoints are replaced file by file with the state written last, so nothing half-written
+is ever loaded); ``postergenre.crawl`` and ``postergenre.dataset`` get their own hard limits. A task
+past its hard limit is killed and acknowledged, not redelivered: a training that cannot finish in
+its limit would not finish on the next worker either. Time limits need the prefork pool (the
+default of ``postergenre worker``); the solo pool ignores them.
+
+Redelivery. On Redis a task that is never acknowledged (its worker died) is redelivered after the
+visibility timeout, ``Settings.broker_visibility_timeout``: the longest of the three time limits
+plus 10 minutes, so that a live task is never handed to a second worker.
+
+Stopping a worker (Celery 5.5+ soft shutdown). The deployments run workers with
+``REMAP_SIGTERM=SIGQUIT`` and give trainer containers a grace period of
+``POSTERGENRE_WORKER_SOFT_SHUTDOWN_S`` + 60 s. On SIGTERM the worker's main process then starts a
+*cold* shutdown instead of a warm one (which would wait for the running training, for hours, until
+the kubelet's SIGKILL):
+
+1. it stops taking tasks and, for ``worker_soft_shutdown_timeout`` (the setting; even when idle, as
+   ``worker_enable_soft_shutdown_on_idle`` is on), lets the running task go on; a task that ends
+   within that time is acknowledged normally;
+2. then it cancels the running task (the pool child gets SIGTERM) without acknowledging it; the
+   unacknowledged message goes back to the queue (kombu restores a channel's unacknowledged messages
+   when it closes; if the worker dies before that, Redis redelivers it after the visibility
+   timeout);
+3. the next worker takes the task and resumes the training from the checkpoint uploaded after its
+   last complete epoch (``services.trainer.training``), so at most one epoch is lost.
+
+A second SIGTERM during the soft shutdown cancels the running task at once; a third kills the worker.
+With the solo pool the task runs in the main process, which sleeps through the soft shutdown in its
+signal handler, so the training does not progress during it: trainers use the prefork pool.
+
+Liveness. :func:`start_heartbeat` (on ``worker_init``, in the worker's main process) touches
+``POSTERGENRE_WORKER_HEARTBEAT_FILE`` every ``POSTERGENRE_WORKER_HEARTBEAT_SECONDS`` from a daemon
+thread, so the probe ``test $(( $(date +%s) - $(stat -c %Y FILE) )) -lt 120`` costs no Python start
+and does not depend on the broker: during a Redis outage the consumer's reconnect loop holds the
+main thread (a timer on the worker's event loop would stop too), the thread goes on.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import threading
+from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from shared.config import Settings, get_settings
 
 TASK_MODULES = ["services.trainer.tasks", "services.dataset.tasks", "services.crawler.tasks"]
+
+log = logging.getLogger(__name__)
+
+
+def task_time_limits(settings: Settings) -> dict[str, dict[str, int]]:
+    """Celery ``task_annotations``: the hard (and for training, soft) time limit of each task."""
+    return {
+        "postergenre.train": {"time_limit": settings.train_time_limit_s,
+                              "soft_time_limit": settings.train_soft_time_limit_s},
+        "postergenre.crawl": {"time_limit": settings.crawl_time_limit_s},
+        "postergenre.dataset": {"time_limit": settings.dataset_time_limit_s},
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -35,6 +88,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "postergenre.dataset": {"queue": "dataset"},
         },
         "task_default_queue": "default",
+        "task_annotations": task_time_limits(settings),
+        # See the module docstring: on SIGTERM (remapped to SIGQUIT) the running task gets this long.
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
+        "worker_enable_soft_shutdown_on_idle": True,
     }
     if config["broker_url"].startswith("filesystem://"):
         folder = settings.broker_folder
@@ -59,6 +116,50 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def present_task_modules() -> list[str]:
     """The task modules that exist: a worker still starts while a service has no tasks yet."""
     return [name for name in TASK_MODULES if importlib.util.find_spec(name) is not None]
+
+
+def touch(path: Path) -> None:
+    """Create ``path`` or set its modification time to now."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()  # on an existing file, os.utime to now
+
+
+def heartbeat_loop(path: Path, interval: float, stop: threading.Event) -> None:
+    """Touch ``path`` every ``interval`` seconds until ``stop`` is set; errors are logged, not raised.
+
+    A full disk or a read-only folder must not kill the worker: the probe then fails and restarts it.
+    """
+    failing = False
+    while True:
+        try:
+            touch(path)
+            failing = False
+        except OSError as exc:
+            if not failing:  # once per outage, not every round
+                log.warning("cannot touch the worker heartbeat file %s: %s", path, exc)
+            failing = True
+        if stop.wait(interval):
+            return
+
+
+def start_heartbeat(settings: Settings) -> threading.Thread:
+    """Start the daemon thread that touches the worker's heartbeat file; returns it."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=heartbeat_loop, args=(settings.worker_heartbeat_file, settings.worker_heartbeat_seconds, stop),
+        name="postergenre-heartbeat", daemon=True)
+    thread.start()
+    log.info("touching %s every %g s (worker liveness)", settings.worker_heartbeat_file,
+             settings.worker_heartbeat_seconds)
+    return thread
+
+
+@signals.worker_init.connect
+def _start_worker_heartbeat(**_kwargs: Any) -> None:
+    # worker_init runs in the main process before the broker connection and the pool's fork: the
+    # file is touched even while the broker is unreachable at start, and children (which a fork
+    # leaves without the thread) never touch it, so it says the main process lives.
+    start_heartbeat(get_settings())
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Mode = Literal["embedded", "stack"]
@@ -31,9 +31,18 @@ class Settings(BaseSettings):
     s3_retry_seconds: float = Field(default=30.0, description="How long to retry an unreachable store.")
     broker_url: str = Field(default="", description="Celery broker; empty means the filesystem transport.")
     result_backend: str = Field(default="", description="Celery results; empty means files in home.")
-    broker_visibility_timeout: int = Field(
-        default=3600, description="Seconds before a Redis broker redelivers an unacknowledged task "
-                                  "(a killed worker's); keep it above the longest training.")
+    train_time_limit_s: int = Field(
+        default=43200, gt=0, description="Longest allowed training task (its hard time limit), in seconds.")
+    crawl_time_limit_s: int = Field(default=86400, gt=0, description="Hard time limit of a crawl task.")
+    dataset_time_limit_s: int = Field(
+        default=7200, gt=0, description="Hard time limit of a dataset build task.")
+    worker_soft_shutdown_s: float = Field(
+        default=300.0, ge=0, description="Seconds a worker told to stop lets its running task go on "
+                                         "(Celery's worker_soft_shutdown_timeout).")
+    worker_heartbeat_file: Path = Field(
+        default=Path("/tmp/postergenre-worker.heartbeat"),
+        description="File a worker touches while its main process lives (the liveness probe's).")
+    worker_heartbeat_seconds: float = Field(default=15.0, gt=0, description="How often it is touched.")
     inference_url: str = Field(
         default="",
         description="grpc://host:port of TF Serving or the embedded server; empty starts one in-process.",
@@ -43,6 +52,8 @@ class Settings(BaseSettings):
     inference_max_batch_size: int = Field(default=32, description="Largest batch the inference server forms.")
     inference_batch_timeout_ms: float = Field(
         default=2.0, description="How long the inference server waits to fill a batch.")
+    inference_batch_threads: int = Field(
+        default=2, gt=0, description="Threads TF Serving runs batches on (its num_batch_threads).")
     inference_poll_seconds: float = Field(
         default=1.0, description="How often the embedded inference server looks for new model versions.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
@@ -53,6 +64,31 @@ class Settings(BaseSettings):
     tmdb_api_key: str = Field(default="", validation_alias="TMDB_API_KEY")
     tmdb_bearer_token: str = Field(default="", validation_alias="TMDB_BEARER_TOKEN")
     tmdb_api_url: str = Field(default="https://api.themoviedb.org/3", validation_alias="TMDB_API_URL")
+
+    @model_validator(mode="after")
+    def _soft_shutdown_within_training(self) -> Self:
+        # The soft shutdown only helps if a training can still save its next checkpoint within it; a
+        # value as long as a whole training would hold a stopping pod for the length of a training.
+        if self.worker_soft_shutdown_s >= self.train_time_limit_s:
+            raise ValueError(
+                f"POSTERGENRE_WORKER_SOFT_SHUTDOWN_S ({self.worker_soft_shutdown_s:g}) must be below "
+                f"POSTERGENRE_TRAIN_TIME_LIMIT_S ({self.train_time_limit_s}): the soft shutdown is the "
+                "grace a running training gets to reach its next checkpoint, not a whole training")
+        return self
+
+    @property
+    def train_soft_time_limit_s(self) -> int:
+        """The training's soft limit: 5 minutes before the hard one, to leave it time to fail cleanly."""
+        return max(1, self.train_time_limit_s - 300)
+
+    @property
+    def broker_visibility_timeout(self) -> int:
+        """Seconds before Redis redelivers an unacknowledged task (a dead worker's).
+
+        Derived, not set: a redelivery before the longest task could have finished would run a live
+        task twice, so it is the longest task time limit plus 10 minutes of margin.
+        """
+        return max(self.train_time_limit_s, self.crawl_time_limit_s, self.dataset_time_limit_s) + 600
 
     @property
     def mode(self) -> Mode:
