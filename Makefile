@@ -8,11 +8,12 @@ PYTEST_ARGS ?=
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: demo test lint venv test-deps system-deps tfjs-env node-deps clean help
+.PHONY: demo test stack-test lint venv test-deps system-deps tfjs-env node-deps clean help
 
 help:
 	@echo "make demo   - install, import posters from DATA, train CPU-quick models, serve http://127.0.0.1:8000"
 	@echo "make test   - install what the tests need and run the whole suite"
+	@echo "make stack-test - build the images and run the Compose system with faults (Docker, root)"
 
 $(BIN)/postergenre: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,10 @@ test: test-deps
 	$(BIN)/ruff check shared services tests
 	$(BIN)/mypy shared services tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The Compose system for real: images built here, containers started, faults injected (docs/deploy.md).
+stack-test: $(VENV)/.test-deps
+	bash scripts/stack_test.sh $(PYTEST_ARGS)
 
 lint: test-deps
 	$(BIN)/ruff check shared services tests

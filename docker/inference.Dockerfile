@@ -30,12 +30,16 @@ RUN groupadd --system --gid 10001 postergenre \
     && mkdir -p /var/lib/postergenre/models \
     && chown -R postergenre:postergenre /var/lib/postergenre
 COPY --from=build /opt/venv /opt/venv
-COPY --chmod=0755 docker/model_sync.py /usr/local/bin/postergenre-model-sync
+# COPY then chmod, not COPY --chmod: the classic builder (no BuildKit) refuses --chmod.
+COPY docker/model_sync.py /usr/local/bin/postergenre-model-sync
+RUN chmod 0755 /usr/local/bin/postergenre-model-sync
 WORKDIR /var/lib/postergenre
 USER 10001:10001
 EXPOSE 8500 8501
-# The gRPC port accepting connections means the server is up (TF Serving has no health route).
+# The gRPC port accepting connections means the server is up (TF Serving has no health route);
+# bash's /dev/tcp, so a probe starts no Python.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8500), timeout=4).close()"]
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8500"]
 ENTRYPOINT ["postergenre"]
-CMD ["serve", "inference", "--grpc-port", "8500", "--rest-port", "8501"]
+# Every interface: the server is reached from the other containers, not from loopback.
+CMD ["serve", "inference", "--host", "0.0.0.0", "--grpc-port", "8500", "--rest-port", "8501"]

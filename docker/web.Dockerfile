@@ -3,6 +3,19 @@
 # Build from the repository root: docker build -f docker/web.Dockerfile -t postergenre-web .
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
+# --- tfjs: TF.js for the page's in-browser mode, from the npm registry by package-lock.json's
+# integrity hash (the file is not committed; services/web/vendor.py does the same outside images) ---
+FROM ${PYTHON_IMAGE} AS tfjs
+ENV DEBIAN_FRONTEND=noninteractive \
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends npm \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --ignore-scripts
+
 # --- build: a virtual environment holding exactly the pinned packages, then the project ---
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -15,6 +28,8 @@ RUN pip install --no-cache-dir --requirement docker/requirements.lock
 COPY pyproject.toml README.md ./
 COPY shared shared
 COPY services services
+# Into the package before it is installed: the page serves static/vendor/tf.min.js.
+COPY --from=tfjs /src/node_modules/@tensorflow/tfjs/dist/tf.min.js services/web/static/vendor/tf.min.js
 RUN pip install --no-cache-dir --no-deps . && pip check
 
 # --- runtime: no compiler, no pip cache, a non-root user ---
@@ -34,6 +49,6 @@ WORKDIR /var/lib/postergenre
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8000 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["postergenre"]
 CMD ["serve", "web", "--host", "0.0.0.0", "--port", "8000"]

@@ -50,10 +50,14 @@ KUBERNETES_VERSION = "1.37.0"
 COMPOSE_ONLY_VARIABLES = {
     "POSTGRES_PASSWORD": "password of the bundled PostgreSQL; compose builds POSTERGENRE_DATABASE_URL",
     "DATA": "host folder of posters mounted into the demo service (as in the Makefile)",
+    "WEB_PUBLISH": "[address:]port where the host publishes the page (default 8000)",
 }
+# Variables our containers read that are not settings: Celery's own.
+CELERY_VARIABLES = {"REMAP_SIGTERM"}
+WORKER_HEARTBEAT_PROBE = "test $(( $(date +%s) - $(stat -c %Y /tmp/postergenre-worker.heartbeat) )) -lt 120"
 INFRA_SECRET_KEYS = {"POSTGRES_PASSWORD"}
 # Ports the third-party images listen on (their documented defaults; our commands keep them).
-THIRD_PARTY_PORTS = {"postgres": 5432, "redis": 6379, "minio": 9000}
+THIRD_PARTY_PORTS = {"postgres": 5432, "redis": 6379, "cache": 6379, "minio": 9000}
 WEB_PORT = 8000
 TFSERVING_GRPC_PORT = 8500
 TFSERVING_REST_PORT = 8501
@@ -482,7 +486,7 @@ def check_compose_semantics(path: Path = COMPOSE_FILE, env_example: Path = ENV_E
         environment = as_mapping(service.get("environment"))
         problems += [
             f"{name}: environment variable {key} is not a setting of shared/config.py"
-            for key in sorted(environment.keys() - settings)
+            for key in sorted(environment.keys() - settings - CELERY_VARIABLES)
         ]
         if ".env" not in [
             str(e if isinstance(e, str) else e.get("path")) for e in service.get("env_file", [])
@@ -496,8 +500,63 @@ def check_compose_semantics(path: Path = COMPOSE_FILE, env_example: Path = ENV_E
     problems += _check_compose_commands(services)
     problems += _check_compose_models(services, stack)
     problems += _check_compose_gpu(services)
+    problems += check_compose_operations(services)
     if "demo" not in compose_profiles(services):
         problems.append("no `demo` profile")
+    return problems
+
+
+def is_celery_worker(service: dict[str, Any]) -> bool:
+    return is_postergenre_service(service) and as_list(service.get("command"))[:1] == ["worker"]
+
+
+def compose_duration_s(value: Any) -> float:
+    """Compose's durations (``6m``, ``90s``, ``1m30s``, a bare number of seconds) in seconds."""
+    text = str(value or "10s")
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a compose duration: {text!r}")
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * unit[suffix] for number, suffix in parts)
+
+
+def check_compose_operations(services: dict[str, Any]) -> list[str]:
+    """What keeps the stack up under faults: liveness without the broker, soft shutdown with time to
+    finish, a cache Redis that cannot evict the broker's queues, TF Serving's metrics."""
+    problems: list[str] = []
+    soft_shutdown_s = float(getattr(settings_for({}), "worker_soft_shutdown_s", 300))
+    for name, service in services.items():
+        test = service.get("healthcheck", {}).get("test", [])
+        probe = " ".join(as_list(test)[1:]) if as_list(test)[:1] in (["CMD"], ["CMD-SHELL"]) else ""
+        if re.search(r"\b(celery|python)\b", probe):
+            problems.append(f"{name}: its healthcheck starts Python ({probe[:60]}...): probe without it")
+        if not is_celery_worker(service):
+            continue
+        if probe.replace("$$", "$") != WORKER_HEARTBEAT_PROBE:
+            problems.append(f"{name}: a worker's healthcheck is its heartbeat file: {WORKER_HEARTBEAT_PROBE}")
+        if as_mapping(service.get("environment")).get("REMAP_SIGTERM") != "SIGQUIT":
+            problems.append(f"{name}: REMAP_SIGTERM=SIGQUIT, so docker stop starts Celery's soft shutdown")
+        if compose_duration_s(service.get("stop_grace_period")) < soft_shutdown_s + 60:
+            problems.append(f"{name}: stop_grace_period is shorter than the soft shutdown "
+                            f"({soft_shutdown_s:.0f} s) plus 60 s")
+    broker = " ".join(as_list(services.get("redis", {}).get("command")))
+    if "--maxmemory-policy noeviction" not in broker or "--appendonly yes" not in broker:
+        problems.append("redis (the broker) keeps an append-only file and never evicts (noeviction)")
+    cache = " ".join(as_list(services.get("cache", {}).get("command")))
+    if "--maxmemory " not in cache or not re.search(r"--maxmemory-policy (allkeys|volatile)-", cache):
+        problems.append("cache: a Redis with --maxmemory and an evicting --maxmemory-policy")
+    stack = next((as_mapping(s.get("environment")) for s in services.values() if is_postergenre_service(s)), {})
+    if host_port(stack.get("POSTERGENRE_REDIS_URL", ""))[0] != "cache":
+        problems.append("POSTERGENRE_REDIS_URL (the prediction cache) must use the cache Redis, not the broker")
+    flags = command_flags(as_list(services.get("tfserving", {}).get("command")))
+    if not flags.get("monitoring_config_file", "").endswith("/monitoring.config"):
+        problems.append("tfserving: --monitoring_config_file=<models dir>/monitoring.config (sync_models writes it)")
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            if isinstance(volume, str) and re.search(r"\$\{\w+:-\.\./", volume):
+                problems.append(f"{name}: a default path outside the repository ({volume})")
     return problems
 
 

@@ -108,6 +108,21 @@ def test_a_compose_file_breaking_the_specification_is_caught(tmp_path: Path) -> 
             "${POSTGRES_PASSWD:?set it}@postgres",
             "${POSTGRES_PASSWD} is neither a setting",
         ),
+        # The defects a build or a start would have shown (issue "The stack for real").
+        (
+            '"test $$(( $$(date +%s) - $$(stat -c %Y /tmp/postergenre-worker.heartbeat) )) -lt 120"',
+            '"celery --app shared.celery_app:celery_app inspect ping --timeout 20"',
+            "dataset-worker: its healthcheck starts Python",
+        ),
+        ("    REMAP_SIGTERM: SIGQUIT\n", "", "crawler: REMAP_SIGTERM=SIGQUIT"),
+        ("  stop_grace_period: 6m\n", "  stop_grace_period: 2m\n", "trainer: stop_grace_period is shorter"),
+        ("POSTERGENRE_REDIS_URL: redis://cache:6379/0", "POSTERGENRE_REDIS_URL: redis://redis:6379/2",
+         "must use the cache Redis"),
+        ('"--maxmemory-policy", "noeviction"', '"--maxmemory-policy", "allkeys-lru"', "never evicts"),
+        ('"--maxmemory", "256mb", ', "", "cache: a Redis with --maxmemory"),
+        ("      - --monitoring_config_file=/var/lib/postergenre/models/monitoring.config\n", "",
+         "--monitoring_config_file"),
+        ("${DATA:-./data/posters}", "${DATA:-../shared/data/posters-imdb}", "a default path outside the repository"),
     ],
 )
 def test_a_compose_file_disagreeing_with_the_code_is_caught(

@@ -1,0 +1,248 @@
+"""The system as users deploy it: images built, compose.yaml started, the main job run through the
+containers, then faults injected into containers, each with its outcome asserted.
+
+The tests run in file order and share one stack (tests/stack/conftest.py): the pipeline first, then
+the faults, then `compose down` / `up`. Run by `make stack-test`; see docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.stack.stack import POSTERS, Stack, StackError, poster_bytes
+
+YEARS = "2014-2015"
+IMAGE_SIZE = 32
+DEADLINE_S = 10.0 + 5.0  # the web's inference deadline (POSTERGENRE_INFERENCE_TIMEOUT_S) and a margin
+
+
+@dataclass
+class Pipeline:
+    dataset_id: str = ""
+    poster: bytes = b""
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+PIPELINE = Pipeline()
+
+
+def a_real_poster() -> bytes:
+    with (POSTERS / "labels.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if r["year"] == YEARS[:4])
+    return (POSTERS / "images" / f"{row['imdb_id']}.jpg").read_bytes()
+
+
+def table_of(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    return list(response.json()["years"])
+
+
+def versions(stack: Stack) -> list[dict[str, Any]]:
+    response = stack.get("/api/v1/models")
+    response.raise_for_status()
+    return list(response.json()["models"])
+
+
+def test_the_stack_starts_in_order_and_serves_the_page(started: Stack) -> None:
+    stack = started
+    migrate = stack.compose("ps", "--all", "--format", "{{.Service}} {{.State}} {{.ExitCode}}").stdout
+    states = dict(line.split(" ", 1) for line in migrate.splitlines() if line)
+    for one_shot in ("migrate", "minio-init", "models-init"):
+        assert states[one_shot].startswith("exited 0"), states
+    for service in ("postgres", "redis", "cache", "minio", "tfserving", "web", "dataset-worker", "crawler",
+                    "trainer-cpu"):
+        assert stack.health(service) == "healthy", (service, stack.logs(service))
+    page = stack.get("/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    # TF.js of the in-browser mode is in the web image.
+    tfjs = stack.get("/static/vendor/tf.min.js")
+    assert tfjs.status_code == 200 and len(tfjs.content) > 500_000
+
+
+def test_import_build_train_and_predict_through_the_containers(started: Stack) -> None:
+    stack = started
+    out = stack.cli("import", "--from", "/data", "--years", YEARS, volumes=[f"{POSTERS}:/data:ro"])
+    assert "imported" in out, out
+    out = stack.cli("dataset", "build", "--years", YEARS, "--window", "year", "--min-posters", "30",
+                    "--image-size", str(IMAGE_SIZE), "--seed", "0")
+    PIPELINE.dataset_id = out.strip().splitlines()[-1].split()[-1]
+    # Training runs in the trainer-cpu container: `train` sends the task through Redis and follows it.
+    out = stack.cli("train", "--dataset", PIPELINE.dataset_id, "--years", YEARS, "--layout", "shared",
+                    "--arch", "smallcnn", "--weights", "none", "--resolution", str(IMAGE_SIZE),
+                    "--batch-size", "32", "--epochs", "3", "--formats", "savedmodel,tflite", timeout=900)
+    blessed = [m for m in versions(stack) if m["status"] == "blessed"]
+    assert blessed, (out, versions(stack))
+    PIPELINE.poster = a_real_poster()
+
+    # The trainer's sync wrote models.config on the shared volume; the inference container loads it.
+    def answers() -> bool:
+        response = stack.predict(PIPELINE.poster, YEARS)
+        return response.status_code == 200 and len(response.json()["years"]) == 2
+
+    stack.wait_until("a prediction from the new model", answers, timeout=120)
+    PIPELINE.table = table_of(stack.predict(PIPELINE.poster, YEARS))
+    assert [row["year"] for row in PIPELINE.table] == [2014, 2015]
+    assert all(len(row["top"]) == 6 for row in PIPELINE.table)
+
+
+def test_the_admin_api_starts_a_job_and_reports_its_progress(started: Stack) -> None:
+    stack = started
+    response = stack.post("/api/v1/admin/datasets", headers=stack.admin_headers,
+                          json={"years": YEARS, "window": "decade", "image_size": IMAGE_SIZE, "min_posters": 30})
+    assert response.status_code == 202, response.text
+    seen: list[dict[str, Any]] = []
+    final = stack.wait_job(response.json()["job_id"], timeout=300, seen=seen)
+    assert final["state"] == "SUCCESS", final
+    assert final["progress"] == pytest.approx(1.0)
+    assert {info["state"] for info in seen} - {"SUCCESS"}, "no intermediate state was reported"
+
+
+def test_inference_killed_during_a_request_stream(started: Stack) -> None:
+    """503 within the deadline while the container is down, answers again once it is restarted."""
+    stack = started
+    outcomes: list[tuple[float, int, float]] = []  # (start offset, status, seconds)
+    start = time.monotonic()
+    stop_at = start + 150
+
+    def stream() -> None:
+        seed = 0
+        recovered_after_kill = False
+        while time.monotonic() < stop_at and not recovered_after_kill:
+            seed += 1
+            t0 = time.monotonic()
+            try:
+                status = stack.predict(poster_bytes(seed), YEARS, timeout=DEADLINE_S + 30).status_code
+            except httpx.HTTPError:
+                status = -1
+            outcomes.append((t0 - start, status, time.monotonic() - t0))
+            recovered_after_kill = status == 200 and any(s == 503 for _, s, _ in outcomes)
+            time.sleep(0.2)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(stream)
+        time.sleep(3)
+        restarts = stack.inspect("tfserving")["RestartCount"]
+        stack.crash("tfserving")
+        future.result()
+    statuses = [status for _, status, _ in outcomes]
+    assert 503 in statuses, outcomes
+    assert statuses[-1] == 200, f"no answer after the restart: {outcomes}"
+    assert set(statuses) <= {200, 503}, outcomes
+    assert max(seconds for _, _, seconds in outcomes) <= DEADLINE_S, outcomes
+    assert stack.inspect("tfserving")["RestartCount"] == restarts + 1
+
+
+def test_a_killed_trainer_container_resumes_from_its_checkpoint(started: Stack) -> None:
+    """The task is redelivered after the broker's visibility timeout and resumes; one version."""
+    stack = started
+    before = {(m["name"], m["version"]) for m in versions(stack)}
+    response = stack.post("/api/v1/admin/trainings", headers=stack.admin_headers,
+                          json={"dataset": PIPELINE.dataset_id, "years": YEARS, "layout": "shared",
+                                "epochs": 12, "formats": ["savedmodel", "tflite"]})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+
+    def past_epoch_two() -> bool:
+        counts = stack.job(job_id)["counts"]
+        return int(counts.get("epoch", 0)) >= 3
+
+    stack.wait_until("training past its second epoch", past_epoch_two, timeout=300, every=1)
+    restarts = stack.inspect("trainer-cpu")["RestartCount"]
+    stack.crash("trainer-cpu")
+    stack.wait_until("trainer-cpu restarted", lambda: stack.inspect("trainer-cpu")["RestartCount"] > restarts,
+                     timeout=60)
+    seen: list[dict[str, Any]] = []
+    final = stack.wait_job(job_id, timeout=900, seen=seen)
+    assert final["state"] == "SUCCESS", final
+    assert any(int(info["counts"].get("resumed_from_epoch", 0)) >= 2 for info in seen), seen[-5:]
+    new = {(m["name"], m["version"]) for m in versions(stack)} - before
+    assert len(new) == 1, new
+
+
+def test_a_task_queued_across_a_redis_restart_still_runs(started: Stack) -> None:
+    stack = started
+    stack.compose("stop", "dataset-worker")
+    try:
+        response = stack.post("/api/v1/admin/datasets", headers=stack.admin_headers,
+                              json={"years": YEARS, "window": "year", "image_size": IMAGE_SIZE, "seed": 7,
+                                    "min_posters": 30})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        stack.compose("restart", "redis")
+        stack.wait_until("redis healthy", lambda: stack.health("redis") == "healthy", timeout=90)
+    finally:
+        stack.compose("start", "dataset-worker")
+    final = stack.wait_job(job_id, timeout=300)
+    assert final["state"] == "SUCCESS", final
+
+
+def test_postgres_restart_is_a_503_gap_then_recovery_without_restarting_web(started: Stack) -> None:
+    stack = started
+    web_started = stack.inspect("web")["State"]["StartedAt"]
+    statuses: list[int] = []
+
+    def stream() -> None:
+        for seed in range(10_000, 10_400):
+            try:
+                statuses.append(stack.predict(poster_bytes(seed), YEARS, timeout=DEADLINE_S + 30).status_code)
+            except httpx.HTTPError:
+                statuses.append(-1)
+            if len(statuses) > 5 and 503 in statuses and statuses[-3:] == [200, 200, 200]:
+                return
+            time.sleep(0.3)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(stream)
+        time.sleep(2)
+        stack.compose("stop", "--timeout", "10", "postgres")
+        time.sleep(8)  # the gap
+        stack.compose("start", "postgres")
+        future.result()
+    assert 503 in statuses and statuses[-1] == 200, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    assert stack.inspect("web")["State"]["StartedAt"] == web_started
+    stack.wait_until("ready again", stack.ready, timeout=60)
+
+
+def test_a_port_in_use_fails_compose_up_with_the_message(started: Stack) -> None:
+    """A stack that cannot start says why and stops; no restart loop."""
+    stack = started
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = stack.compose("up", "--detach", "--no-build", "web", check=False,
+                               env={"WEB_PUBLISH": f"127.0.0.1:{port}"})
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr.lower(), result.stderr[-2000:]
+    stack.compose("up", "--detach", "--no-build", "web")
+    stack.wait_until("web back on its own port", stack.ready, timeout=180)
+
+
+def test_down_then_up_keeps_posters_datasets_models_and_the_answer(started: Stack) -> None:
+    stack = started
+    models = sorted((m["name"], m["version"], m["status"]) for m in versions(stack))
+    datasets = stack.get("/api/v1/admin/datasets", headers=stack.admin_headers).json()
+    stack.compose("down", "--timeout", "30")
+    result = stack.compose("up", "--detach", "--no-build", check=False, timeout=600)
+    if result.returncode != 0:
+        raise StackError(f"compose up failed:\n{result.stderr[-4000:]}")
+    stack.wait_until("the web service ready", stack.ready, timeout=300)
+    assert sorted((m["name"], m["version"], m["status"]) for m in versions(stack)) == models
+    assert stack.get("/api/v1/admin/datasets", headers=stack.admin_headers).json() == datasets
+    stack.wait_until("the served model back", lambda: stack.predict(PIPELINE.poster, YEARS).status_code == 200,
+                     timeout=120)
+    again = table_of(stack.predict(PIPELINE.poster, YEARS))
+    assert [(r["year"], [g["genre"] for g in r["top"]]) for r in again] == \
+        [(r["year"], [g["genre"] for g in r["top"]]) for r in PIPELINE.table]
+    for new_row, old_row in zip(again, PIPELINE.table, strict=True):
+        for new, old in zip(new_row["top"], old_row["top"], strict=True):
+            assert new["score"] == pytest.approx(old["score"], abs=1e-4)
