@@ -19,6 +19,7 @@ def _db(args: argparse.Namespace) -> int:
     from shared.db import upgrade_database
 
     url = get_settings().effective_database_url
+    # The one command that migrates a database (with `demo`); the others refuse an old schema.
     upgrade_database(url)
     print(f"database is at the latest schema: {url.split('@')[-1]}")
     return 0
@@ -27,20 +28,15 @@ def _db(args: argparse.Namespace) -> int:
 def _db_check(args: argparse.Namespace) -> int:
     """Exit 0 when the database's Alembic revision is the code's head; never changes the database
     (the Kubernetes init containers wait on it while the migrate Job upgrades)."""
-    from pathlib import Path
-
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
     from sqlalchemy.exc import SQLAlchemyError
 
-    import shared.db
     from shared.config import get_settings
+    from shared.db import current_revision, head_revision
 
     url = get_settings().effective_database_url
-    head = ScriptDirectory(str(Path(shared.db.__file__).parent / "migrations")).get_current_head()
+    head = head_revision()
     try:
-        with shared.db.get_engine(url).connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
+        current = current_revision(url)
     except SQLAlchemyError as exc:
         print(f"database not reachable: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
@@ -110,8 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     handler: Handler = args.handler
+    from shared.db import SchemaOutOfDateError
+
     try:
         return handler(args)
+    except SchemaOutOfDateError as exc:  # a deployment step was missed, not a bug: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ reuses what exists (imported posters, blessed models) and starts the page in sec
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from shared.db import ModelVersion, Movie, session_scope, upgrade_database
 
 DEMO_YEARS = "1983-2015"  # every year of the shared poster collection
 TFJS_CONVERTER = Path(".venv-tfjs/bin/tensorflowjs_converter")
+
+log = logging.getLogger("postergenre.demo")
 
 
 def run_step(title: str, *args: str) -> str:
@@ -62,6 +65,8 @@ def movie_count(years: range) -> int:
 def demo(args: argparse.Namespace) -> int:
     settings = get_settings()
     years = parse_years(args.years)
+    # The demo is the embedded set-up command, so it migrates (the other commands only check).
+    log.info("upgrading the database schema to head")
     upgrade_database()
     missing = sorted(set(years) - blessed_years(settings.model_prefix))
     if missing and not args.skip_training:

@@ -1,11 +1,17 @@
 """Database models and sessions (SQLAlchemy 2). PostgreSQL in stack mode, SQLite in embedded mode.
 
-The schema is owned by Alembic (``shared/migrations``); ``postergenre db upgrade`` applies it.
+The schema is owned by Alembic (``shared/migrations``); ``postergenre db upgrade`` applies it, and so
+does ``postergenre demo`` (the embedded set-up command). Every other command calls
+:func:`require_current_schema`, which refuses a database whose schema is not the code's (no silent
+migration of a production database by whichever command ran first after a deploy); only an empty
+embedded SQLite database is created in place, with a warning, so that a newcomer's first command
+works. ``postergenre bench inference`` upgrades the throw-away SQLite database it creates itself.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -25,9 +31,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> dt.datetime:
@@ -217,19 +226,74 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
-def upgrade_database(url: str | None = None, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to ``revision`` to the database at ``url`` (default: configured)."""
+def _alembic_config(url: str) -> Any:
     from pathlib import Path
 
-    from alembic import command
     from alembic.config import Config
 
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _configured_url(url: str | None) -> str:
     if url is None:
         from shared.config import get_settings
 
         url = get_settings().effective_database_url
+    return url
+
+
+def upgrade_database(url: str | None = None, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to ``revision`` to the database at ``url`` (default: configured)."""
+    from alembic import command
+
+    url = _configured_url(url)
     get_engine(url)  # creates the SQLite folder
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, revision)
+    command.upgrade(_alembic_config(url), revision)
+
+
+class SchemaOutOfDateError(RuntimeError):
+    """The database's schema is not the one the code needs; ``postergenre db upgrade`` fixes it."""
+
+
+def head_revision() -> str:
+    """The newest Alembic revision the code knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "shared/migrations has no revision"
+    return head
+
+
+def current_revision(url: str | None = None) -> str | None:
+    """The Alembic revision the database at ``url`` is at; None when it has none (empty)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(_configured_url(url)).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def _is_empty(url: str) -> bool:
+    return not inspect(get_engine(url)).get_table_names()
+
+
+def require_current_schema(url: str | None = None) -> None:
+    """Return when the database is at the code's schema; raise :class:`SchemaOutOfDateError` otherwise.
+
+    The one exception: an empty embedded (SQLite) database gets the schema created, with a warning,
+    so that a first command works without a set-up step. A PostgreSQL database is never changed here.
+    """
+    url = _configured_url(url)
+    current, head = current_revision(url), head_revision()
+    if current == head:
+        return
+    if current is None and url.startswith("sqlite") and _is_empty(url):
+        path = url.split("sqlite:///", 1)[-1]
+        log.warning("creating the embedded database schema at %s; `postergenre db upgrade` does this "
+                    "explicitly", path)
+        upgrade_database(url)
+        return
+    raise SchemaOutOfDateError(f"the database schema is at {current or 'empty'}, the code needs {head}: "
+                               "run `postergenre db upgrade`")

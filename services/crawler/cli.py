@@ -35,7 +35,7 @@ def _import(args: argparse.Namespace) -> int:
 
     from services.crawler.importer import ImportFolderError, import_folder, read_labels
     from shared.config import get_settings
-    from shared.db import upgrade_database
+    from shared.db import require_current_schema
     from shared.storage import object_store_from_settings
 
     folder: Path = args.source
@@ -44,7 +44,7 @@ def _import(args: argparse.Namespace) -> int:
               "images/<id>.jpg and labels.csv, or set TMDB_API_KEY and use `postergenre crawl`.",
               file=sys.stderr)
         return 2
-    upgrade_database(get_settings().effective_database_url)
+    require_current_schema(get_settings().effective_database_url)
     store = object_store_from_settings()
     try:
         total = sum(1 for _ in read_labels(folder))

@@ -142,7 +142,7 @@ def run_crawl(options: CrawlOptions, settings: Settings | None = None,
     from scrapy.settings import Settings as ScrapySettings
 
     from services.crawler.spiders.tmdb import TmdbSpider
-    from shared.db import upgrade_database
+    from shared.db import require_current_schema
     from shared.jobs import create_job, update_job
     from shared.storage import object_store_from_settings
 
@@ -151,7 +151,7 @@ def run_crawl(options: CrawlOptions, settings: Settings | None = None,
     check_options(options, crawl)
     check_credentials(settings)
     database_url = settings.effective_database_url
-    upgrade_database(database_url)
+    require_current_schema(database_url)
     try:
         object_store_from_settings()  # creates the bucket before the pipelines run
     except Exception as exc:  # minio raises ValueError, S3Error, urllib3 errors...

@@ -17,7 +17,7 @@ def _build(args: argparse.Namespace) -> int:
     from services.dataset.params import BuildParams, DatasetInputError
     from services.dataset.pipeline import build_dataset
     from shared.config import get_settings
-    from shared.db import upgrade_database
+    from shared.db import require_current_schema
     from shared.storage import object_store_from_settings
 
     settings = get_settings()
@@ -37,7 +37,7 @@ def _build(args: argparse.Namespace) -> int:
             min_composite_fraction=args.min_composite,
             max_composite_fraction=args.max_composite,
         )
-        upgrade_database(settings.effective_database_url)
+        require_current_schema(settings.effective_database_url)
         result = build_dataset(params, object_store_from_settings(), decode_workers=args.workers)
     except DatasetInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

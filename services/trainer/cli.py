@@ -41,11 +41,11 @@ def _train(args: argparse.Namespace) -> int:
     from services.trainer import submit
     from services.trainer.models import default_hyperparameters
     from shared.config import get_settings
-    from shared.db import upgrade_database
+    from shared.db import require_current_schema
     from shared.storage import object_store_from_settings
 
     settings = get_settings()
-    upgrade_database(settings.effective_database_url)
+    require_current_schema(settings.effective_database_url)
     try:
         manifest = load_manifest(object_store_from_settings(), args.dataset)
         hp = default_hyperparameters(
@@ -132,10 +132,10 @@ def _models(args: argparse.Namespace) -> int:
     from services.trainer import registry
     from services.trainer.tasks import sync_served_models
     from shared.config import get_settings
-    from shared.db import upgrade_database
+    from shared.db import require_current_schema
 
     settings = get_settings()
-    upgrade_database(settings.effective_database_url)
+    require_current_schema(settings.effective_database_url)
     try:
         if args.models_command == "list":
             rows = registry.list_versions(args.name)

@@ -51,8 +51,11 @@ def make_site(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Running
         for name, value in FAST_CRAWL_ENV.items():
             monkeypatch.setenv(name, value)
         from shared.config import get_settings
+        from shared.db import upgrade_database
 
         get_settings.cache_clear()
+        # What a deployment's `postergenre db upgrade` does first: crawls only check the schema.
+        upgrade_database(get_settings().effective_database_url)
         return RunningSite(site, api_url)
 
     yield start

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from services.cli import main
 from shared.config import Settings, get_settings
-from shared.db import Genre, Job, Movie, session_scope
+from shared.db import Genre, Job, Movie, session_scope, upgrade_database
 from shared.storage import object_store_from_settings, open_object_store
 from tests import servers
 from tests.services.crawler.conftest import (
@@ -217,6 +217,7 @@ def test_interrupted_crawls_resume_to_the_same_rows_and_objects(
 
     # Another database, bucket and home: stopped with Ctrl-C, resumed, killed with -9, resumed.
     other_db = servers.create_database(postgres_admin_url)
+    upgrade_database(other_db)
     try:
         env = {"POSTERGENRE_DATABASE_URL": other_db, "POSTERGENRE_OBJECT_STORE": "s3://resumed",
                "POSTERGENRE_HOME": str(tmp_path / "other-home")}
