@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     crawl_time_limit_s: int = Field(default=86400, gt=0, description="Hard time limit of a crawl task.")
     dataset_time_limit_s: int = Field(
         default=7200, gt=0, description="Hard time limit of a dataset build task.")
+    broker_visibility_margin_s: int = Field(
+        default=600, ge=0, description="Added to the longest task time limit to make the Redis broker's "
+                                       "visibility timeout (when a dead worker's task is redelivered).")
     worker_soft_shutdown_s: float = Field(
         default=300.0, ge=0, description="Seconds a worker told to stop lets its running task go on "
                                          "(Celery's worker_soft_shutdown_timeout).")
@@ -78,17 +81,19 @@ class Settings(BaseSettings):
 
     @property
     def train_soft_time_limit_s(self) -> int:
-        """The training's soft limit: 5 minutes before the hard one, to leave it time to fail cleanly."""
-        return max(1, self.train_time_limit_s - 300)
+        """The training's soft limit: before the hard one by 5 minutes (a tenth of a short limit), to
+        leave it time to fail cleanly."""
+        return max(1, self.train_time_limit_s - min(300, self.train_time_limit_s // 10))
 
     @property
     def broker_visibility_timeout(self) -> int:
         """Seconds before Redis redelivers an unacknowledged task (a dead worker's).
 
         Derived, not set: a redelivery before the longest task could have finished would run a live
-        task twice, so it is the longest task time limit plus 10 minutes of margin.
+        task twice, so it is the longest task time limit plus a margin (10 minutes by default).
         """
-        return max(self.train_time_limit_s, self.crawl_time_limit_s, self.dataset_time_limit_s) + 600
+        longest = max(self.train_time_limit_s, self.crawl_time_limit_s, self.dataset_time_limit_s)
+        return longest + self.broker_visibility_margin_s
 
     @property
     def mode(self) -> Mode:

@@ -43,6 +43,16 @@ def test_the_visibility_timeout_follows_whichever_limit_is_longest() -> None:
                                                               "soft_time_limit": 99_700}
 
 
+def test_short_limits_keep_a_proportionate_soft_limit_and_the_margin_is_a_setting() -> None:
+    # The stack test's limits: a redelivery within minutes, a soft limit that still leaves the task
+    # most of its time (not 300 s off a 420 s limit).
+    settings = redis_settings(train_time_limit_s=420, crawl_time_limit_s=420, dataset_time_limit_s=420,
+                              broker_visibility_margin_s=30, worker_soft_shutdown_s=20)
+    assert settings.broker_visibility_timeout == 450
+    assert celery_config(settings)["task_annotations"]["postergenre.train"] == {"time_limit": 420,
+                                                                              "soft_time_limit": 378}
+
+
 def test_the_visibility_timeout_is_no_longer_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTERGENRE_BROKER_VISIBILITY_TIMEOUT", "2")
     assert "broker_visibility_timeout" not in Settings.model_fields
