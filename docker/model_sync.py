@@ -6,6 +6,18 @@ service that must write ``models.config`` before TF Serving starts, since TF Ser
 start without it) or every ``--interval`` seconds (the sidecar beside each TF Serving replica on
 Kubernetes, where replicas on different nodes cannot share one writable volume). TF Serving polls
 the config file it writes, so a blessing or a rollback reaches every replica without a restart.
+
+In the loop (the sidecar), each round also:
+
+- touches ``--heartbeat-file`` (default ``/tmp/postergenre-model-sync.heartbeat``), before the sync,
+  after each model copied and after the round, from the loop itself (no thread), so a hung sync
+  stops it; the liveness probe is ``test $(( $(date +%s) - $(stat -c %Y FILE) )) -lt 120``;
+- asks the model server beside it (``--rest-url``, default ``POSTERGENRE_INFERENCE_REST_URL``; in a
+  pod, the replica's own ``http://127.0.0.1:8501``) for ``GET /v1/models/<name>`` of every model in
+  ``models.config`` and writes ``--ready-file`` (default ``/tmp/postergenre-model-sync.ready``)
+  when each has an ``AVAILABLE`` version, removing it otherwise: the pod's readiness probe
+  (``test -f FILE``) then means "the server beside me serves every registered model". With no
+  model configured the server is ready; with no ``models.config`` yet, it is not.
 """
 
 from __future__ import annotations
@@ -15,17 +27,31 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 log = logging.getLogger("postergenre.model_sync")
 
+HEARTBEAT_FILE = Path("/tmp/postergenre-model-sync.heartbeat")
+READY_FILE = Path("/tmp/postergenre-model-sync.ready")
 
-def sync_once() -> bool:
+
+def touch(path: Path) -> None:
+    """Set ``path``'s mtime to now (creating it); a failure is logged: the probe will say the rest."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        log.warning("cannot touch %s: %s", path, exc)
+
+
+def sync_once(heartbeat: Path | None = None) -> bool:
     """One sync from the registry; False (logged) when the database or object store failed."""
     from services.inference.repository import sync_models
     from shared.config import get_settings
 
+    progress = (lambda: touch(heartbeat)) if heartbeat is not None else None
     try:
-        path = sync_models(get_settings())
+        path = sync_models(get_settings(), progress=progress)
     except Exception:  # a sidecar outlives an unreachable store: log it and try again next round
         log.exception("model sync failed")
         return False
@@ -33,18 +59,109 @@ def sync_once() -> bool:
     return True
 
 
+def configured_models(config_path: Path) -> list[str] | None:
+    """The model names ``models.config`` lists; None when there is no readable config."""
+    from services.inference.repository import parse_model_server_config
+
+    try:
+        config = parse_model_server_config(config_path.read_text())
+    except Exception as exc:  # missing, or half-written by hand: not ready, say why
+        log.warning("no usable model config at %s: %s", config_path, exc)
+        return None
+    return [entry.name for entry in config.model_config_list.config]  # type: ignore[attr-defined]
+
+
+def unavailable_models(rest_url: str, names: list[str], timeout: float) -> list[str]:
+    """The names among ``names`` that the server at ``rest_url`` has no AVAILABLE version of."""
+    from services.inference.client import InferenceError, RestInferenceClient
+
+    missing = []
+    with RestInferenceClient(rest_url, timeout) as client:
+        for name in names:
+            try:
+                states = client.model_status(name)
+            except InferenceError as exc:
+                log.info("model %s not served at %s: %s", name, rest_url, exc)
+                missing.append(name)
+                continue
+            if not any(state.state == "AVAILABLE" for state in states):
+                missing.append(name)
+    return missing
+
+
+def server_is_ready(rest_url: str, config_path: Path, timeout: float) -> bool:
+    """Whether the server serves every model of ``config_path`` (logged when it does not)."""
+    names = configured_models(config_path)
+    if names is None:
+        return False
+    if not names:
+        return True
+    if not rest_url:
+        log.warning("cannot check the model server: POSTERGENRE_INFERENCE_REST_URL (or --rest-url) is empty")
+        return False
+    missing = unavailable_models(rest_url, names, timeout)
+    if missing:
+        log.warning("the model server at %s does not serve %d of %d models yet: %s", rest_url,
+                    len(missing), len(names), ", ".join(missing))
+    return not missing
+
+
+def mark_ready(ready_file: Path, ready: bool) -> None:
+    """Create or remove the readiness file, logging only the transitions."""
+    was_ready = ready_file.exists()
+    try:
+        if ready:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.touch()
+        else:
+            ready_file.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot update %s: %s", ready_file, exc)
+        return
+    if ready != was_ready:
+        log.info("the model server is %s",
+                 "ready: it serves every configured model" if ready else "not ready")
+
+
+def sidecar_round(rest_url: str, heartbeat: Path, ready_file: Path) -> None:
+    """One round of the loop: heartbeat, sync, readiness of the server beside, heartbeat."""
+    from shared.config import get_settings
+
+    touch(heartbeat)
+    sync_once(heartbeat)
+    settings = get_settings()
+    # Checked even when this round's sync failed: the server still serves the last models.config.
+    try:
+        ready = server_is_ready(rest_url, settings.models_config_path, settings.inference_timeout_s)
+    except Exception:  # an odd answer must not end the loop: not ready, and said why
+        log.exception("cannot check the model server at %s", rest_url)
+        ready = False
+    mark_ready(ready_file, ready)
+    touch(heartbeat)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--once", action="store_true", help="sync once and exit (non-zero on failure)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between two syncs")
+    parser.add_argument("--heartbeat-file", type=Path, default=HEARTBEAT_FILE,
+                        help="touched every round of the loop (liveness)")
+    parser.add_argument("--ready-file", type=Path, default=READY_FILE,
+                        help="present while the model server serves every configured model (readiness)")
+    parser.add_argument("--rest-url", default=None,
+                        help="REST address of the model server to check "
+                             "(default: POSTERGENRE_INFERENCE_REST_URL)")
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error("--interval must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.once:
         return 0 if sync_once() else 1
+    from shared.config import get_settings
+
+    rest_url = args.rest_url if args.rest_url is not None else get_settings().inference_rest_url
     while True:
-        sync_once()
+        sidecar_round(rest_url, args.heartbeat_file, args.ready_file)
         time.sleep(args.interval)
 
 

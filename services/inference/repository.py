@@ -3,7 +3,8 @@
 The registry (``shared.db.ModelVersion``) says which version of each model is served: its blessed
 version, labelled ``stable``, and optionally its newest candidate, labelled ``canary``.
 :func:`sync_models` copies those versions from the object store into ``settings.models_dir`` in TF
-Serving's layout (``<name>/<version>/saved_model.pb``) and writes ``models.config``; TF Serving polls
+Serving's layout (``<name>/<version>/saved_model.pb``) and writes ``models.config`` (with
+``batching.config`` and ``monitoring.config``, TF Serving's other start-up files); TF Serving polls
 that file (``--model_config_file_poll_wait_seconds``) and the embedded server polls it too, so a
 blessing or a rollback reaches the servers without a restart.
 
@@ -18,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 STABLE_LABEL = "stable"
 CANARY_LABEL = "canary"
 BATCHING_CONFIG_NAME = "batching.config"
+MONITORING_CONFIG_NAME = "monitoring.config"
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 PIXELS_SIGNATURE = "pixels"
 
@@ -96,7 +100,7 @@ def model_server_config_text(models: list[ServedModel], models_dir: Path) -> str
     return text_format.MessageToString(config)
 
 
-def batching_parameters_text(max_batch_size: int, batch_timeout_ms: float, num_batch_threads: int = 2) -> str:
+def batching_parameters_text(max_batch_size: int, batch_timeout_ms: float, num_batch_threads: int) -> str:
     """TF Serving's ``--batching_parameters_file`` (text-format ``BatchingParameters``).
 
     The message is not in the ``tensorflow-serving-api`` wheel, so it is written by hand; the field
@@ -109,6 +113,16 @@ def batching_parameters_text(max_batch_size: int, batch_timeout_ms: float, num_b
         f"num_batch_threads {{ value: {num_batch_threads} }}\n"
         f"pad_variable_length_inputs: false\n"
     )
+
+
+def monitoring_config_text(path: str = PROMETHEUS_PATH) -> str:
+    """TF Serving's ``--monitoring_config_file`` (text-format ``MonitoringConfig``): Prometheus
+    metrics on the REST port at ``path``.
+
+    Like ``BatchingParameters``, the message is not in the ``tensorflow-serving-api`` wheel, so it is
+    written by hand after ``tensorflow_serving/config/monitoring_config.proto``.
+    """
+    return f'prometheus_config {{\n  enable: true\n  path: "{path}"\n}}\n'
 
 
 def parse_model_server_config(text: str) -> object:
@@ -192,10 +206,13 @@ def prune_versions(models: list[ServedModel], models_dir: Path) -> list[Path]:
     return removed
 
 
-def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStore | None = None) -> Path:
+def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStore | None = None,
+                progress: Callable[[], None] | None = None) -> Path:
     """Copy the served versions of every registered model and write ``models.config``.
 
     Called after a model is blessed or rolled back. Returns the path of ``models.config``.
+    ``progress`` is called after each model's copy: the sync sidecar touches its liveness file there,
+    so that a long first copy of many versions is not mistaken for a hung process.
     """
     if store is None:
         store = open_object_store(
@@ -220,10 +237,14 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
         }
         if labels:
             available.append(ServedModel(model.name, model.image_size, labels))
+        if progress is not None:
+            progress()
     write_atomically(
         models_dir / BATCHING_CONFIG_NAME,
-        batching_parameters_text(settings.inference_max_batch_size, settings.inference_batch_timeout_ms),
+        batching_parameters_text(settings.inference_max_batch_size, settings.inference_batch_timeout_ms,
+                                 settings.inference_batch_threads),
     )
+    write_atomically(models_dir / MONITORING_CONFIG_NAME, monitoring_config_text())
     write_atomically(settings.models_config_path, model_server_config_text(available, models_dir))
     prune_versions(available, models_dir)
     log.info(
