@@ -5,7 +5,7 @@ Queues: ``gpu`` (training), ``crawl``, ``dataset``. Tasks are acknowledged late 
 worker loss, so a killed worker's task goes to another worker.
 
 Time limits. ``postergenre.train`` gets ``POSTERGENRE_TRAIN_TIME_LIMIT_S`` as its hard limit and 5
-minutes less as its soft limit (``SoftTimeLimitExceeded`` is raised in the task, which marks the job
+minutes less (a tenth less for a limit under 50 minutes) as its soft limit (``SoftTimeLimitExceeded`` is raised in the task, which marks the job
 failed; checkpoints are replaced file by file with the state written last, so nothing half-written
 is ever loaded); ``postergenre.crawl`` and ``postergenre.dataset`` get their own hard limits. A task
 past its hard limit is killed and acknowledged, not redelivered: a training that cannot finish in
@@ -14,7 +14,8 @@ default of ``postergenre worker``); the solo pool ignores them.
 
 Redelivery. On Redis a task that is never acknowledged (its worker died) is redelivered after the
 visibility timeout, ``Settings.broker_visibility_timeout``: the longest of the three time limits
-plus 10 minutes, so that a live task is never handed to a second worker.
+plus ``POSTERGENRE_BROKER_VISIBILITY_MARGIN_S`` (600 s), so that a live task is never handed to a
+second worker.
 
 Stopping a worker (Celery 5.5+ soft shutdown). The deployments run workers with
 ``REMAP_SIGTERM=SIGQUIT`` and give trainer containers a grace period of
