@@ -5,9 +5,10 @@ Queues: ``gpu`` (training), ``crawl``, ``dataset``. Tasks are acknowledged late 
 worker loss, so a killed worker's task goes to another worker.
 
 Time limits. ``postergenre.train`` gets ``POSTERGENRE_TRAIN_TIME_LIMIT_S`` as its hard limit and 5
-minutes less (a tenth less for a limit under 50 minutes) as its soft limit (``SoftTimeLimitExceeded`` is raised in the task, which marks the job
-failed; checkpoints are replaced file by file with the state written last, so nothing half-written
-is ever loaded); ``postergenre.crawl`` and ``postergenre.dataset`` get their own hard limits. A task
+minutes less (a tenth less for a limit under 50 minutes) as its soft limit
+(``SoftTimeLimitExceeded`` is raised in the task, which marks the job failed; checkpoints are
+replaced file by file with the state written last, so nothing half-written is ever loaded);
+``postergenre.crawl`` and ``postergenre.dataset`` get their own hard limits. A task
 past its hard limit is killed and acknowledged, not redelivered: a training that cannot finish in
 its limit would not finish on the next worker either. Time limits need the prefork pool (the
 default of ``postergenre worker``); the solo pool ignores them.
