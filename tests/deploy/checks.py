@@ -547,12 +547,15 @@ def check_compose_operations(services: dict[str, Any]) -> list[str]:
     cache = " ".join(as_list(services.get("cache", {}).get("command")))
     if "--maxmemory " not in cache or not re.search(r"--maxmemory-policy (allkeys|volatile)-", cache):
         problems.append("cache: a Redis with --maxmemory and an evicting --maxmemory-policy")
-    stack = next((as_mapping(s.get("environment")) for s in services.values() if is_postergenre_service(s)), {})
+    stack = next((as_mapping(s.get("environment")) for s in services.values() if is_postergenre_service(s)),
+                 {})
     if host_port(stack.get("POSTERGENRE_REDIS_URL", ""))[0] != "cache":
-        problems.append("POSTERGENRE_REDIS_URL (the prediction cache) must use the cache Redis, not the broker")
+        problems.append("POSTERGENRE_REDIS_URL (the prediction cache) must use the cache Redis, "
+                        "not the broker")
     flags = command_flags(as_list(services.get("tfserving", {}).get("command")))
     if not flags.get("monitoring_config_file", "").endswith("/monitoring.config"):
-        problems.append("tfserving: --monitoring_config_file=<models dir>/monitoring.config (sync_models writes it)")
+        problems.append("tfserving: --monitoring_config_file=<models dir>/monitoring.config "
+                        "(sync_models writes it)")
     for name, service in services.items():
         for volume in service.get("volumes", []):
             if isinstance(volume, str) and re.search(r"\$\{\w+:-\.\./", volume):

@@ -122,7 +122,8 @@ def test_a_compose_file_breaking_the_specification_is_caught(tmp_path: Path) -> 
         ('"--maxmemory", "256mb", ', "", "cache: a Redis with --maxmemory"),
         ("      - --monitoring_config_file=/var/lib/postergenre/models/monitoring.config\n", "",
          "--monitoring_config_file"),
-        ("${DATA:-./data/posters}", "${DATA:-../shared/data/posters-imdb}", "a default path outside the repository"),
+        ("${DATA:-./data/posters}", "${DATA:-../shared/data/posters-imdb}",
+         "a default path outside the repository"),
     ],
 )
 def test_a_compose_file_disagreeing_with_the_code_is_caught(

@@ -157,8 +157,8 @@ class Stack:
         return httpx.post(self.url + path, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def predict(self, poster: bytes, years: str, timeout: float = 30) -> httpx.Response:
-        return self.post(f"/api/v1/predictions?years={years}", files={"file": ("poster.jpg", poster, "image/jpeg")},
-                         timeout=timeout)
+        return self.post(f"/api/v1/predictions?years={years}",
+                         files={"file": ("poster.jpg", poster, "image/jpeg")}, timeout=timeout)
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float, every: float = 2.0) -> float:
         """Seconds until ``check()`` holds; StackError (with the stack's logs) after ``timeout``."""
@@ -180,7 +180,8 @@ class Stack:
         response.raise_for_status()
         return dict(response.json())
 
-    def wait_job(self, job_id: str, timeout: float, seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def wait_job(self, job_id: str, timeout: float,
+                 seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Polls a job until it ends; every state seen is appended to ``seen``."""
         final: dict[str, Any] = {}
 

@@ -96,7 +96,8 @@ def test_import_build_train_and_predict_through_the_containers(started: Stack) -
 def test_the_admin_api_starts_a_job_and_reports_its_progress(started: Stack) -> None:
     stack = started
     response = stack.post("/api/v1/admin/datasets", headers=stack.admin_headers,
-                          json={"years": YEARS, "window": "decade", "image_size": IMAGE_SIZE, "min_posters": 30})
+                          json={"years": YEARS, "window": "decade", "image_size": IMAGE_SIZE,
+                                "min_posters": 30})
     assert response.status_code == 202, response.text
     seen: list[dict[str, Any]] = []
     final = stack.wait_job(response.json()["job_id"], timeout=300, seen=seen)
@@ -238,8 +239,8 @@ def test_down_then_up_keeps_posters_datasets_models_and_the_answer(started: Stac
     stack.wait_until("the web service ready", stack.ready, timeout=300)
     assert sorted((m["name"], m["version"], m["status"]) for m in versions(stack)) == models
     assert stack.get("/api/v1/admin/datasets", headers=stack.admin_headers).json() == datasets
-    stack.wait_until("the served model back", lambda: stack.predict(PIPELINE.poster, YEARS).status_code == 200,
-                     timeout=120)
+    stack.wait_until("the served model back",
+                     lambda: stack.predict(PIPELINE.poster, YEARS).status_code == 200, timeout=120)
     again = table_of(stack.predict(PIPELINE.poster, YEARS))
     assert [(r["year"], [g["genre"] for g in r["top"]]) for r in again] == \
         [(r["year"], [g["genre"] for g in r["top"]]) for r in PIPELINE.table]
