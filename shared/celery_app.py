@@ -24,9 +24,10 @@ Stopping a worker (Celery 5.5+ soft shutdown). The deployments run workers with
 *cold* shutdown instead of a warm one (which would wait for the running training, for hours, until
 the kubelet's SIGKILL):
 
-1. it stops taking tasks and, for ``worker_soft_shutdown_timeout`` (the setting; even when idle, as
-   ``worker_enable_soft_shutdown_on_idle`` is on), lets the running task go on; a task that ends
-   within that time is acknowledged normally;
+1. it stops taking tasks and, for ``worker_soft_shutdown_timeout`` (the setting), lets the running
+   task go on; a task that ends within that time is acknowledged normally. An idle worker exits at
+   once (``worker_enable_soft_shutdown_on_idle`` is off: nothing to wait for, and a rollout or a
+   ``compose down`` should not wait five minutes per idle worker);
 2. then it cancels the running task (the pool child gets SIGTERM) without acknowledging it; the
    unacknowledged message goes back to the queue (kombu restores a channel's unacknowledged messages
    when it closes; if the worker dies before that, Redis redelivers it after the visibility
@@ -93,7 +94,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_annotations": task_time_limits(settings),
         # See the module docstring: on SIGTERM (remapped to SIGQUIT) the running task gets this long.
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
-        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_enable_soft_shutdown_on_idle": False,
     }
     if config["broker_url"].startswith("filesystem://"):
         folder = settings.broker_folder

@@ -31,7 +31,7 @@ def test_defaults_limit_each_task_and_redeliver_after_the_longest_limit() -> Non
     }
     assert config["broker_transport_options"] == {"visibility_timeout": 86400 + 600}
     assert config["worker_soft_shutdown_timeout"] == 300
-    assert config["worker_enable_soft_shutdown_on_idle"] is True
+    assert config["worker_enable_soft_shutdown_on_idle"] is False
 
 
 def test_the_visibility_timeout_follows_whichever_limit_is_longest() -> None:
