@@ -19,9 +19,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from services.crawler.cli import parse_years
 from shared.config import get_settings
 from shared.db import ModelVersion, Movie, session_scope, upgrade_database
+from shared.years import parse_year_span
 
 DEMO_YEARS = "1983-2015"  # every year of the shared poster collection
 TFJS_CONVERTER = Path(".venv-tfjs/bin/tensorflowjs_converter")
@@ -64,7 +64,7 @@ def movie_count(years: range) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     settings = get_settings()
-    years = parse_years(args.years)
+    years = parse_year_span(args.years)
     # The demo is the embedded set-up command, so it migrates (the other commands only check).
     log.info("upgrading the database schema to head")
     upgrade_database()

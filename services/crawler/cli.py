@@ -7,27 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def parse_years(text: str) -> range:
-    """``2000-2019`` or ``2005`` as a range of years."""
-    try:
-        if "-" in text:
-            first, last = (int(part) for part in text.split("-", 1))
-        else:
-            first = last = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"years must look like 2000-2019 or 2005, not {text!r}") from None
-    if first > last:
-        raise argparse.ArgumentTypeError(f"empty year range {text!r}")
-    return range(first, last + 1)
-
-
-def parse_year_list(text: str) -> list[int]:
-    """``2000-2019``, ``2005`` or ``2000-2004,2010`` as sorted distinct years."""
-    years: set[int] = set()
-    for part in text.split(","):
-        years.update(parse_years(part.strip()))
-    return sorted(years)
+from shared.years import year_span_argument, years_argument
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -93,7 +73,7 @@ def _bench_crawl(args: argparse.Namespace) -> int:
 
 def register(commands: Any, bench: Any) -> None:
     crawl = commands.add_parser("crawl", help="crawl TMDB (API v3) into the database and object store")
-    crawl.add_argument("--years", type=parse_year_list, required=True,
+    crawl.add_argument("--years", type=years_argument, required=True,
                        help="e.g. 2000-2019, 2005 or 2000-2004,2010")
     crawl.add_argument("--max-movies-per-year", type=int, default=None,
                        help="only the N most popular movies of each year")
@@ -115,7 +95,8 @@ def register(commands: Any, bench: Any) -> None:
 
     imp = commands.add_parser("import", help="import a poster folder (images/<id>.jpg + labels.csv)")
     imp.add_argument("--from", dest="source", type=Path, required=True, help="the folder")
-    imp.add_argument("--years", type=parse_years, default=None, help="only these years, e.g. 2000-2015")
+    imp.add_argument("--years", type=year_span_argument, default=None,
+                     help="only these years, e.g. 2000-2015")
     imp.add_argument("--limit", type=int, default=None, help="import at most N rows")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(handler=_import)

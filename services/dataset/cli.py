@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from services.crawler.cli import parse_years
+from shared.years import year_span_argument
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -95,7 +95,7 @@ def register(commands: Any, bench: Any) -> None:
     build = dataset_commands.add_parser(
         "build", help="build a dataset version (one target per year or decade); see docs/datasets.md"
     )
-    build.add_argument("--years", type=parse_years, required=True, help="model years, e.g. 2000-2019")
+    build.add_argument("--years", type=year_span_argument, required=True, help="model years, e.g. 2000-2019")
     build.add_argument(
         "--window",
         choices=["year", "decade", "rolling"],

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared import years as year_spec
+
 Window = Literal["year", "decade", "rolling"]
 WINDOWS: tuple[Window, ...] = ("year", "decade", "rolling")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -109,11 +111,12 @@ def parse_year_span(value: Any) -> tuple[int, int]:
         if isinstance(value, list | tuple):
             first, last = (int(v) for v in value)
             return first, last
-        text = str(value).strip()
-        if "-" in text:
-            left, right = text.split("-", 1)
-            return int(left), int(right)
-        return int(text), int(text)
+        if isinstance(value, int):
+            return value, value
+        span = year_spec.parse_year_span(str(value))
+        return span[0], span[-1]
+    except year_spec.YearSpecError as exc:
+        raise DatasetInputError(str(exc)) from None
     except (TypeError, ValueError):
         raise DatasetInputError(f"years must look like 2000-2019 or 2005, not {value!r}") from None
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.crawler.cli import parse_years
+from shared.years import year_span_argument
 
 ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
 LAYOUTS = ("independent", "shared", "window")
@@ -171,7 +171,7 @@ def register(commands: Any, bench: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     train = commands.add_parser("train", help="train yearly genre models through Celery (see docs/models.md)")
     train.add_argument("--dataset", required=True, help="dataset version id (postergenre dataset build)")
-    train.add_argument("--years", type=parse_years, required=True, help="model years, e.g. 2000-2019")
+    train.add_argument("--years", type=year_span_argument, required=True, help="model years, e.g. 2000-2019")
     train.add_argument("--layout", choices=LAYOUTS, default="independent")
     train.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
     train.add_argument("--weights", type=_weights, default="none", help="none, imagenet or a weights file")

@@ -16,10 +16,10 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.web.errors import ApiError
-from services.web.predictor import parse_years
 from shared.config import Settings
 from shared.jobs import create_job, update_job
 from shared.storage import ObjectNotFoundError, ObjectStore
+from shared.years import parse_year_span, parse_years
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ def _years(value: str) -> str:
 
 def _year_span(value: str) -> str:
     """A contiguous span (``2000-2019`` or ``2005``), as datasets and trainings take."""
-    years = parse_years(value)
-    if years != list(range(years[0], years[-1] + 1)):
-        raise ValueError(f"years {value!r} must be one span like 2000-2019")
+    years = parse_year_span(value)
     return f"{years[0]}-{years[-1]}"
 
 

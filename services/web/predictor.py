@@ -23,8 +23,8 @@ from services.web.cache import ScoreCache, cache_key
 from services.web.errors import ApiError
 from services.web.metrics import WebMetrics
 from services.web.served import ServedModel, models_by_year, rank_genres
-from shared.catalog import MAX_YEAR, MIN_YEAR
 from shared.images import PosterImageError, open_poster, resize_pixels
+from shared.years import parse_years
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +35,9 @@ MAX_YEARS_PER_REQUEST = 200
 MAX_BATCH_FILES = 32
 
 
-def parse_years(spec: str) -> list[int]:
-    """``"2000-2019"``, ``"2005"``, ``"2000,2005,2010-2012"`` -> sorted distinct years.
-
-    Raises ``ValueError`` naming the bad part, so the client learns what to fix.
-    """
-    years: set[int] = set()
-    parts = [part.strip() for part in spec.split(",")]
-    if not spec.strip() or any(not part for part in parts):
-        raise ValueError(f"bad years {spec!r}: expected e.g. 2000-2019 or 2000,2005")
-    for part in parts:
-        first, dash, last = part.partition("-")
-        try:
-            start = int(first)
-            end = int(last) if dash else start
-        except ValueError:
-            raise ValueError(f"bad years {part!r}: expected a year or a range like 2000-2019") from None
-        if start > end:
-            raise ValueError(f"bad years {part!r}: the range runs backwards")
-        if start < MIN_YEAR or end > MAX_YEAR:
-            raise ValueError(f"bad years {part!r}: years lie between {MIN_YEAR} and {MAX_YEAR}")
-        years.update(range(start, end + 1))
-        if len(years) > MAX_YEARS_PER_REQUEST:
-            raise ValueError(f"bad years {spec!r}: at most {MAX_YEARS_PER_REQUEST} years per request")
-    return sorted(years)
+def parse_request_years(spec: str) -> list[int]:
+    """The years of one prediction request (:func:`shared.years.parse_years`, bounded per request)."""
+    return parse_years(spec, max_years=MAX_YEARS_PER_REQUEST)
 
 
 def check_k(k: int) -> int:

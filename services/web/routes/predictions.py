@@ -16,7 +16,7 @@ from services.web.predictor import (
     MAX_K,
     DecodedPoster,
     decode_poster,
-    parse_years,
+    parse_request_years,
 )
 from services.web.schemas import ERROR_RESPONSES, BatchPrediction, Prediction
 from services.web.served import blessed_models
@@ -34,7 +34,7 @@ ScoresQuery = Annotated[bool, Query(description="also return every genre's score
 
 def requested_years(query: str | None, form: str | None) -> list[int]:
     try:
-        return parse_years(form or query or DEFAULT_YEARS)
+        return parse_request_years(form or query or DEFAULT_YEARS)
     except ValueError as exc:
         raise ApiError(422, "invalid_years", str(exc)) from None
 
