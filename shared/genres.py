@@ -50,3 +50,9 @@ def parse_genres(field: str, separator: str = "|") -> list[str]:
         if name not in names:
             names.append(name)
     return names
+
+
+def rank_genres(genres: tuple[str, ...], scores: list[float], k: int) -> list[tuple[str, float]]:
+    """The ``k`` best genres with their scores, best first; ties broken by name so tables are stable."""
+    ranked = sorted(zip([-float(score) for score in scores], genres, strict=True))  # no key function:
+    return [(genre, -negated) for negated, genre in ranked[:k]]  # tuples compare in C, 20 years a table

@@ -2,7 +2,8 @@
 
 The poster is preprocessed with :func:`shared.images.poster_pixels` once per model input size, and
 every model is asked at once through the inference client (``predict_many``). Which model answers
-for which year comes from the model registry, the same way the web service decides it.
+for which year comes from the model registry, by the rule the web service and ``postergenre evaluate``
+follow (``shared.models.models_by_year``).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def predict_poster(
     data: bytes, years: list[int], k: int, settings: Settings, client: Predictor
 ) -> PosterTable:
     """Ask every served model covering ``years`` about the poster ``data``."""
-    from services.web.served import blessed_models, models_by_year, rank_genres
     from shared.db import session_scope
+    from shared.genres import rank_genres
+    from shared.models import blessed_models, models_by_year
 
     with session_scope(settings.effective_database_url) as session:
         models = blessed_models(session, settings.model_prefix)

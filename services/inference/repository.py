@@ -29,6 +29,7 @@ from sqlalchemy import select
 from shared.config import Settings
 from shared.db import ModelVersion, session_scope
 from shared.files import write_text_atomically
+from shared.models import version_prefix
 from shared.storage import ObjectStore, download_prefix, open_object_store
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class ServedModel:
     name: str
     image_size: int
     labels: dict[str, int] = field(default_factory=dict)
+    # Each served version's object-store prefix (shared.models.version_prefix).
+    prefixes: dict[int, str] = field(default_factory=dict)
 
     @property
     def versions(self) -> list[int]:
@@ -80,7 +83,9 @@ def served_models(rows: list[ModelVersion], with_canary: bool = False) -> list[S
             ]
             if candidates:
                 labels[CANARY_LABEL] = max(candidates, key=lambda row: row.version).version
-        models.append(ServedModel(name=name, image_size=stable.image_size, labels=labels))
+        prefixes = {row.version: version_prefix(name, row.version, row.exports) for row in versions
+                    if row.version in labels.values()}
+        models.append(ServedModel(name=name, image_size=stable.image_size, labels=labels, prefixes=prefixes))
     return models
 
 
@@ -163,7 +168,8 @@ def write_warmup_requests(version_dir: Path, name: str, image_size: int) -> None
 
 
 def copy_version(store: ObjectStore, model: ServedModel, version: int, models_dir: Path) -> Path | None:
-    """Copy ``models/<name>/<version>/`` into ``models_dir/<name>/<version>/`` unless already there.
+    """Copy the version's objects (``models/<name>/<version>/`` unless its registry row says where)
+    into ``models_dir/<name>/<version>/`` unless already there.
 
     Versions are immutable, so a folder that exists is complete (it only appears by rename).
     Returns the folder, or None when the object store has no such version.
@@ -174,7 +180,8 @@ def copy_version(store: ObjectStore, model: ServedModel, version: int, models_di
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{version}-"))
     try:
-        files = download_prefix(store, f"models/{model.name}/{version}/", staging)
+        source = model.prefixes.get(version) or version_prefix(model.name, version, None)
+        files = download_prefix(store, source + "/", staging)
         if not files:
             log.error(
                 "model %s version %s is in the registry but not in the object store", model.name, version
@@ -236,7 +243,7 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
             if copy_version(store, model, version, models_dir) is not None
         }
         if labels:
-            available.append(ServedModel(model.name, model.image_size, labels))
+            available.append(ServedModel(model.name, model.image_size, labels, model.prefixes))
         if progress is not None:
             progress()
     write_atomically(

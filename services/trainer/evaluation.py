@@ -1,9 +1,10 @@
 """``postergenre evaluate``: the blessed models on any labelled folder (the import layout).
 
-Each poster is scored by the model of its own year: the year's own model (``<prefix>-<year>``), else the
-shared model's head for that year, else a window model whose years contain it. Posters with no such
-model are counted and skipped. F1 uses each model's thresholds tuned on its validation split; the
-year-prior baseline uses the genre frequencies of the model's training split, as during training.
+Each poster is scored by the model that answers its year on the page (``shared.models.models_by_year``:
+the year's own model, else the rolling window centred on it, else its decade, else the shared model's
+head for that year). Posters with no such model are counted and skipped. F1 uses each model's
+thresholds tuned on its validation split; the year-prior baseline uses the genre frequencies of the
+model's training split, as during training.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from services.trainer import metrics as metric_fns
 from shared.images import PosterImageError, poster_pixels
+from shared.models import models_by_year, newest_served, version_prefix
 from shared.storage import ObjectStore, download_prefix
 
 logger = logging.getLogger(__name__)
@@ -54,22 +56,12 @@ def read_folder(folder: Path) -> tuple[list[LabelledPoster], list[str]]:
 
 
 def year_routing(blessed: list[dict[str, Any]], prefix: str) -> dict[int, ServedYear]:
-    """For every year some blessed model answers, which one (own model > shared head > window)."""
-    routing: dict[int, ServedYear] = {}
-    preference = {"independent": 0, "shared": 1, "window": 2}
-    ranked = sorted(blessed, key=lambda row: preference.get(row["layout"], 3))
-    for row in ranked:
-        if not row["name"].startswith(f"{prefix}-"):
-            continue
-        if row["layout"] == "shared":
-            for head, year in enumerate(row["years"]):
-                routing.setdefault(int(year), ServedYear(row, head))
-        elif row["year"] is not None:
-            routing.setdefault(int(row["year"]), ServedYear(row, None))
-        else:
-            for year in row["years"]:
-                routing.setdefault(int(year), ServedYear(row, None))
-    return routing
+    """For every year some blessed model answers, which one: the rule the page and ``predict`` follow
+    (:func:`shared.models.models_by_year`: year, rolling window, decade, shared)."""
+    ordered = sorted(blessed, key=lambda row: int(row["version"]))
+    row_of = {str(row["name"]): row for row in ordered}  # the newest version of each name
+    return {year: ServedYear(row_of[model.name], model.head(year))
+            for year, model in models_by_year(newest_served(ordered, prefix)).items()}
 
 
 class LocalModels:
@@ -87,7 +79,8 @@ class LocalModels:
         if key not in self.loaded:
             folder = self.cache / row["name"] / str(row["version"])
             if not (folder / "saved_model.pb").is_file():
-                download_prefix(self.store, f"models/{row['name']}/{row['version']}/", folder)
+                download_prefix(self.store, version_prefix(row["name"], int(row["version"]),
+                                                           row.get("exports")) + "/", folder)
             self.loaded[key] = tf.saved_model.load(str(folder)).signatures["pixels"]
         signature = self.loaded[key]
         outputs = [signature(pixels=tf.constant(pixels[i:i + 64], tf.float32))["scores"].numpy()

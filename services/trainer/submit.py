@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.trainer.models import LAYOUTS, Hyperparameters
 from shared.config import Settings
+from shared.models import model_name
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -78,9 +79,9 @@ def plan_tasks(manifest: dict[str, Any], years: range, layout: str, hp: Hyperpar
     if tolerance is not None:
         common["tolerance"] = tolerance
     if layout == "shared":
-        groups = [(f"{prefix}-shared", targets)]
+        groups = [(model_name(prefix, layout, window, targets[0]), targets)]
     else:
-        groups = [(f"{prefix}-{target}", [target]) for target in targets]
+        groups = [(model_name(prefix, layout, window, target), [target]) for target in targets]
     return [PlannedTask(str(uuid.uuid4()), {**common, "model_name": name, "targets": group})
             for name, group in groups]
 

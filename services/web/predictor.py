@@ -22,8 +22,9 @@ from services.inference.client import InferenceUnavailable, ModelNotFound, Predi
 from services.web.cache import ScoreCache, cache_key
 from services.web.errors import ApiError
 from services.web.metrics import WebMetrics
-from services.web.served import ServedModel, models_by_year, rank_genres
+from shared.genres import rank_genres
 from shared.images import PosterImageError, open_poster, resize_pixels
+from shared.models import ServedModel, models_by_year
 from shared.years import parse_years
 
 log = logging.getLogger(__name__)

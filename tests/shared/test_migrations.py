@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
@@ -66,3 +68,33 @@ def test_db_check_passes_only_at_head_and_changes_nothing(
         assert "database schema is at older, the code needs" in capsys.readouterr().err
     finally:
         get_settings.cache_clear()
+
+
+def test_rolling_window_models_are_renamed_apart_from_the_year_models(tmp_path: object) -> None:
+    """Revision 0002: a rolling-window row named like the year's independent model gets its own name
+    and keeps its objects' place (exports.prefix); the independent model's rows keep theirs."""
+    from shared.models import version_prefix
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    upgrade_database(url, revision="0001")
+    engine = create_engine(url)
+    insert = text(
+        "INSERT INTO model_versions (name, version, year, window, layout, architecture, image_size, "
+        "genres, years, metrics, exports, status, status_reason, created_at) VALUES (:name, :version, 2000, "
+        ":window, :layout, 'smallcnn', 32, '[]', '[2000]', '{}', :exports, 'candidate', '', "
+        "CURRENT_TIMESTAMP)")
+    with engine.begin() as conn:
+        conn.execute(insert, {"name": "genre-2000", "version": 1, "window": "year", "layout": "independent",
+                              "exports": '{"prefix": "models/genre-2000/1"}'})
+        conn.execute(insert, {"name": "genre-2000", "version": 2, "window": "rolling", "layout": "window",
+                              "exports": '{"prefix": "models/genre-2000/2"}'})
+        conn.execute(insert, {"name": "genre-2001", "version": 1, "window": "rolling", "layout": "window",
+                              "exports": "{}"})
+    upgrade_database(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, version, exports FROM model_versions ORDER BY id")).all()
+    assert [(name, version) for name, version, _ in rows] == [
+        ("genre-2000", 1), ("genre-rolling-2000", 2), ("genre-rolling-2001", 1)]
+    prefixes = [version_prefix(name, version, json.loads(exports)) for name, version, exports in rows]
+    assert prefixes == ["models/genre-2000/1", "models/genre-2000/2", "models/genre-2001/1"]
+    engine.dispose()

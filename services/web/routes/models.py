@@ -14,8 +14,8 @@ from sqlalchemy import select
 from services.web.deps import SessionDep, SettingsDep, StoreDep
 from services.web.errors import ApiError
 from services.web.schemas import ERROR_RESPONSES, ModelList
-from services.web.served import blessed_models, models_by_year
 from shared.db import ModelVersion
+from shared.models import blessed_models, models_by_year, version_prefix
 from shared.storage import ObjectNotFoundError, ObjectStore, check_key
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
@@ -34,8 +34,8 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool)}
 
 
-def model_files(store: ObjectStore, name: str, version: int) -> list[str]:
-    prefix = f"models/{name}/{version}/"
+def model_files(store: ObjectStore, row: ModelVersion) -> list[str]:
+    prefix = version_prefix(row.name, row.version, row.exports) + "/"
     return [key[len(prefix):] for key in store.list(prefix)
             if PurePosixPath(key).suffix in SERVED_SUFFIXES and "/variables/" not in key]
 
@@ -54,14 +54,12 @@ def list_models(session: Any, store: ObjectStore, status: str) -> list[dict[str,
     query = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)
     if status != "all":
         query = query.where(ModelVersion.status == status)
-    return [model_info(row, model_files(store, row.name, row.version)) for row in session.scalars(query)]
+    return [model_info(row, model_files(store, row)) for row in session.scalars(query)]
 
 
 def year_assignment(session: Any, prefix: str) -> dict[int, str]:
     """Which served model answers for each year (the in-browser mode picks the same ones)."""
-    models = blessed_models(session, prefix)
-    years = sorted({year for model in models for year in model.covered_years})
-    return {year: model.name for year, model in models_by_year(models, years).items()}
+    return {year: model.name for year, model in models_by_year(blessed_models(session, prefix)).items()}
 
 
 @router.get("/models", response_model=ModelList, response_model_exclude_none=True,
@@ -78,13 +76,16 @@ async def get_models(session: SessionDep, store: StoreDep, settings: SettingsDep
 
 @router.get("/models/{name}/{version}/files/{path:path}", summary="A plot, metrics file or TF.js export file",
             response_class=Response)
-def get_model_file(store: StoreDep, name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")],
+def get_model_file(store: StoreDep, session: SessionDep,
+                   name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")],
                    version: int, path: str) -> Response:
     suffix = PurePosixPath(path).suffix
     if suffix not in SERVED_SUFFIXES:
         raise ApiError(404, "not_found", f"model files of type {suffix or '(none)'} are not served")
     try:
-        key = check_key(f"models/{name}/{version}/{path}")
+        exports = session.scalar(select(ModelVersion.exports).where(ModelVersion.name == name,
+                                                                   ModelVersion.version == version))
+        key = check_key(f"{version_prefix(name, version, exports)}/{path}")
     except ValueError:
         raise ApiError(404, "not_found", f"no such model file: {path}") from None
     try:

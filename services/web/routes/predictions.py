@@ -19,8 +19,8 @@ from services.web.predictor import (
     parse_request_years,
 )
 from services.web.schemas import ERROR_RESPONSES, BatchPrediction, Prediction
-from services.web.served import blessed_models
 from services.web.uploads import read_upload
+from shared.models import blessed_models
 
 router = APIRouter(prefix="/api/v1", tags=["predictions"], responses=ERROR_RESPONSES)
 
