@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from shared.queues import TASK_QUEUES
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(handler=_db_check)
 
     worker = commands.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queues", default="gpu,crawl,dataset,default")
+    worker.add_argument("--queues", default=",".join([*TASK_QUEUES.values(), "default"]))
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--loglevel", default="INFO")

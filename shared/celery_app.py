@@ -57,6 +57,7 @@ from typing import Any
 from celery import Celery, signals
 
 from shared.config import Settings, get_settings
+from shared.queues import CRAWL_TASK, DATASET_TASK, TASK_QUEUES, TRAIN_TASK
 
 TASK_MODULES = ["services.trainer.tasks", "services.dataset.tasks", "services.crawler.tasks"]
 
@@ -66,10 +67,10 @@ log = logging.getLogger(__name__)
 def task_time_limits(settings: Settings) -> dict[str, dict[str, int]]:
     """Celery ``task_annotations``: the hard (and for training, soft) time limit of each task."""
     return {
-        "postergenre.train": {"time_limit": settings.train_time_limit_s,
-                              "soft_time_limit": settings.train_soft_time_limit_s},
-        "postergenre.crawl": {"time_limit": settings.crawl_time_limit_s},
-        "postergenre.dataset": {"time_limit": settings.dataset_time_limit_s},
+        TRAIN_TASK: {"time_limit": settings.train_time_limit_s,
+                     "soft_time_limit": settings.train_soft_time_limit_s},
+        CRAWL_TASK: {"time_limit": settings.crawl_time_limit_s},
+        DATASET_TASK: {"time_limit": settings.dataset_time_limit_s},
     }
 
 
@@ -85,11 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
-        "task_routes": {
-            "postergenre.train": {"queue": "gpu"},
-            "postergenre.crawl": {"queue": "crawl"},
-            "postergenre.dataset": {"queue": "dataset"},
-        },
+        "task_routes": {task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         "task_default_queue": "default",
         "task_annotations": task_time_limits(settings),
         # See the module docstring: on SIGTERM (remapped to SIGQUIT) the running task gets this long.

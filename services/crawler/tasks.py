@@ -25,6 +25,7 @@ from celery import Task
 
 from shared.celery_app import celery_app
 from shared.jobs import update_job
+from shared.queues import CRAWL_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def run_crawl_subprocess(arguments: list[str]) -> tuple[int, list[str]]:
     return process.returncode, list(tail)
 
 
-@celery_app.task(bind=True, name="postergenre.crawl")
+@celery_app.task(bind=True, name=CRAWL_TASK)
 def crawl_task(self: Task, years: str | list[int] = "2000-2019", max_movies_per_year: int | None = None,
                poster_size: str | None = None, min_poster_width: int | None = None) -> dict[str, Any]:
     """Crawl TMDB for ``years`` (``"2000-2019"``, ``"2000,2005"`` or a list); return the summary."""

@@ -14,6 +14,7 @@ from celery import Task
 from services.dataset.params import BuildParams, DatasetInputError
 from shared.celery_app import celery_app
 from shared.jobs import update_job
+from shared.queues import DATASET_TASK
 
 __all__ = ["DatasetInputError", "build_dataset_task", "check_request"]
 
@@ -41,7 +42,7 @@ def check_request(values: Mapping[str, Any], database_url: str | None = None) ->
     return params
 
 
-@celery_app.task(bind=True, name="postergenre.dataset")
+@celery_app.task(bind=True, name=DATASET_TASK)
 def build_dataset_task(self: Task, **request: Any) -> str:
     """Build the dataset version of ``request`` (``years="2000-2019"``, ``window``, ...); return its id."""
     from services.dataset.pipeline import build_dataset

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from services.trainer.models import LAYOUTS, Hyperparameters
 from shared.config import Settings
 from shared.models import model_name
+from shared.queues import GPU_QUEUE, TRAIN_TASK
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -91,13 +92,12 @@ def send_tasks(tasks: list[PlannedTask], database_url: str | None = None, app: C
 
     ``app`` defaults to the process' Celery app (configured from the settings at import time).
     """
-    from services.trainer.tasks import TASK_NAME
     from shared.celery_app import celery_app
     from shared.jobs import create_job
 
     for task in tasks:
         create_job(task.task_id, "train", task.params, url=database_url)
-        (app or celery_app).send_task(TASK_NAME, args=[task.params], task_id=task.task_id)
+        (app or celery_app).send_task(TRAIN_TASK, args=[task.params], task_id=task.task_id)
 
 
 @contextlib.contextmanager
@@ -110,7 +110,7 @@ def local_worker(settings: Settings, log_path: Any = None) -> Iterator[subproces
         return
     log: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "worker", "--queues", "gpu", "--pool", "solo",
+        [sys.executable, "-m", "services.cli", "worker", "--queues", GPU_QUEUE, "--pool", "solo",
          "--loglevel", "WARNING", "--hostname", f"train-{os.getpid()}@%h"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -31,11 +31,11 @@ from celery.signals import worker_ready, worker_shutdown
 from shared.celery_app import celery_app
 from shared.config import Settings, get_settings
 from shared.jobs import update_job
+from shared.queues import GPU_QUEUE, TRAIN_TASK
 from shared.storage import ObjectExistsError, ObjectStore
 
 logger = logging.getLogger(__name__)
 
-TASK_NAME = "postergenre.train"
 DEFAULT_FORMATS = ("savedmodel", "tflite", "tfjs")
 TRAINING_SHARE = 90.0  # progress percent spent training; the rest is export and registration
 
@@ -60,7 +60,7 @@ def _retract_worker(**_kwargs: Any) -> None:
     (workers_dir(get_settings()) / f"{os.getpid()}.json").unlink(missing_ok=True)
 
 
-def local_workers(settings: Settings, queue: str = "gpu") -> list[int]:
+def local_workers(settings: Settings, queue: str = GPU_QUEUE) -> list[int]:
     """Pids of live workers on this machine consuming ``queue`` (stale announcements are removed)."""
     pids = []
     folder = workers_dir(settings)
@@ -266,7 +266,7 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(_finite(value), default=str))
 
 
-@celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+@celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def train(self: Task, params: dict[str, Any]) -> dict[str, Any]:
     """Train one model (see :func:`run_training`); ``params`` is what ``postergenre train`` sends."""
     job_id = str(self.request.id)

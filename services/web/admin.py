@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from services.web.errors import ApiError
 from shared.config import Settings
 from shared.jobs import create_job, update_job
+from shared.queues import CRAWL_TASK, DATASET_TASK, TRAIN_TASK
 from shared.storage import ObjectNotFoundError, ObjectStore
 from shared.years import parse_year_span, parse_years
 
@@ -28,7 +29,7 @@ DEFAULT_ADMIN_TOKENS = frozenset({"change-me", "changeme", "change_me", "admin",
                                   "token", "password", "postergenre"})
 MIN_STACK_TOKEN_CHARS = 16
 
-TASKS = {"crawl": "postergenre.crawl", "dataset": "postergenre.dataset", "train": "postergenre.train"}
+TASKS = {"crawl": CRAWL_TASK, "dataset": DATASET_TASK, "train": TRAIN_TASK}
 
 
 def admin_token_problem(settings: Settings) -> str | None:
