@@ -14,8 +14,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -249,10 +252,12 @@ def open_object_store(url: str, endpoint: str = "", access_key: str = "", secret
     raise ObjectStoreError(f"POSTERGENRE_OBJECT_STORE must be file:///path or s3://bucket, not {url!r}")
 
 
-def object_store_from_settings() -> ObjectStore:
+def object_store_from_settings(settings: Settings | None = None) -> ObjectStore:
+    """THE way a service opens the object store: every store setting of ``settings`` (the process'
+    settings by default), the retry window (``POSTERGENRE_S3_RETRY_SECONDS``) included."""
     from shared.config import get_settings
 
-    s = get_settings()
+    s = settings or get_settings()
     return open_object_store(s.effective_object_store, s.s3_endpoint, s.s3_access_key, s.s3_secret_key,
                              s.s3_secure, s.s3_region, s.s3_retry_seconds)
 

@@ -30,7 +30,7 @@ from shared.config import Settings
 from shared.db import ModelVersion, session_scope
 from shared.files import write_text_atomically
 from shared.models import version_prefix
-from shared.storage import ObjectStore, download_prefix, open_object_store
+from shared.storage import ObjectStore, download_prefix, object_store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +222,7 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
     so that a long first copy of many versions is not mistaken for a hung process.
     """
     if store is None:
-        store = open_object_store(
-            settings.effective_object_store,
-            settings.s3_endpoint,
-            settings.s3_access_key,
-            settings.s3_secret_key,
-            settings.s3_secure,
-            settings.s3_region,
-        )
+        store = object_store_from_settings(settings)
     with session_scope(settings.effective_database_url) as session:
         rows = list(session.scalars(select(ModelVersion)))
         models = served_models(rows, with_canary=with_canary)

@@ -15,7 +15,7 @@ from services.web.cache import ScoreCache, cache_namespace, open_score_cache
 from services.web.metrics import WebMetrics
 from services.web.predictor import PredictionService
 from shared.config import Settings
-from shared.storage import ObjectStore, open_object_store
+from shared.storage import ObjectStore, object_store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ class WebState:
     def store(self) -> ObjectStore:
         with self._lock:
             if self._store is None:
-                s = self.settings
-                self._store = open_object_store(s.effective_object_store, s.s3_endpoint, s.s3_access_key,
-                                                s.s3_secret_key, s.s3_secure, s.s3_region)
+                self._store = object_store_from_settings(self.settings)
             return self._store
 
     @property

@@ -45,8 +45,8 @@ def test_evaluate_and_the_page_choose_the_same_model_for_every_year(settings: An
                                                                           PREFIX).items()}
     with session_scope() as session:
         page = year_assignment(session, PREFIX)
-        predicted = {year: model.name
-                     for year, model in models_by_year(blessed_models(session, PREFIX), range(1990, 2020)).items()}
+        served = blessed_models(session, PREFIX)
+        predicted = {year: model.name for year, model in models_by_year(served, range(1990, 2020)).items()}
     assert evaluated == page == predicted
     assert page == {1998: "genre-shared", 1999: "genre-shared", 2000: "genre-2000",
                     2001: "genre-rolling-2001", **{year: "genre-2000s" for year in range(2002, 2010)},

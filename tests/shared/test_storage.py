@@ -12,6 +12,7 @@ from shared.storage import (
     ObjectStoreError,
     S3ObjectStore,
     download_prefix,
+    object_store_from_settings,
     open_object_store,
 )
 
@@ -88,3 +89,33 @@ def test_s3_store_gives_up_after_its_deadline() -> None:
     store = S3ObjectStore("nobucket", f"127.0.0.1:{free_port()}", "a", "b", retry_seconds=1.0)
     with pytest.raises(ObjectStoreError, match="unreachable"):
         store.put("k", b"v", content_type="text/plain")
+
+
+def test_every_service_opens_the_store_with_every_store_setting(
+    s3_endpoint: str, s3_bucket_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web service and sync_models open the store through object_store_from_settings, which
+    keeps POSTERGENRE_S3_RETRY_SECONDS (they once dropped it and waited the default 30 s)."""
+    from services.inference import repository
+    from services.web.state import WebState
+    from shared.config import Settings
+    from shared.db import upgrade_database
+
+    settings = Settings(home=tmp_path, object_store=s3_bucket_url, s3_endpoint=s3_endpoint,
+                        s3_access_key="access", s3_secret_key="secret", s3_retry_seconds=7.5)
+    store = object_store_from_settings(settings)
+    assert isinstance(store, S3ObjectStore) and store.retry_seconds == 7.5
+    opened: list[ObjectStore] = []
+
+    def recording_open(settings: Settings) -> ObjectStore:
+        opened.append(object_store_from_settings(settings))
+        return opened[-1]
+
+    monkeypatch.setattr(repository, "object_store_from_settings", recording_open)
+    upgrade_database(settings.effective_database_url)
+    repository.sync_models(settings)
+    state = WebState(settings, admin_token="unused")
+    web_store = state.store
+    state.close()
+    assert [type(s) for s in (*opened, web_store)] == [S3ObjectStore, S3ObjectStore]
+    assert all(s.retry_seconds == 7.5 for s in (*opened, web_store))  # type: ignore[attr-defined]
