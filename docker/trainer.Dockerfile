@@ -19,17 +19,13 @@ FROM venv-base AS tfjs
 COPY scripts/make_tfjs_env.sh /src/scripts/make_tfjs_env.sh
 RUN POSTERGENRE_TFJS_VENV=/opt/venv-tfjs POSTERGENRE_TFJS_PYTHON=python3.11 bash /src/scripts/make_tfjs_env.sh
 
-# --- build: the project over the base image's CUDA TensorFlow (system site packages) ---
+# --- build: the pinned packages over the base image's TensorFlow (system site packages) ---
 FROM venv-base AS build
 RUN python3.11 -m venv --system-site-packages /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY docker/requirements.lock docker/requirements.lock
 RUN pip install --no-cache-dir --requirement docker/requirements.lock
-COPY pyproject.toml README.md ./
-COPY shared shared
-COPY services services
-RUN pip install --no-cache-dir --no-deps . && pip check
 
 # --- runtime: same base as the build stages, so both environments' interpreter links resolve ---
 FROM ${TF_IMAGE} AS runtime
@@ -43,7 +39,15 @@ RUN groupadd --system --gid 10001 postergenre \
     && mkdir -p /var/lib/postergenre/models \
     && chown -R postergenre:postergenre /var/lib/postergenre
 COPY --from=tfjs /opt/venv-tfjs /opt/venv-tfjs
+# The pinned packages in a layer of their own, cached while the lock is unchanged; the project on
+# top, a small layer that a code change rebuilds alone.
 COPY --from=build /opt/venv /opt/venv
+COPY pyproject.toml README.md /tmp/postergenre/
+COPY shared /tmp/postergenre/shared
+COPY services /tmp/postergenre/services
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/postergenre \
+    && pip check \
+    && rm -rf /tmp/postergenre
 WORKDIR /var/lib/postergenre
 USER 10001:10001
 # Alive while the main process touches its heartbeat file (a thread): no broker round trip, no Python start.

@@ -16,7 +16,7 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts
 
-# --- build: a virtual environment holding exactly the pinned packages, then the project ---
+# --- build: a virtual environment holding exactly the pinned packages ---
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
@@ -25,12 +25,6 @@ WORKDIR /src
 # The lock alone first: changing the code does not reinstall TensorFlow.
 COPY docker/requirements.lock docker/requirements.lock
 RUN pip install --no-cache-dir --requirement docker/requirements.lock
-COPY pyproject.toml README.md ./
-COPY shared shared
-COPY services services
-# Into the package before it is installed: the page serves static/vendor/tf.min.js.
-COPY --from=tfjs /src/node_modules/@tensorflow/tfjs/dist/tf.min.js services/web/static/vendor/tf.min.js
-RUN pip install --no-cache-dir --no-deps . && pip check
 
 # --- runtime: no compiler, no pip cache, a non-root user ---
 FROM ${PYTHON_IMAGE} AS runtime
@@ -44,7 +38,17 @@ RUN groupadd --system --gid 10001 postergenre \
     && useradd --system --uid 10001 --gid postergenre --home-dir /var/lib/postergenre --shell /usr/sbin/nologin postergenre \
     && mkdir -p /var/lib/postergenre/models \
     && chown -R postergenre:postergenre /var/lib/postergenre
+# The pinned packages (2.7 GB) in a layer of their own, cached while the lock is unchanged; the
+# project on top, a small layer that a code change rebuilds alone.
 COPY --from=build /opt/venv /opt/venv
+COPY pyproject.toml README.md /tmp/postergenre/
+COPY shared /tmp/postergenre/shared
+COPY services /tmp/postergenre/services
+# Into the package before it is installed: the page serves static/vendor/tf.min.js.
+COPY --from=tfjs /src/node_modules/@tensorflow/tfjs/dist/tf.min.js /tmp/postergenre/services/web/static/vendor/tf.min.js
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/postergenre \
+    && pip check \
+    && rm -rf /tmp/postergenre
 WORKDIR /var/lib/postergenre
 USER 10001:10001
 EXPOSE 8000
