@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.stack.stack import POSTERS, Stack, StackError
+from tests.stack.stack import POSTERS, REPO, Stack, StackError
 
 # Short limits so that a container killed mid-training has its task redelivered within the test:
 # the broker's visibility timeout is derived from the longest allowed task (shared/config.py).
@@ -38,6 +40,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield stack
     finally:
+        times = REPO / "var" / "stack" / "stack-test-times.json"
+        times.parent.mkdir(parents=True, exist_ok=True)
+        times.write_text(json.dumps(stack.timings, indent=1) + "\n")
         if os.environ.get("POSTERGENRE_STACK_KEEP"):
             print(f"\nstack left running: {' '.join(stack.compose_args('ps'))}")
         else:
@@ -47,8 +52,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def started(stack: Stack) -> Stack:
     """`compose up` of the cpu profile, gated as compose.yaml says, until the page is ready."""
+    start = time.monotonic()
     result = stack.compose("up", "--detach", "--no-build", check=False, timeout=600)
     if result.returncode != 0:
         raise StackError(f"compose up failed:\n{result.stderr[-4000:]}\n{stack.logs()}")
-    stack.wait_until("the web service ready", stack.ready, timeout=300)
+    stack.wait_until("the web service ready", stack.ready, timeout=300, every=0.5)
+    stack.timings["compose up to /readyz"] = time.monotonic() - start
     return stack

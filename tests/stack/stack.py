@@ -74,6 +74,8 @@ class Stack:
     web_port: int = field(default_factory=free_loopback_port)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Seconds each measured step took, written to var/stack/stack-test-times.json (docs/deploy.md).
+    timings: dict[str, float] = field(default_factory=dict)
 
     def write_env(self) -> None:
         """The `.env` a user writes from .env.example, with fresh secrets."""

@@ -69,11 +69,14 @@ def test_the_stack_starts_in_order_and_serves_the_page(started: Stack) -> None:
 
 def test_import_build_train_and_predict_through_the_containers(started: Stack) -> None:
     stack = started
+    start = time.monotonic()
     out = stack.cli("import", "--from", "/data", "--years", YEARS, volumes=[f"{POSTERS}:/data:ro"])
+    stack.timings["import"] = time.monotonic() - start
     assert "imported" in out, out
     out = stack.cli("dataset", "build", "--years", YEARS, "--window", "year", "--min-posters", "30",
                     "--image-size", str(IMAGE_SIZE), "--seed", "0")
     PIPELINE.dataset_id = out.strip().splitlines()[-1].split()[-1]
+    stack.timings["dataset build"] = time.monotonic() - start - stack.timings["import"]
     # Training runs in the trainer-cpu container: `train` sends the task through Redis and follows it.
     out = stack.cli("train", "--dataset", PIPELINE.dataset_id, "--years", YEARS, "--layout", "shared",
                     "--arch", "smallcnn", "--weights", "none", "--resolution", str(IMAGE_SIZE),
@@ -87,7 +90,8 @@ def test_import_build_train_and_predict_through_the_containers(started: Stack) -
         response = stack.predict(PIPELINE.poster, YEARS)
         return response.status_code == 200 and len(response.json()["years"]) == 2
 
-    stack.wait_until("a prediction from the new model", answers, timeout=120)
+    stack.wait_until("a prediction from the new model", answers, timeout=120, every=0.5)
+    stack.timings["pipeline: import to the first table"] = time.monotonic() - start
     PIPELINE.table = table_of(stack.predict(PIPELINE.poster, YEARS))
     assert [row["year"] for row in PIPELINE.table] == [2014, 2015]
     assert all(len(row["top"]) == 6 for row in PIPELINE.table)
@@ -134,6 +138,8 @@ def test_inference_killed_during_a_request_stream(started: Stack) -> None:
         stack.crash("tfserving")
         future.result()
     statuses = [status for _, status, _ in outcomes]
+    failing = [offset for offset, status, _ in outcomes if status != 200]
+    stack.timings["inference crash: seconds without an answer"] = failing[-1] - failing[0] if failing else 0.0
     assert 503 in statuses, outcomes
     assert statuses[-1] == 200, f"no answer after the restart: {outcomes}"
     assert set(statuses) <= {200, 503}, outcomes
@@ -157,11 +163,13 @@ def test_a_killed_trainer_container_resumes_from_its_checkpoint(started: Stack) 
 
     stack.wait_until("training past its second epoch", past_epoch_two, timeout=300, every=1)
     restarts = stack.inspect("trainer-cpu")["RestartCount"]
+    killed_at = time.monotonic()
     stack.crash("trainer-cpu")
     stack.wait_until("trainer-cpu restarted", lambda: stack.inspect("trainer-cpu")["RestartCount"] > restarts,
                      timeout=60)
     seen: list[dict[str, Any]] = []
     final = stack.wait_job(job_id, timeout=900, seen=seen)
+    stack.timings["trainer crash: kill to the job's success"] = time.monotonic() - killed_at
     assert final["state"] == "SUCCESS", final
     assert any(int(info["counts"].get("resumed_from_epoch", 0)) >= 2 for info in seen), seen[-5:]
     new = {(m["name"], m["version"]) for m in versions(stack)} - before
@@ -207,6 +215,7 @@ def test_postgres_restart_is_a_503_gap_then_recovery_without_restarting_web(star
         time.sleep(8)  # the gap
         stack.compose("start", "postgres")
         future.result()
+    stack.timings["postgres restart: 503 answers"] = float(statuses.count(503))
     assert 503 in statuses and statuses[-1] == 200, statuses
     assert set(statuses) <= {200, 503}, statuses
     assert stack.inspect("web")["State"]["StartedAt"] == web_started
@@ -232,11 +241,13 @@ def test_down_then_up_keeps_posters_datasets_models_and_the_answer(started: Stac
     stack = started
     models = sorted((m["name"], m["version"], m["status"]) for m in versions(stack))
     datasets = stack.get("/api/v1/admin/datasets", headers=stack.admin_headers).json()
+    start = time.monotonic()
     stack.compose("down", "--timeout", "30")
     result = stack.compose("up", "--detach", "--no-build", check=False, timeout=600)
     if result.returncode != 0:
         raise StackError(f"compose up failed:\n{result.stderr[-4000:]}")
-    stack.wait_until("the web service ready", stack.ready, timeout=300)
+    stack.wait_until("the web service ready", stack.ready, timeout=300, every=0.5)
+    stack.timings["compose down, then up to /readyz"] = time.monotonic() - start
     assert sorted((m["name"], m["version"], m["status"]) for m in versions(stack)) == models
     assert stack.get("/api/v1/admin/datasets", headers=stack.admin_headers).json() == datasets
     stack.wait_until("the served model back",
