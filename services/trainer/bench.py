@@ -17,7 +17,8 @@ def run_training_benchmark(architecture: str, image_size: int, resolution: int |
     import keras
     import tensorflow as tf
 
-    from services.trainer.models import build_independent_model, compile_model, default_hyperparameters
+    from services.trainer.models import build_independent_model, compile_model
+    from shared.hyperparameters import default_hyperparameters
 
     hp = default_hyperparameters(architecture, resolution=resolution or image_size, batch_size=batch_size,
                                  weights="none")

@@ -39,9 +39,9 @@ def _num(values: dict[str, Any], name: str) -> str:
 def _train(args: argparse.Namespace) -> int:
     from services.dataset.reader import DatasetNotFoundError, load_manifest
     from services.trainer import submit
-    from services.trainer.models import default_hyperparameters
     from shared.config import get_settings
     from shared.db import require_current_schema
+    from shared.hyperparameters import default_hyperparameters
     from shared.storage import object_store_from_settings
 
     settings = get_settings()
@@ -96,9 +96,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from services.crawler.importer import ImportFolderError
-    from services.trainer import registry
     from services.trainer.evaluation import evaluate_folder
     from services.trainer.training import _finite
+    from shared import registry
     from shared.config import get_settings
     from shared.storage import object_store_from_settings
 
@@ -129,8 +129,8 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from services.trainer import registry
     from services.trainer.tasks import sync_served_models
+    from shared import registry
     from shared.config import get_settings
     from shared.db import require_current_schema
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from services.trainer.models import LAYOUTS, Hyperparameters
 from shared.config import Settings
+from shared.hyperparameters import LAYOUTS, Hyperparameters
 from shared.models import model_name
 from shared.queues import GPU_QUEUE, TRAIN_TASK
 

@@ -175,8 +175,9 @@ def claim_version_prefix(store: ObjectStore, prefix: str, job_id: str) -> None:
 
 def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Train, export, upload, register and (maybe) bless one model. Safe to run again for ``job_id``."""
-    from services.trainer import registry, training
-    from services.trainer.models import Hyperparameters
+    from services.trainer import training
+    from shared import registry
+    from shared.hyperparameters import Hyperparameters
     from shared.storage import object_store_from_settings
 
     store = object_store_from_settings()
@@ -232,7 +233,8 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
 
 def finish(job_id: str, row: dict[str, Any], params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Bless (when asked and allowed), sync the served models, and report the result on the job."""
-    from services.trainer import metrics, registry
+    from services.trainer import metrics
+    from shared import registry
 
     if params.get("bless", True) and row["status"] == "candidate" and \
             not str(row["status_reason"]).startswith("not blessed"):

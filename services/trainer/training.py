@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from services.trainer import metrics as metric_fns
-from services.trainer.models import LAYOUTS, Hyperparameters
 from shared.files import replace_atomically, write_bytes_atomically, write_text_atomically
+from shared.hyperparameters import LAYOUTS, Hyperparameters
 from shared.storage import ObjectNotFoundError, ObjectStore
 
 if TYPE_CHECKING:

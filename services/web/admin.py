@@ -164,8 +164,8 @@ def start_trainings(celery: Celery, settings: Settings, store: ObjectStore,
                     request: TrainingRequest) -> list[str]:
     """One task per model, planned by the trainer (``services.trainer.submit.plan_tasks``)."""
     from services.dataset.reader import DatasetNotFoundError, load_manifest
-    from services.trainer.models import default_hyperparameters
     from services.trainer.submit import TrainInputError, plan_tasks
+    from shared.hyperparameters import default_hyperparameters
 
     try:
         manifest = load_manifest(store, request.dataset)

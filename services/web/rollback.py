@@ -1,9 +1,9 @@
 """Rolling a model back from the admin API: the registry changes which version is blessed
-(``services.trainer.registry``), then the inference server's model folder is synced so it serves it."""
+(``shared.registry``, the registry operations the trainer uses too), then the inference server's
+model folder is synced so it serves it."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.web.errors import ApiError
+from shared import registry
 from shared.config import Settings
 from shared.db import ModelVersion
 
@@ -19,11 +20,6 @@ log = logging.getLogger(__name__)
 
 def roll_back(settings: Settings, session: Session, name: str, version: int | None) -> list[dict[str, Any]]:
     """Bless ``version`` (default: the previous blessed one) of ``name``; every version's row after."""
-    try:
-        registry = importlib.import_module("services.trainer.registry")
-    except ModuleNotFoundError:
-        raise ApiError(501, "not_implemented",
-                       "the model registry (services.trainer.registry) is not installed") from None
     if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name).limit(1)) is None:
         raise ApiError(404, "model_not_found", f"no model named {name}")
     session.close()  # the registry works in its own transaction

@@ -19,8 +19,8 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from services.trainer import registry
 from services.web.admin import start_job
+from shared import registry
 from shared.celery_app import make_celery
 from shared.config import Settings, get_settings
 from shared.db import Movie, session_scope, upgrade_database

@@ -19,8 +19,8 @@ from services.dataset.pipeline import build_dataset
 from services.dataset.reader import manifest_key
 from services.dataset.report import load_report, store_report
 from services.dataset.shards import put_immutable
-from services.trainer import registry
 from services.trainer.tasks import upload_version
+from shared import registry
 from shared.config import Settings
 from shared.db import DatasetVersion, session_scope, upgrade_database
 from shared.storage import ObjectExistsError, ObjectStore, object_store_from_settings

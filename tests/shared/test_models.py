@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.trainer import registry
 from services.trainer.evaluation import year_routing
 from services.web.routes.models import year_assignment
+from shared import registry
 from shared.db import session_scope, upgrade_database
 from shared.models import PRECEDENCE, blessed_models, model_name, models_by_year
 

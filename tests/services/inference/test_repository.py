@@ -113,7 +113,7 @@ def test_served_labels_and_a_rollback_reach_the_running_server(settings, tmp_pat
             assert client.predict("genre-2001", pixels, label="canary")[1] == 3
             assert client.predict("genre-2000", pixels, label="stable")[1] == 1
 
-            # Roll genre-2001 back to version 1, as services.trainer.registry does, then re-sync.
+            # Roll genre-2001 back to version 1, as shared.registry does, then re-sync.
             with session_scope(settings.effective_database_url) as session:
                 for row in session.query(ModelVersion).filter_by(name="genre-2001"):
                     row.status = {1: "blessed", 2: "retired", 3: "retired"}[row.version]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from services.trainer import models
+from shared.hyperparameters import Hyperparameters, default_hyperparameters
 
 
-def hp(**overrides: object) -> models.Hyperparameters:
-    return models.default_hyperparameters("smallcnn", width=4, weights="none", **overrides)
+def hp(**overrides: object) -> Hyperparameters:
+    return default_hyperparameters("smallcnn", width=4, weights="none", **overrides)
 
 
 def test_independent_model_maps_pixels_to_one_score_per_genre() -> None:
@@ -45,14 +46,14 @@ def test_weights_from_a_local_file(tmp_path: Path) -> None:
 
 
 def test_keras_application_backbones_build_without_downloads() -> None:
-    model = models.build_independent_model(32, 3, models.default_hyperparameters(
+    model = models.build_independent_model(32, 3, default_hyperparameters(
         "mobilenetv3small", resolution=32, weights="none"))
     assert model.output_shape == (None, 3)
 
 
 def test_method_hyperparameters_are_the_resnet50_defaults() -> None:
-    method = models.default_hyperparameters("resnet50")
+    method = default_hyperparameters("resnet50")
     assert (method.resolution, method.batch_size, method.epochs, method.learning_rate, method.patience,
             method.monitor, method.optimizer) == (256, 32, 100, 1e-3, 20, "val_binary_accuracy", "adam")
     with pytest.raises(ValueError, match="unknown architecture"):
-        models.default_hyperparameters("vgg16")
+        default_hyperparameters("vgg16")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer import registry
+from shared import registry
 from shared.db import upgrade_database
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.trainer import submit
-from services.trainer.models import default_hyperparameters
+from shared.hyperparameters import default_hyperparameters
 
 
 def manifest(window: str, targets: dict[str, list[int]]) -> dict:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer import registry, submit
-from services.trainer.models import default_hyperparameters
+from services.trainer import submit
+from shared import registry
 from shared.config import Settings, get_settings
 from shared.db import Job, session_scope, upgrade_database
+from shared.hyperparameters import default_hyperparameters
 from shared.storage import object_store_from_settings
 from tests.services.trainer.datasets import write_dataset
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.trainer import training
-from services.trainer.models import Hyperparameters, default_hyperparameters
+from shared.hyperparameters import Hyperparameters, default_hyperparameters
 from shared.storage import object_store_from_settings
 from tests.services.trainer.datasets import GENRES, write_dataset
 

@@ -1,0 +1,63 @@
+"""The hyperparameters of a training, as plain data: what the admin API, ``postergenre train`` and the
+trainer's task all read and write, without importing Keras (``services.trainer.models`` builds the
+networks from them). Stored with every model version (``metrics.hyperparameters``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+ARCHITECTURES: tuple[str, ...] = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
+LAYOUTS: tuple[str, ...] = ("independent", "shared", "window")
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Everything that decides how one model is built and trained; stored with the model version."""
+
+    architecture: str = "resnet50"
+    weights: str = "none"  # "none", "imagenet" or a path to a local weights file
+    resolution: int | None = None  # working side inside the model; None keeps the input size
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"  # "adam" (the method) or "adamw"
+    schedule: str = "constant"  # learning rate: "constant" (the method) or "cosine" decay to 0
+    weight_decay: float = 0.0
+    patience: int = 20  # early stopping on val_loss
+    monitor: str = "val_binary_accuracy"  # the checkpoint kept as "best"
+    augment: bool = True
+    augment_strength: float = 0.1
+    dropout: float = 0.2
+    width: int = 32  # smallcnn: filters of the first block (doubled per block)
+    head_l2: float = 1e-3  # shared layout: pull of each year's head towards the common head
+    label_smoothing: float = 0.0
+    balanced: bool = False  # train on the dataset's genre-balanced sampling
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hyperparameters:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+# The method's hyperparameters for resnet50; lighter defaults where the method says nothing.
+DEFAULTS: dict[str, Hyperparameters] = {
+    "resnet50": Hyperparameters(architecture="resnet50", resolution=256),
+    "efficientnetb0": Hyperparameters(architecture="efficientnetb0", resolution=224),
+    "mobilenetv3small": Hyperparameters(architecture="mobilenetv3small", resolution=224),
+    "smallcnn": Hyperparameters(architecture="smallcnn", resolution=None, epochs=30, batch_size=64,
+                                optimizer="adamw", weight_decay=1e-4, schedule="cosine", patience=30,
+                                monitor="val_auc", dropout=0.3),
+}
+
+
+def default_hyperparameters(architecture: str, **overrides: Any) -> Hyperparameters:
+    """The defaults of ``architecture`` with ``overrides`` (``None`` values are ignored)."""
+    if architecture not in DEFAULTS:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return replace(DEFAULTS[architecture], **{k: v for k, v in overrides.items() if v is not None})
