@@ -61,6 +61,7 @@ demo: venv
 test: test-deps
 	$(BIN)/ruff check shared services tests
 	$(BIN)/mypy shared services tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The Compose system for real: images built here, containers started, faults injected (docs/deploy.md).
@@ -70,6 +71,7 @@ stack-test: $(VENV)/.test-deps
 lint: test-deps
 	$(BIN)/ruff check shared services tests
 	$(BIN)/mypy shared services tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
