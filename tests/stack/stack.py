@@ -148,6 +148,9 @@ class Stack:
         state = self.inspect(service)["State"]
         return str(state.get("Health", {}).get("Status", state["Status"]))
 
+    def is_healthy(self, service: str) -> bool:
+        return self.health(service) == "healthy"
+
     def logs(self, *services: str, tail: int = 60) -> str:
         return self.compose("logs", "--no-color", "--tail", str(tail), *services, check=False).stdout
 

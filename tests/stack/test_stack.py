@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import functools
 import socket
 import time
 from dataclasses import dataclass, field
@@ -57,9 +58,10 @@ def test_the_stack_starts_in_order_and_serves_the_page(started: Stack) -> None:
     states = dict(line.split(" ", 1) for line in migrate.splitlines() if line)
     for one_shot in ("migrate", "minio-init", "models-init"):
         assert states[one_shot].startswith("exited 0"), states
+    # Health checks run every 10 to 30 s: the last ones turn healthy after /readyz answers.
     for service in ("postgres", "redis", "cache", "minio", "tfserving", "web", "dataset-worker", "crawler",
                     "trainer-cpu"):
-        assert stack.health(service) == "healthy", (service, stack.logs(service))
+        stack.wait_until(f"{service} healthy", functools.partial(stack.is_healthy, service), timeout=120)
     page = stack.get("/")
     assert page.status_code == 200 and "<html" in page.text.lower()
     # TF.js of the in-browser mode is in the web image.
