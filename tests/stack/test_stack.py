@@ -108,7 +108,7 @@ def test_the_admin_api_starts_a_job_and_reports_its_progress(started: Stack) -> 
     seen: list[dict[str, Any]] = []
     final = stack.wait_job(response.json()["job_id"], timeout=300, seen=seen)
     assert final["state"] == "SUCCESS", final
-    assert final["progress"] == pytest.approx(1.0)
+    assert final["progress"] == pytest.approx(100.0)  # percent
     assert {info["state"] for info in seen} - {"SUCCESS"}, "no intermediate state was reported"
 
 
