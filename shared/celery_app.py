@@ -44,12 +44,20 @@ Liveness. :func:`start_heartbeat` (on ``worker_init``, in the worker's main proc
 thread, so the probe ``test $(( $(date +%s) - $(stat -c %Y FILE) )) -lt 120`` costs no Python start
 and does not depend on the broker: during a Redis outage the consumer's reconnect loop holds the
 main thread (a timer on the worker's event loop would stop too), the thread goes on.
+
+Local workers (embedded mode). A worker that imports the trainer's tasks announces itself in
+``<home>/celery/workers/<pid>.json`` with the queues it consumes while it runs
+(``services.trainer.tasks``); :func:`local_workers` reads those announcements, dropping the ones
+whose process is gone. ``postergenre train`` and the web service use them to know whether a queue of
+the filesystem broker has a consumer on this machine.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -57,7 +65,7 @@ from typing import Any
 from celery import Celery, signals
 
 from shared.config import Settings, get_settings
-from shared.queues import CRAWL_TASK, DATASET_TASK, TASK_QUEUES, TRAIN_TASK
+from shared.queues import CRAWL_TASK, DATASET_TASK, GPU_QUEUE, TASK_QUEUES, TRAIN_TASK
 
 TASK_MODULES = ["services.trainer.tasks", "services.dataset.tasks", "services.crawler.tasks"]
 
@@ -116,6 +124,29 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def present_task_modules() -> list[str]:
     """The task modules that exist: a worker still starts while a service has no tasks yet."""
     return [name for name in TASK_MODULES if importlib.util.find_spec(name) is not None]
+
+
+def workers_dir(settings: Settings) -> Path:
+    """Where local workers announce themselves (``<pid>.json``: pid and queues)."""
+    return settings.home_dir / "celery" / "workers"
+
+
+def local_workers(settings: Settings, queue: str = GPU_QUEUE) -> list[int]:
+    """Pids of live workers on this machine consuming ``queue`` (stale announcements are removed)."""
+    pids = []
+    folder = workers_dir(settings)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            info = json.loads(path.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, ValueError, KeyError, json.JSONDecodeError):
+            path.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # alive, owned by another user
+        if not info.get("queues") or queue in info["queues"]:
+            pids.append(int(info["pid"]))
+    return pids
 
 
 def touch(path: Path) -> None:

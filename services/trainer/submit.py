@@ -103,7 +103,7 @@ def send_tasks(tasks: list[PlannedTask], database_url: str | None = None, app: C
 @contextlib.contextmanager
 def local_worker(settings: Settings, log_path: Any = None) -> Iterator[subprocess.Popen[bytes] | None]:
     """With the filesystem broker and no live local worker on ``gpu``, run one (solo pool) for the block."""
-    from services.trainer.tasks import local_workers
+    from shared.celery_app import local_workers
 
     if not settings.effective_broker_url.startswith("filesystem") or local_workers(settings):
         yield None

@@ -11,7 +11,8 @@ under ``models/<name>/<version>/`` (immutable), record the exports and metrics i
 when the bless rule allows, and let the inference service pick the blessed versions up.
 
 Worker announcement: a worker that imports this module writes ``<home>/celery/workers/<pid>.json``
-while it runs, so that ``postergenre train`` in embedded mode knows whether a local worker exists.
+while it runs, so that ``postergenre train`` and the web service in embedded mode know whether a local
+worker exists (``shared.celery_app.local_workers``).
 """
 
 from __future__ import annotations
@@ -28,20 +29,16 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from shared.celery_app import celery_app
+from shared.celery_app import celery_app, workers_dir
 from shared.config import Settings, get_settings
 from shared.jobs import update_job
-from shared.queues import GPU_QUEUE, TRAIN_TASK
+from shared.queues import TRAIN_TASK
 from shared.storage import ObjectExistsError, ObjectStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FORMATS = ("savedmodel", "tflite", "tfjs")
 TRAINING_SHARE = 90.0  # progress percent spent training; the rest is export and registration
-
-
-def workers_dir(settings: Settings) -> Path:
-    return settings.home_dir / "celery" / "workers"
 
 
 @worker_ready.connect
@@ -58,24 +55,6 @@ def _announce_worker(sender: Any = None, **_kwargs: Any) -> None:
 @worker_shutdown.connect
 def _retract_worker(**_kwargs: Any) -> None:
     (workers_dir(get_settings()) / f"{os.getpid()}.json").unlink(missing_ok=True)
-
-
-def local_workers(settings: Settings, queue: str = GPU_QUEUE) -> list[int]:
-    """Pids of live workers on this machine consuming ``queue`` (stale announcements are removed)."""
-    pids = []
-    folder = workers_dir(settings)
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            info = json.loads(path.read_text())
-            os.kill(int(info["pid"]), 0)
-        except (ProcessLookupError, ValueError, KeyError, json.JSONDecodeError):
-            path.unlink(missing_ok=True)
-            continue
-        except PermissionError:
-            pass  # alive, owned by another user
-        if not info.get("queues") or queue in info["queues"]:
-            pids.append(int(info["pid"]))
-    return pids
 
 
 def available_formats(requested: list[str] | None) -> list[str]:

@@ -168,7 +168,7 @@ def test_postergenre_train_runs_its_own_worker_on_the_filesystem_broker_then_eva
     assert "genre-shared v1 blessed" in result.stdout
     [row] = registry.list_versions("genre-shared")
     assert row["layout"] == "shared" and row["years"] == [2000, 2001]
-    from services.trainer.tasks import local_workers
+    from shared.celery_app import local_workers
 
     assert local_workers(settings) == []  # the worker it started is gone
 
