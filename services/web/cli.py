@@ -11,9 +11,13 @@ def _serve_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from services.web.app import create_app
+    from services.web.worker import embedded_worker
+    from shared.config import get_settings
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
-                proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
+    # In embedded mode a worker child runs the admin API's jobs (services.web.worker); stack: none.
+    with embedded_worker(get_settings(), enabled=not args.no_worker):
+        uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
+                    proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 
@@ -39,6 +43,9 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     web.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     web.add_argument("--forwarded-allow-ips", default="127.0.0.1",
                      help="proxies whose X-Forwarded-* headers are trusted")
+    web.add_argument("--no-worker", action="store_true",
+                     help="embedded mode: do not start the worker child that runs the admin API's crawls, "
+                          "dataset builds and trainings (queues gpu, crawl, dataset)")
     web.set_defaults(handler=_serve_web)
 
     web_bench = bench.add_parser("web", help="latency and throughput of the prediction API (cold and cached)")

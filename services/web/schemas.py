@@ -84,6 +84,9 @@ class JobInfo(BaseModel):
     result: dict[str, Any]
     created_at: str | None
     updated_at: str | None
+    warning: str | None = Field(
+        None, description="set while the job waits on a queue that no worker consumes: which queue, "
+                          "and the command that starts a worker for it")
 
 
 class JobList(BaseModel):

@@ -18,7 +18,8 @@ from services.web.admin import (
     start_job,
     start_trainings,
 )
-from services.web.deps import AdminDep, CeleryDep, SessionDep, SettingsDep, StoreDep
+from services.web.consumers import add_warnings
+from services.web.deps import AdminDep, CeleryDep, SessionDep, SettingsDep, StateDep, StoreDep
 from services.web.errors import ApiError
 from services.web.rollback import roll_back
 from services.web.schemas import ERROR_RESPONSES, DatasetList, JobInfo, JobList, JobStarted, ModelList
@@ -59,21 +60,21 @@ def rollback(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+$")], settings:
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, summary="A job: state, progress, counts, errors")
 def get_job(job_id: Annotated[str, Path(max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")],
-            session: SessionDep) -> dict[str, Any]:
+            session: SessionDep, state: StateDep) -> dict[str, Any]:
     # Ids are at most 64 characters (the column); PostgreSQL refuses NUL in a string parameter.
     job = session.get(Job, job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
-    return job_as_dict(job)
+    return add_warnings([job_as_dict(job)], state.consumers)[0]
 
 
 @router.get("/jobs", response_model=JobList, summary="The latest jobs, newest first")
-def list_jobs(session: SessionDep, kind: Annotated[str | None, Query(max_length=16)] = None,
+def list_jobs(session: SessionDep, state: StateDep, kind: Annotated[str | None, Query(max_length=16)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
     if kind:
         query = query.where(Job.kind == kind)
-    return {"jobs": [job_as_dict(job) for job in session.scalars(query)]}
+    return {"jobs": add_warnings([job_as_dict(job) for job in session.scalars(query)], state.consumers)}
 
 
 @router.get("/datasets", response_model=DatasetList, summary="Dataset versions with their reports")

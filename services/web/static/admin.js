@@ -33,6 +33,8 @@
   }
 
   function details(job) {
+    // A job waiting on a queue no worker consumes says which queue and how to start a worker.
+    if (job.warning) return `Warning: ${job.warning}`;
     if (job.errors && job.errors.length) return job.errors[job.errors.length - 1];
     const counts = Object.entries(job.counts || {}).filter(([, v]) => typeof v !== "object");
     return counts.map(([k, v]) => `${k}: ${v}`).join(", ");
@@ -49,7 +51,8 @@
         const progress = element("td");
         progress.append(bar, element("span", ` ${Math.round(job.progress)}%`));
         tr.append(element("td", job.id.slice(0, 8), { title: job.id }), element("td", job.kind),
-                  element("td", job.state), progress, element("td", details(job)),
+                  element("td", job.state), progress,
+                  element("td", details(job), job.warning ? { class: "job-warning" } : {}),
                   element("td", job.created_at ? new Date(job.created_at).toLocaleString() : ""));
         return tr;
       }));
