@@ -2,6 +2,7 @@
 
 Each service registers its own subcommands (``services/<name>/cli.py``); those modules import their
 heavy dependencies (TensorFlow, Scrapy) inside the handlers so that ``postergenre --help`` is fast.
+Every parser is a :class:`services.cli_support.Parser`, whose help shows the options' defaults.
 """
 
 from __future__ import annotations
@@ -11,9 +12,50 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from services.cli_support import Parser
 from shared.queues import TASK_QUEUES
 
 Handler = Callable[[argparse.Namespace], int]
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    the work failed (a rejected row, an incomplete crawl, a failed training, an unreachable
+       inference server or database)
+  2    bad input or usage (unknown years, a missing file or dataset, a bad option, an out-of-date
+       database schema)
+  130  interrupted (Ctrl-C; a stopped crawl, which can be resumed)"""
+
+
+def version_text() -> str:
+    """This package's version, with Python's and the installed TensorFlow's (read from the package
+    metadata: TensorFlow is not imported)."""
+    from importlib import metadata
+
+    def installed(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    parts = [f"postergenre {installed('postergenre') or 'unknown'}", f"Python {sys.version.split()[0]}"]
+    tensorflow = next((version for name in ("tensorflow", "tensorflow-cpu")
+                       if (version := installed(name))), None)
+    if tensorflow:
+        parts.append(f"TensorFlow {tensorflow}")
+    return ", ".join(parts)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, its text computed only when asked for (metadata look-ups cost a little)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -60,6 +102,13 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _completion(args: argparse.Namespace) -> int:
+    from services.completion import SHELLS
+
+    sys.stdout.write(SHELLS[args.shell](build_parser()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from services import demo
     from services.crawler import cli as crawler_cli
@@ -68,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     from services.trainer import cli as trainer_cli
     from services.web import cli as web_cli
 
-    parser = argparse.ArgumentParser(prog="postergenre", description=__doc__.splitlines()[0])
+    parser = Parser(prog="postergenre", description=__doc__.splitlines()[0], epilog=EXIT_CODES)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version (with Python's and TensorFlow's) and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     db = commands.add_parser("db", help="database schema (Alembic)")
@@ -98,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     inference_cli.register(commands, serve_commands, bench_commands)
     web_cli.register(commands, serve_commands, bench_commands)
     demo.register(commands)
+
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script",
+        description="Print a completion script for bash or zsh, e.g. `source <(postergenre completion "
+        "bash)` in ~/.bashrc, or `postergenre completion zsh > ~/.zfunc/_postergenre` with ~/.zfunc "
+        "in fpath.")
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(handler=_completion)
     return parser
 
 

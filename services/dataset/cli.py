@@ -8,12 +8,14 @@ import os
 import sys
 from typing import Any
 
+from services.cli_support import add_output_options
 from shared.years import year_span_argument
 
 
 def _build(args: argparse.Namespace) -> int:
     # TensorFlow (the shard writer) logs its CPU features at INFO; keep the build's output readable.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from services.cli_support import print_json, progress_bar
     from services.dataset.params import BuildParams, DatasetInputError
     from services.dataset.pipeline import build_dataset
     from shared.config import get_settings
@@ -38,13 +40,43 @@ def _build(args: argparse.Namespace) -> int:
             max_composite_fraction=args.max_composite,
         )
         require_current_schema(settings.effective_database_url)
-        result = build_dataset(params, object_store_from_settings(), decode_workers=args.workers)
+        with progress_bar(quiet=args.quiet, total=100, desc="dataset", unit="%",
+                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}") as bar:
+
+            def progress(percent: float, message: str) -> None:
+                bar.set_description_str(message, refresh=False)
+                bar.update(max(0.0, min(100.0, percent) - bar.n))
+
+            result = build_dataset(params, object_store_from_settings(), progress=progress,
+                                   decode_workers=args.workers)
     except DatasetInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        print_json(build_summary(result.dataset_id, result.manifest, reused=result.reused))
+        return 0
     for line in result.summary_lines():
         print(line)
     return 0
+
+
+def build_summary(dataset_id: str, manifest: dict[str, Any], reused: bool) -> dict[str, Any]:
+    """What ``dataset build --json`` prints: the id, whether it was reused, each target's years and
+    movie counts per split, the skipped targets."""
+    return {
+        "dataset_id": dataset_id,
+        "reused": reused,
+        "window": manifest.get("window"),
+        "genres": manifest.get("genres", []),
+        "targets": target_counts(manifest),
+        "skipped": manifest.get("skipped", {}),
+    }
+
+
+def target_counts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Each target's years and movie counts per split."""
+    return {name: {"years": info["years"], "counts": info["counts"]["movies"]}
+            for name, info in manifest["targets"].items()}
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -57,10 +89,7 @@ def _show(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {key: manifest[key] for key in ("id", "content_hash", "window", "params", "genres", "skipped")}
-    summary["targets"] = {
-        name: {"years": info["years"], "counts": info["counts"]["movies"]}
-        for name, info in manifest["targets"].items()
-    }
+    summary["targets"] = target_counts(manifest)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -129,6 +158,7 @@ def register(commands: Any, bench: Any) -> None:
         help="undersample composites down to this share of the train split",
     )
     build.add_argument("--workers", type=int, default=4, help="threads decoding posters")
+    add_output_options(build, "print the summary (dataset id, targets, counts) as JSON")
     build.set_defaults(handler=_build)
     show = dataset_commands.add_parser("show", help="print a version's parameters and split sizes")
     show.add_argument("dataset_id")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.inference.predict import PosterTable
 
 
 def _serve_inference(args: argparse.Namespace) -> int:
@@ -73,8 +77,25 @@ def _predict(args: argparse.Namespace) -> int:
     except InferenceError as exc:
         print(f"inference failed: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        from services.cli_support import print_json
+
+        print_json(table_json(table, args.k, hashlib.sha256(data).hexdigest()))
+        return 0
     print(format_table(table))
     return 0
+
+
+def table_json(table: PosterTable, k: int, poster_sha256: str) -> dict[str, Any]:
+    """``predict --json``: the table in the shape of the REST API's answer (docs/api.md)."""
+    return {
+        "poster_sha256": poster_sha256,
+        "k": k,
+        "years": [{"year": row.year, "model": row.model, "version": row.version,
+                   "top": [{"genre": genre, "score": round(float(score), 6)} for genre, score in row.top]}
+                  for row in table.rows],
+        "unavailable_years": list(table.unavailable_years),
+    }
 
 
 def _bench_inference(args: argparse.Namespace) -> int:
@@ -160,12 +181,15 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
         help="inference server (grpc://host:port or http://host:port); "
         "default: POSTERGENRE_INFERENCE_URL, else an embedded one",
     )
+    predict.add_argument("--json", action="store_true",
+                         help="print the table as JSON, shaped as the REST API's answer "
+                         "(stdout holds only the JSON)")
     predict.set_defaults(handler=_predict)
 
     bench_inference = bench.add_parser(
         "inference", help="20-year table latency and throughput (docs/benchmarks.md)"
     )
-    bench_inference.add_argument("--json", action="store_true")
+    bench_inference.add_argument("--json", action="store_true", help="print the report as JSON")
     bench_inference.add_argument(
         "--models", type=int, default=20, help="yearly models (and shared-model heads)"
     )

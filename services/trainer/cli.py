@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.cli_support import add_output_options
 from shared.years import year_span_argument
 
 ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
@@ -95,6 +96,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from services.cli_support import print_json, progress_bar
     from services.crawler.importer import ImportFolderError
     from services.trainer.evaluation import evaluate_folder
     from services.trainer.training import _finite
@@ -104,14 +106,24 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     try:
-        result = evaluate_folder(Path(args.data), registry.blessed_versions(), object_store_from_settings(),
-                                 settings.home_dir / "cache" / "evaluate", prefix=settings.model_prefix)
+        with progress_bar(quiet=args.quiet, desc="evaluate", unit="poster") as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = evaluate_folder(Path(args.data), registry.blessed_versions(),
+                                     object_store_from_settings(), settings.home_dir / "cache" / "evaluate",
+                                     prefix=settings.model_prefix, progress=progress)
     except (ImportFolderError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite(result), indent=1))
+    if args.json:
+        print_json(_finite(result))
+        return 0
     overall, prior = result["overall"], result["baselines"]["year_prior"]
     print(f"{result['posters']} posters ({result['skipped_no_model']} without a model): macro_map "
           f"{_num(overall, 'macro_map')} (year prior {_num(prior, 'macro_map')}), macro_auc "
@@ -206,13 +218,14 @@ def register(commands: Any, bench: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="metrics of the blessed models on a labelled folder")
     evaluate.add_argument("--data", required=True, help="folder with images/<id>.jpg and labels.csv")
     evaluate.add_argument("--out", required=True, help="JSON file to write")
+    add_output_options(evaluate, "print the metrics written to --out on stdout too")
     evaluate.set_defaults(handler=_evaluate)
 
     models = commands.add_parser("models", help="the model registry: list, bless, reject, rollback")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     listing = models_commands.add_parser("list", help="every version and its status")
     listing.add_argument("name", nargs="?", default=None)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print the versions as JSON")
     listing.set_defaults(handler=_models)
     bless = models_commands.add_parser("bless", help="serve a version if the bless rule allows")
     bless.add_argument("name")

@@ -10,6 +10,7 @@ model's training split, as during training.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,12 @@ def train_priors(store: ObjectStore, row: dict[str, Any]) -> list[np.ndarray] | 
 
 
 def evaluate_folder(folder: Path, blessed: list[dict[str, Any]], store: ObjectStore, cache: Path,
-                    prefix: str = "genre") -> dict[str, Any]:
-    """The metrics of the blessed models on ``folder``: overall, baselines and per year."""
+                    prefix: str = "genre",
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The metrics of the blessed models on ``folder``: overall, baselines and per year.
+
+    ``progress(done, total)`` is called as the posters a model answers for are scored, year by year.
+    """
     posters, problems = read_folder(folder)
     routing = year_routing(blessed, prefix)
     vocabulary = sorted({str(g) for row in blessed for g in row["genres"]})
@@ -123,7 +128,13 @@ def evaluate_folder(folder: Path, blessed: list[dict[str, Any]], store: ObjectSt
             by_year.setdefault(poster.year, []).append(poster)
         else:
             skipped += 1
+    total, done = sum(len(group) for group in by_year.values()), 0
+    if progress is not None:
+        progress(done, total)
     for year, group in sorted(by_year.items()):
+        if progress is not None and done:
+            progress(done, total)
+        done += len(group)
         served = routing[year]
         row = served.row
         pixels, kept = [], []
@@ -161,6 +172,8 @@ def evaluate_folder(folder: Path, blessed: list[dict[str, Any]], store: ObjectSt
         prior_scores.append(np.repeat(prior[None, :], len(kept), axis=0))
         years.append(np.full(len(kept), year))
         thresholds.append(np.repeat(model_thresholds[None, :], len(kept), axis=0))
+    if progress is not None:
+        progress(done, total)
     if not labels:
         raise ValueError(f"no poster of {folder} has a year answered by a blessed model "
                          f"(years with models: {sorted(routing) or 'none'})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
@@ -20,13 +22,15 @@ from shared.storage import object_store_from_settings, upload_folder
 from tests.conftest import make_poster
 from tests.services.inference.conftest import GENRES, IMAGE_SIZE, expected_scores, write_pixels_model
 
+SEEDS = {2000: 5, 2001: 6}
 
-def test_predict_prints_each_years_best_genres_and_the_years_without_a_model(settings, tmp_path, capsys):
+
+def blessed_models_and_a_poster(settings, tmp_path: Path) -> Path:
+    """A blessed model for each year of ``SEEDS``; returns a poster to ask them about."""
     upgrade_database(settings.effective_database_url)
     store = object_store_from_settings()
-    seeds = {2000: 5, 2001: 6}
     with session_scope() as session:
-        for year, seed in seeds.items():
+        for year, seed in SEEDS.items():
             name = f"genre-{year}"
             upload_folder(store, write_pixels_model(tmp_path / name, seed=seed), f"models/{name}/1")
             session.add(
@@ -36,6 +40,12 @@ def test_predict_prints_each_years_best_genres_and_the_years_without_a_model(set
             )
     poster = tmp_path / "poster.jpg"
     poster.write_bytes(make_poster(3, size=(40, 60)))
+    return poster
+
+
+def test_predict_prints_each_years_best_genres_and_the_years_without_a_model(settings, tmp_path, capsys):
+    poster = blessed_models_and_a_poster(settings, tmp_path)
+    seeds = SEEDS
 
     assert main(["predict", str(poster), "--years", "2000-2002", "--k", "2"]) == 0
 
@@ -47,6 +57,23 @@ def test_predict_prints_each_years_best_genres_and_the_years_without_a_model(set
         line = next(line for line in output.splitlines() if line.startswith(str(year)))
         assert re.search(rf"genre-{year}\s+1\s+{best[0]} {scores.max():.2f}, {best[1]} ", line), output
     assert "no model for: 2002" in output
+
+
+def test_predict_json_is_the_api_answer_alone_on_stdout(settings, tmp_path, capsys):
+    poster = blessed_models_and_a_poster(settings, tmp_path)
+
+    assert main(["predict", str(poster), "--years", "2000-2002", "--k", "2", "--json"]) == 0
+
+    answer = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    pixels = poster_pixels(poster.read_bytes(), IMAGE_SIZE)[np.newaxis].astype(np.float32)
+    assert answer["k"] == 2 and answer["unavailable_years"] == [2002]
+    assert answer["poster_sha256"] == hashlib.sha256(poster.read_bytes()).hexdigest()
+    assert [(row["year"], row["model"], row["version"]) for row in answer["years"]] == [
+        (2000, "genre-2000", 1), (2001, "genre-2001", 1)]
+    for row in answer["years"]:
+        scores = expected_scores(pixels, SEEDS[row["year"]])[0]
+        assert [top["genre"] for top in row["top"]] == [GENRES[i] for i in np.argsort(-scores)[:2]]
+        assert row["top"][0]["score"] == pytest.approx(scores.max(), abs=1e-5)
 
 
 def test_predict_refuses_bad_input_clearly(settings, tmp_path, capsys):
