@@ -284,3 +284,27 @@ def test_a_started_crawl_runs_on_a_real_worker_and_its_failure_is_reported(web_s
 
 def job_state(stack: WebStack, job_id: str) -> str:
     return str(stack.client.get(f"/api/v1/admin/jobs/{job_id}", headers=AUTH).json()["state"])
+
+
+def test_a_job_waiting_on_a_queue_without_a_worker_says_so(web_stack: WebStack) -> None:
+    """No worker consumes ``dataset`` on the tests' broker: asked over Redis (``inspect``), the job info
+    and the jobs list name the queue and the command that starts a worker; a fresh job has no warning."""
+    import datetime as dt
+
+    from shared.db import Job
+    from shared.jobs import create_job
+
+    url = web_stack.settings.effective_database_url
+    create_job("waiting-dataset", "dataset", {"years": "2001"}, url=url)
+    create_job("fresh-dataset", "dataset", {"years": "2001"}, url=url)
+    with session_scope(url) as session:
+        waiting = session.get(Job, "waiting-dataset")
+        assert waiting is not None
+        waiting.created_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    job = web_stack.client.get("/api/v1/admin/jobs/waiting-dataset", headers=AUTH).json()
+    assert job["state"] == "PENDING"
+    assert "'dataset' queue" in job["warning"] and "`postergenre worker --queues dataset`" in job["warning"]
+    assert "--no-worker" not in job["warning"]  # stack mode: the deployment runs the workers
+    jobs = {j["id"]: j for j in web_stack.client.get("/api/v1/admin/jobs", headers=AUTH).json()["jobs"]}
+    assert jobs["waiting-dataset"]["warning"] == job["warning"]
+    assert jobs["fresh-dataset"]["warning"] is None
