@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.cli_support import add_output_options
 from shared.years import year_span_argument, years_argument
 
 
 def _import(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from services.cli_support import print_json, progress_bar
     from services.crawler.importer import ImportFolderError, import_folder, read_labels
     from shared.config import get_settings
     from shared.db import require_current_schema
@@ -31,13 +31,18 @@ def _import(args: argparse.Namespace) -> int:
     except ImportFolderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with tqdm(total=min(total, args.limit or total), desc="import", unit="poster",
-              disable=args.quiet) as bar:
+    with progress_bar(quiet=args.quiet, total=min(total, args.limit or total), desc="import",
+                      unit="poster") as bar:
         report = import_folder(folder, store, years=args.years, limit=args.limit, progress=bar)
     for error in report.errors:
         print(f"rejected {error}", file=sys.stderr)
-    print(f"imported {report.imported}, updated {report.updated}, unchanged {report.unchanged}, "
-          f"rejected {len(report.errors)}")
+    if args.json:
+        print_json({"imported": report.imported, "updated": report.updated, "unchanged": report.unchanged,
+                    "rejected": [{"row": error.row, "movie_id": error.movie_id, "reason": error.reason}
+                                 for error in report.errors]})
+    else:
+        print(f"imported {report.imported}, updated {report.updated}, unchanged {report.unchanged}, "
+              f"rejected {len(report.errors)}")
     return 1 if report.errors else 0
 
 
@@ -98,5 +103,5 @@ def register(commands: Any, bench: Any) -> None:
     imp.add_argument("--years", type=year_span_argument, default=None,
                      help="only these years, e.g. 2000-2015")
     imp.add_argument("--limit", type=int, default=None, help="import at most N rows")
-    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_options(imp, "print the counts and the rejected rows as JSON")
     imp.set_defaults(handler=_import)

@@ -141,6 +141,7 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from services.cli_support import print_json
     from services.trainer.tasks import sync_served_models
     from shared import registry
     from shared.config import get_settings
@@ -152,7 +153,7 @@ def _models(args: argparse.Namespace) -> int:
         if args.models_command == "list":
             rows = registry.list_versions(args.name)
             if args.json:
-                print(json.dumps(rows, indent=1, default=str))
+                print_json(rows)
             else:
                 _print_versions(rows)
             return 0
@@ -165,9 +166,13 @@ def _models(args: argparse.Namespace) -> int:
     except registry.RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _print_versions([row])
-    if args.models_command in ("bless", "rollback"):
-        print(sync_served_models(settings))
+    synced = sync_served_models(settings) if args.models_command in ("bless", "rollback") else None
+    if args.json:
+        print_json({"version": row, "synced": synced})
+    else:
+        _print_versions([row])
+        if synced is not None:
+            print(synced)
     return 0 if row["status"] in ("blessed", "retired") else 1
 
 
@@ -232,15 +237,18 @@ def register(commands: Any, bench: Any) -> None:
     bless.add_argument("version", type=int)
     bless.add_argument("--tolerance", type=float, default=0.01)
     bless.add_argument("--force", action="store_true", help="bless even below the blessed version")
+    bless.add_argument("--json", action="store_true", help="print the version's registry row as JSON")
     bless.set_defaults(handler=_models)
     reject = models_commands.add_parser("reject", help="retire a candidate that must not be served")
     reject.add_argument("name")
     reject.add_argument("version", type=int)
     reject.add_argument("--reason", default="rejected by an operator")
+    reject.add_argument("--json", action="store_true", help="print the version's registry row as JSON")
     reject.set_defaults(handler=_models)
     rollback = models_commands.add_parser("rollback", help="serve the previous blessed version again")
     rollback.add_argument("name")
     rollback.add_argument("--to", type=int, default=None, help="a given version instead of the previous")
+    rollback.add_argument("--json", action="store_true", help="print the version's registry row as JSON")
     rollback.set_defaults(handler=_models)
 
     bench_train = bench.add_parser("train", help="training and prediction throughput of one architecture")

@@ -19,7 +19,7 @@ from services.cli_support import Parser, progress_bar
 from services.completion import walk
 from services.crawler.importer import import_folder
 from services.dataset.reader import load_manifest
-from shared.db import upgrade_database
+from shared.db import ModelVersion, session_scope, upgrade_database
 from shared.storage import object_store_from_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +89,35 @@ def test_dataset_build_json_is_the_summary_alone_and_no_bar_off_a_terminal(
 
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["reused"] is True
+
+
+def test_import_json_counts_the_rows_and_lists_the_rejected(
+    settings: Any, poster_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgrade_database()
+    (poster_folder / "images" / "tt1000003.jpg").unlink()
+
+    assert main(["import", "--from", str(poster_folder), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["imported"], report["updated"], report["unchanged"]) == (23, 0, 0)
+    [rejected] = report["rejected"]
+    assert rejected["movie_id"] == "tt1000003" and rejected["reason"].startswith("missing image")
+
+
+def test_models_list_and_reject_json(settings: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    upgrade_database()
+    with session_scope() as session:
+        for version in (1, 2):
+            session.add(ModelVersion(name="genre-2000", version=version, year=2000, status="candidate",
+                                     image_size=16, genres=["Drama"]))
+
+    assert main(["models", "reject", "genre-2000", "2", "--reason", "blurry", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["version"]["status"] == "retired" and "blurry" in answer["version"]["status_reason"]
+    assert answer["synced"] is None  # a rejection changes nothing served
+    assert main(["models", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["version"], row["status"]) for row in rows] == [(1, "candidate"), (2, "retired")]
 
 
 class Terminal(io.StringIO):
