@@ -47,13 +47,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
 
     yield start
     for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        servers.stop_process(process)
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:

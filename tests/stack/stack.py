@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from tests.servers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = (REPO / "compose.yaml", REPO / "tests" / "stack" / "compose.override.yaml")
 POSTERS = REPO.parent / "shared" / "data" / "posters-imdb"
@@ -31,12 +32,6 @@ PROFILE = "cpu"  # the whole system on a machine without a GPU: web, TF Serving,
 
 class StackError(RuntimeError):
     pass
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def compose_binary() -> str:
@@ -71,7 +66,7 @@ class Stack:
 
     project_dir: Path
     name: str = "postergenre-stacktest"
-    web_port: int = field(default_factory=free_loopback_port)
+    web_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)
     # Seconds each measured step took, written to var/stack/stack-test-times.json (docs/deploy.md).

@@ -20,6 +20,7 @@ from shared.config import Settings, get_settings
 from shared.db import Job, session_scope, upgrade_database
 from shared.hyperparameters import default_hyperparameters
 from shared.storage import object_store_from_settings
+from tests.servers import stop_process
 from tests.services.trainer.datasets import write_dataset
 
 REPO = Path(__file__).resolve().parents[3]
@@ -33,16 +34,6 @@ def start_worker(log: Path, name: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "services.cli", "worker", "--queues", "gpu", "--pool", "solo",
                "--loglevel", "INFO", "--hostname", f"{name}@%h"]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def job(job_id: str) -> dict:
@@ -110,7 +101,7 @@ def test_a_worker_on_redis_trains_exports_registers_and_blesses(redis_stack: Set
     try:
         final = wait_for(task.task_id, lambda j: j["state"] == "SUCCESS", 240, log, "training on Redis")
     finally:
-        stop(worker)
+        stop_process(worker)
     assert final["result"]["model"] == "genre-2000" and final["result"]["status"] == "blessed"
     assert final["counts"]["epoch"] == 2
     [row] = registry.list_versions("genre-2000")
@@ -136,7 +127,7 @@ def test_a_killed_worker_leaves_the_task_to_another_that_resumes_from_the_checkp
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
-        stop(first)
+        stop_process(first)
     killed_at = job(task.task_id)
     assert killed_at["state"] == "PROGRESS" and killed_at["counts"]["epoch"] < 4
     restore_unacknowledged(redis_stack.effective_broker_url)
@@ -144,7 +135,7 @@ def test_a_killed_worker_leaves_the_task_to_another_that_resumes_from_the_checkp
     try:
         final = wait_for(task.task_id, lambda j: j["state"] == "SUCCESS", 240, log, "resumed training")
     finally:
-        stop(second)
+        stop_process(second)
     assert final["counts"]["pid"] == second.pid
     assert 1 <= final["result"]["resumed_from_epoch"] < 4
     rows = registry.list_versions("genre-2000")
