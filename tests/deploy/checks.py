@@ -750,17 +750,11 @@ def check_k8s_semantics(
     docs: list[dict[str, Any]], overlay: str, secrets: dict[str, dict[str, str]] | None = None
 ) -> list[str]:
     """References between objects resolve, and the wiring agrees with the code."""
-    secrets = read_secret_example() if secrets is None else secrets
+    index = k8s_index(docs, secrets)
+    secrets, by_kind = index.secrets, index.by_kind
+    config_maps, workloads = index.config_maps, index.workloads
     settings_names = settings_variables()
     problems: list[str] = []
-    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
-    for doc in docs:
-        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
-    config_maps = {
-        name: {str(k): str(v) for k, v in (doc.get("data") or {}).items()}
-        for name, doc in by_kind.get("ConfigMap", {}).items()
-    }
-    workloads = [doc for doc in docs if pod_spec(doc) is not None]
 
     for config_map, data in config_maps.items():
         problems += [
