@@ -35,15 +35,19 @@ record() {  # image, start time
 }
 
 build() {  # tag, then docker build arguments
-    local tag=$1 start
+    local tag=$1 start previous
     shift
     start=$(now)
-    # The label lets the prune below remove this project's superseded images and nothing else.
-    if ! docker build --quiet --label org.postergenre.stack=1 --tag "$tag" "$@" >/dev/null \
-            2>"$repo_root/var/stack/build-error.log"; then
+    previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+    if ! docker build --quiet --tag "$tag" "$@" >/dev/null 2>"$repo_root/var/stack/build-error.log"; then
         # Again with the output, so the failing step and its message are on the screen.
         docker build --tag "$tag" "$@"
         exit 1
+    fi
+    # The image this build replaced (about 3 GB) goes, with the layers only it used; layers the new
+    # image shares, and the build stages' cache, stay. A container still using it keeps it.
+    if [[ -n "$previous" && "$previous" != "$(docker image inspect --format '{{.Id}}' "$tag")" ]]; then
+        docker rmi "$previous" >/dev/null 2>&1 || true
     fi
     record "$tag" "$start"
 }
@@ -91,6 +95,3 @@ build postergenre-stack-redis:7 -f tests/stack/images/redis.Dockerfile \
     --build-arg BASE_IMAGE="$base_image" tests/stack/images
 build postergenre-stack-s3:moto -f tests/stack/images/s3.Dockerfile \
     --build-arg BASE_IMAGE="$base_image" tests/stack/images
-
-# Each rebuild leaves the image it replaced untagged (about 3 GB apiece): remove those, only ours.
-docker image prune --force --filter label=org.postergenre.stack=1 >/dev/null
