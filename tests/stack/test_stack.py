@@ -235,8 +235,7 @@ def test_a_port_in_use_stops_web_with_the_message_and_no_restart_loop(started: S
         port = taken.getsockname()[1]
         result = stack.compose("up", "--detach", "--no-build", "web", check=False,
                                env={"WEB_PUBLISH": f"127.0.0.1:{port}"})
-        # Compose 2.40 against Engine 20.10 prints the daemon's error but exits 0 here: the message and
-        # the container's state are what a user sees (docs/deploy.md).
+        assert result.returncode != 0
         assert "address already in use" in result.stderr.lower(), result.stderr[-2000:]
         time.sleep(10)
         state = stack.inspect("web")
