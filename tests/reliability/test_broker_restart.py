@@ -26,8 +26,9 @@ from shared.config import Settings, get_settings
 from shared.db import Movie, session_scope, upgrade_database
 from tests import servers
 from tests.reliability.faults import PersistentRedis
+from tests.servers import stop_process
 from tests.services.crawler.conftest import FAST_CRAWL_ENV, RunningSite
-from tests.services.trainer.test_tasks import job, send, stop, wait_for
+from tests.services.trainer.test_tasks import job, send, wait_for
 from tests.tmdb_site import TmdbSite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_redis_restart_during_training_the_task_completes_and_the_worker_takes_n
         after = send(settings, "broker-restart-2", epochs=1, batch_size=8)
         wait_for(after.task_id, lambda j: j["state"] == "SUCCESS", 240, log, "a task sent after the restart")
     finally:
-        stop(worker)
+        stop_process(worker)
     assert worker.returncode is not None
     assert [r["task_id"] for r in registry.list_versions("genre-2000")] == [task.task_id, after.task_id]
     assert "Connection to broker lost" in log.read_text() or "Cannot connect" in log.read_text()
@@ -124,7 +125,7 @@ def test_redis_restart_during_a_crawl_task_the_crawl_completes(
         restart(broker)
         final = wait_for(job_id, lambda j: j["state"] == "SUCCESS", 240, log, "crawl after the restart")
     finally:
-        stop(worker)
+        stop_process(worker)
     assert final["counts"]["total"]["seen"] == 60
     with session_scope(database_url) as session:
         stored = {int(source_id) for source_id in session.scalars(select(Movie.source_id))}
@@ -151,7 +152,7 @@ def test_a_task_queued_before_a_redis_crash_survives_with_the_deployments_append
         try:
             final = wait_for(task.task_id, lambda j: j["state"] == "SUCCESS", 240, log, "the queued task")
         finally:
-            stop(worker)
+            stop_process(worker)
         assert final["counts"]["pid"] == worker.pid
         assert [r["task_id"] for r in registry.list_versions("genre-2000")] == [task.task_id]
     finally:
