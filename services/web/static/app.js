@@ -255,10 +255,15 @@
     results.dataset.mode = where === "On the server" ? "server" : "browser";
   }
 
+  /* Set once a table was asked for with the years the field shows: from then on a default that
+     arrives late must not rewrite the field, or the field and the table would disagree. */
+  let yearsAsked = false;
+
   async function predict() {
     if (!currentFile) return;
     clearError();
     const spec = yearsInput.value.trim() || "2000-2019";
+    yearsAsked = true;
     const started = performance.now();
     try {
       const years = parseYears(spec);
@@ -289,7 +294,8 @@
   }
 
   /* The years asked for by default: the latest twenty that have a model (the models may end before
-     2019, as the demo's, trained on posters up to 2015), unless the visitor has typed their own. */
+     2019, as the demo's, trained on posters up to 2015), unless the visitor has typed their own or
+     already has a table for the years shown. */
   let yearsEdited = false;
   yearsInput.addEventListener("input", () => { yearsEdited = true; });
   fetch("/api/v1/models")
@@ -297,7 +303,7 @@
     .then((listing) => {
       const covered = Object.keys((listing && listing.by_year) || {}).map(Number)
         .filter(Number.isInteger).sort((a, b) => a - b);
-      if (yearsEdited || covered.length === 0) return;
+      if (yearsEdited || yearsAsked || covered.length === 0) return;
       const last = covered[covered.length - 1];
       const first = Math.max(covered[0], last - 19);
       yearsInput.value = first === last ? String(last) : `${first}-${last}`;

@@ -154,6 +154,35 @@ def test_the_years_field_defaults_to_the_latest_twenty_years_with_a_model(browse
         page.close()
 
 
+def test_a_late_years_default_leaves_the_field_and_the_table_in_agreement(
+        browser: Any, site: tuple[str, Settings], poster: Path) -> None:
+    """A poster chosen before the models' listing arrives is read for the years the field shows then;
+    the listing, answered afterwards, must not rewrite the field under that table."""
+    url, _ = site
+    page = browser.new_page()
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:  # the listing waits until the test lets it through
+        held.append(route)
+
+    page.route("**/api/v1/models", hold)
+    try:
+        page.goto(url)
+        page.set_input_files("#poster-file", str(poster))
+        table = wait_for_results(page, "server")
+        assert held, "the page did not ask for the models' listing"
+        assert page.input_value("#years") == YEARS
+        assert [row["year"] for row in table] == list(range(2000, 2020))
+        held[0].continue_()
+        page.wait_for_function("() => performance.getEntriesByType('resource')"
+                               ".some(e => e.name.endsWith('/api/v1/models'))", timeout=30_000)
+        page.wait_for_timeout(500)  # the listing's handler has run
+        assert page.input_value("#years") == YEARS
+        assert [row["year"] for row in read_table(page)] == list(range(2000, 2020))
+    finally:
+        page.close()
+
+
 def test_upload_shows_the_table_and_heatmap(browser: Any, site: tuple[str, Settings], poster: Path) -> None:
     url, _ = site
     page = browser.new_page(viewport={"width": 1280, "height": 900})
