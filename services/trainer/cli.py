@@ -38,12 +38,13 @@ def _num(values: dict[str, Any], name: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from services.dataset.reader import DatasetNotFoundError, load_manifest
     from services.trainer import submit
     from shared.config import get_settings
+    from shared.dataset_manifest import DatasetNotFoundError, load_manifest
     from shared.db import require_current_schema
     from shared.hyperparameters import default_hyperparameters
     from shared.storage import object_store_from_settings
+    from shared.training_plan import TrainInputError, plan_tasks
 
     settings = get_settings()
     require_current_schema(settings.effective_database_url)
@@ -56,9 +57,9 @@ def _train(args: argparse.Namespace) -> int:
             augment=None if args.augment is None else args.augment == "on",
             augment_strength=args.augment_strength, balanced=args.balanced, seed=args.seed,
             optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule)
-        tasks = submit.plan_tasks(manifest, args.years, args.layout, hp, args.prefix or settings.model_prefix,
+        tasks = plan_tasks(manifest, args.years, args.layout, hp, args.prefix or settings.model_prefix,
                                   formats=args.formats, bless=not args.no_bless, tolerance=args.tolerance)
-    except (DatasetNotFoundError, submit.TrainInputError, ValueError) as exc:
+    except (DatasetNotFoundError, TrainInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.wait:
