@@ -42,6 +42,21 @@ def select_targets(manifest: dict[str, Any], years: range) -> list[str]:
     return sorted(selected)
 
 
+def check_weights(hp: Hyperparameters) -> None:
+    """``--weights package``: the pinned package's file is there, intact and of the right shapes, checked
+    before anything is queued (a training would otherwise fail only once a worker builds its model)."""
+    if hp.weights != "package":
+        return
+    from shared import pretrained
+    from shared.config import get_settings
+
+    configured = get_settings().backbone_weights_file
+    try:
+        pretrained.check_package_weights(hp.architecture, configured.expanduser() if configured else None)
+    except pretrained.PretrainedWeightsError as exc:
+        raise TrainInputError(str(exc)) from exc
+
+
 def plan_tasks(manifest: dict[str, Any], years: range, layout: str, hp: Hyperparameters, prefix: str,
                formats: list[str] | None = None, bless: bool = True, tolerance: float | None = None
                ) -> list[PlannedTask]:
@@ -57,6 +72,7 @@ def plan_tasks(manifest: dict[str, Any], years: range, layout: str, hp: Hyperpar
                               "or build it with --window decade or rolling")
     if layout == "shared" and window == "decade":
         raise TrainInputError("the shared layout has one head per year: build the dataset with --window year")
+    check_weights(hp)
     targets = select_targets(manifest, years)
     if not targets:
         raise TrainInputError(f"dataset {manifest['id']} has no target in {years[0]}-{years[-1]} "

