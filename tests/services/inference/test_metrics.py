@@ -57,7 +57,8 @@ def test_requests_batches_and_reloads_are_counted_by_model_and_version(
     ok = {"model": "genre-2000", "signature": "pixels", "outcome": "OK"}
     assert value(families, "postergenre_inference_requests_total", version="1", **ok) == 8
     assert value(families, "postergenre_inference_requests_total", version="2", **ok) == 1
-    assert value(families, "postergenre_inference_requests_total", model="genre-1900", outcome="NOT_FOUND") == 1
+    assert value(families, "postergenre_inference_requests_total", model="genre-1900",
+                 outcome="NOT_FOUND") == 1
     # Every row went through a batch; eight requests in fewer batches than requests means merging.
     batch = {"model": "genre-2000", "version": "1", "signature": "pixels"}
     assert value(families, "postergenre_inference_batch_size_sum", **batch) == 8
