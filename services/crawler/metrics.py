@@ -68,6 +68,8 @@ class CrawlMetricsExtension:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> CrawlMetricsExtension:
+        # Every receiver takes **kwargs: Scrapy passes a receiver only the arguments its signature
+        # names, and the guard's wrapper names none.
         extension = cls(crawler)
         crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
@@ -89,7 +91,7 @@ class CrawlMetricsExtension:
         return int(stats.get_value(key, 0) or 0) if stats is not None else 0
 
     @guarded
-    def spider_opened(self, spider: Spider) -> None:
+    def spider_opened(self, spider: Spider, **_kwargs: Any) -> None:
         self.spider = spider
         self.exported = {key: self._stat(key) for key in RETRY_STATS}
         self.exported[MALFORMED] = self._malformed()
@@ -110,7 +112,7 @@ class CrawlMetricsExtension:
         self.exported[MALFORMED] = malformed
 
     @guarded
-    def item_scraped(self, item: Any) -> None:
+    def item_scraped(self, item: Any, **_kwargs: Any) -> None:
         if not isinstance(item, MovieItem) or not item.outcome:
             return
         self.metrics.seen.inc()
@@ -131,5 +133,5 @@ class CrawlMetricsExtension:
         self.metrics.responses.labels(status=str(getattr(response, "status", 0))).inc()
         self.sync()
 
-    def spider_closed(self, spider: Spider) -> None:
+    def spider_closed(self, spider: Spider, **_kwargs: Any) -> None:
         self.sync()
