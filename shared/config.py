@@ -63,10 +63,10 @@ class Settings(BaseSettings):
         default=2, gt=0, description="Threads TF Serving runs batches on (its num_batch_threads).")
     inference_poll_seconds: float = Field(
         default=1.0, description="How often the embedded inference server looks for new model versions.")
-    inference_metrics_port: int | None = Field(
-        default=None, ge=0, le=65535,
+    inference_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
         description="Port of the embedded inference server's Prometheus endpoint "
-                    "(/monitoring/prometheus/metrics, as TF Serving's); unset: off, 0: any free port.")
+                    "(/monitoring/prometheus/metrics, as TF Serving's; also on its REST port); 0: off.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
     model_prefix: str = Field(default="genre", description="Yearly models are named <prefix>-<year>.")
     image_size: int = Field(default=128, description="Side of the square model input, in pixels.")

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # Task states as Celery names them; RECEIVED and REVOKED are counted by the main process, the others
 # by the process that runs the task.
 STATES = ("RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED")
+QUEUE_LENGTH_FAMILY = "postergenre_celery_queue_length"  # a gauge, made at scrape time
 
 
 class WorkerMetrics:
@@ -87,7 +88,7 @@ class QueueLengthCollector(Collector):
         self.timeout_s = timeout_s
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("postergenre_celery_queue_length",
+        family = GaugeMetricFamily(QUEUE_LENGTH_FAMILY,
                                    "Messages waiting in a Celery queue (not counting those a worker holds)",
                                    labels=["queue"])
         try:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path
 BatchObserver = Callable[[int, list[float], float], None]
+LOADED_VERSIONS_FAMILY = "postergenre_inference_model_version_loaded"  # a gauge, made at scrape time
 
 
 class LoadedVersionsCollector(Collector):
@@ -37,7 +38,7 @@ class LoadedVersionsCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("postergenre_inference_model_version_loaded",
+        family = GaugeMetricFamily(LOADED_VERSIONS_FAMILY,
                                    "1 for each model version the server serves now",
                                    labels=["model", "version"])
         for name, entry in sorted(self.state().models.items()):

@@ -503,5 +503,5 @@ def start_embedded(
         settings.inference_batch_timeout_ms,
         settings.inference_poll_seconds,
         settings.inference_timeout_s,
-        metrics_port=settings.inference_metrics_port,
+        metrics_port=settings.inference_metrics_port or None,
     )
