@@ -11,8 +11,9 @@ Recording goes through :func:`shared.metrics.guarded`: a metric that fails never
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -24,6 +25,8 @@ from shared.metrics import BATCH_SIZE_BUCKETS, DURATION_BUCKETS_S, LATENCY_BUCKE
 
 if TYPE_CHECKING:
     from services.inference.models import ServingState
+
+log = logging.getLogger(__name__)
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path
 BatchObserver = Callable[[int, list[float], float], None]
@@ -78,6 +81,7 @@ class InferenceMetrics:
             ["model", "version", "kind"], buckets=DURATION_BUCKETS_S, registry=self.registry)
         self.unloads = Counter("postergenre_inference_model_unloads", "Model versions unloaded, by model",
                                ["model"], registry=self.registry)
+        self._request_children: dict[tuple[str, int | None, str, str], tuple[Any, Any]] = {}
 
     def watch(self, state: Callable[[], ServingState]) -> None:
         """Export which versions are loaded, read from ``state`` at each scrape."""
@@ -85,10 +89,20 @@ class InferenceMetrics:
 
     @guarded
     def request(self, model: str, version: int | None, signature: str, outcome: str, seconds: float) -> None:
-        signature = signature or "serving_default"
-        self.requests.labels(model=model, version="" if version is None else str(version),
-                             signature=signature, outcome=outcome).inc()
-        self.request_latency.labels(model=model, signature=signature).observe(seconds)
+        # The labelled children are looked up once per label set: labels() takes a lock and builds
+        # a tuple each call, which on the prediction path is worth skipping.
+        key = (model, version, signature, outcome)
+        children = self._request_children.get(key)
+        if children is None:
+            signature = signature or "serving_default"
+            children = (
+                self.requests.labels(model=model, version="" if version is None else str(version),
+                                     signature=signature, outcome=outcome),
+                self.request_latency.labels(model=model, signature=signature),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     @guarded
     def load(self, model: str, version: int, kind: str, ok: bool, seconds: float) -> None:
@@ -103,12 +117,18 @@ class InferenceMetrics:
     def batch_observer(self, model: str, version: int, signature: str) -> BatchObserver:
         """The callback a batcher calls after each batch: rows, each request's queue wait, run time."""
         labels = {"model": model, "version": str(version), "signature": signature}
+        try:
+            batch_size = self.batch_size.labels(**labels)
+            batch_duration = self.batch_duration.labels(**labels)
+            queue_wait = self.queue_wait.labels(**labels)
+        except Exception:  # a model loads and serves without its batch metrics rather than not at all
+            log.warning("metrics: no batch metrics for %s version %d", model, version, exc_info=True)
+            return lambda rows, waits, run_s: None
 
         @guarded
         def observe(rows: int, waits: list[float], run_s: float) -> None:
-            self.batch_size.labels(**labels).observe(rows)
-            self.batch_duration.labels(**labels).observe(run_s)
-            queue_wait = self.queue_wait.labels(**labels)
+            batch_size.observe(rows)
+            batch_duration.observe(run_s)
             for wait in waits:
                 queue_wait.observe(wait)
 

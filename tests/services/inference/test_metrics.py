@@ -75,13 +75,19 @@ def test_requests_batches_and_reloads_are_counted_by_model_and_version(
     assert FAMILIES <= set(scrape(f"{metered.rest_url}{PROMETHEUS_PATH}"))
 
 
-def test_a_failing_metric_never_fails_a_prediction(metered: EmbeddedServer) -> None:
+def test_a_failing_metric_never_fails_a_prediction_or_a_load(
+    metered: EmbeddedServer, models_dir: Path
+) -> None:
     metrics = metered.manager.metrics
     assert metrics is not None
-    # Break the recording of requests and batches: predictions must still be answered.
+    # Break the recording of requests and of a new version's batches: the version must still load
+    # and predictions must still be answered.
     metrics.requests = None  # type: ignore[assignment]
     metrics.batch_size = None  # type: ignore[assignment]
+    write_pixels_model(models_dir / "genre-2001" / "2", seed=9)
+    metered.manager.refresh()
     with InferenceClient(metered.url, timeout=10) as client:
         scores, version = client.predict("genre-2001", random_pixels(3))
-    assert scores.shape[0] == 3 and version == 1 and np.isfinite(scores).all()
-    assert "postergenre_inference_request_duration_seconds" in scrape(str(metered.metrics_url))
+    assert scores.shape[0] == 3 and version == 2 and np.isfinite(scores).all()
+    families = scrape(str(metered.metrics_url))
+    assert value(families, "postergenre_inference_model_loads_total", model="genre-2001", version="2") == 1
