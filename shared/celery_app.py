@@ -193,10 +193,16 @@ def _start_worker_heartbeat(**_kwargs: Any) -> None:
     start_heartbeat(get_settings())
 
 
+def _connect_worker_metrics() -> None:
+    # Importing the module connects its signal handlers (task counts, the /metrics endpoint).
+    import shared.worker_metrics  # noqa: F401
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     app = Celery("postergenre", include=present_task_modules())
     app.conf.update(celery_config(settings or get_settings()))
     return app
 
 
+_connect_worker_metrics()
 celery_app = make_celery()

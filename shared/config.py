@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         default=Path("/tmp/postergenre-worker.heartbeat"),
         description="File a worker touches while its main process lives (the liveness probe's).")
     worker_heartbeat_seconds: float = Field(default=15.0, gt=0, description="How often it is touched.")
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port of a worker's Prometheus endpoint (/metrics); 0 turns it off.")
+    worker_metrics_host: str = Field(default="0.0.0.0", description="Address the worker's endpoint binds.")
     inference_url: str = Field(
         default="",
         description="grpc://host:port of TF Serving or the embedded server; empty starts one in-process.",
@@ -59,6 +63,10 @@ class Settings(BaseSettings):
         default=2, gt=0, description="Threads TF Serving runs batches on (its num_batch_threads).")
     inference_poll_seconds: float = Field(
         default=1.0, description="How often the embedded inference server looks for new model versions.")
+    inference_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port of the embedded inference server's Prometheus endpoint "
+                    "(/monitoring/prometheus/metrics, as TF Serving's; also on its REST port); 0: off.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
     model_prefix: str = Field(default="genre", description="Yearly models are named <prefix>-<year>.")
     image_size: int = Field(default=128, description="Side of the square model input, in pixels.")

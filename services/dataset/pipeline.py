@@ -29,6 +29,7 @@ from services.dataset.balance import (
     composite_codes,
 )
 from services.dataset.duplicates import group_duplicates
+from services.dataset.metrics import record_posters, timed_build
 from services.dataset.selection import (
     MovieTable,
     Vocabulary,
@@ -245,6 +246,7 @@ def _no_progress(_fraction: float, _message: str) -> None:
     return None
 
 
+@timed_build
 def build_dataset(
     params: BuildParams,
     store: ObjectStore,
@@ -308,6 +310,8 @@ def build_dataset(
             )
             written += 1
             report_progress(60 + 30 * written / total, f"writing shards of {name}")
+    refused = {"no_kept_genre": len(plan.excluded), "outside_targets": len(plan.table) - len(needed)}
+    record_posters(len(table), len(needed), refused)
     report_progress(92, "writing the report")
     report = build_report(plan, manifest)
     store_report(store, plan.dataset_id, report)
