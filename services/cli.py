@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared.logs import configure_logging
+
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     handler: Handler = args.handler
     from shared.db import SchemaOutOfDateError

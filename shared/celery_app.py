@@ -65,6 +65,7 @@ from typing import Any
 from celery import Celery, signals
 
 from shared.config import Settings, get_settings
+from shared.logs import install_celery_hooks
 from shared.queues import CRAWL_TASK, DATASET_TASK, GPU_QUEUE, TASK_QUEUES, TRAIN_TASK
 
 TASK_MODULES = ["services.trainer.tasks", "services.dataset.tasks", "services.crawler.tasks"]
@@ -191,6 +192,10 @@ def _start_worker_heartbeat(**_kwargs: Any) -> None:
     # file is touched even while the broker is unreachable at start, and children (which a fork
     # leaves without the thread) never touch it, so it says the main process lives.
     start_heartbeat(get_settings())
+
+
+# Request ids travel in task headers and are bound while a task runs; the worker logs like the services.
+install_celery_hooks()
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

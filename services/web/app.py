@@ -25,6 +25,7 @@ from services.web.security import SecurityHeadersMiddleware
 from services.web.state import WebState
 from services.web.uploads import UploadLimitMiddleware
 from shared.config import Settings, get_settings
+from shared.logs import RequestIdMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_files=MAX_BATCH_FILES)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every line has the id
 
     app.include_router(predictions.router)
     app.include_router(models.router)

@@ -16,8 +16,11 @@ def _serve_web(args: argparse.Namespace) -> int:
 
     # In embedded mode a worker child runs the admin API's jobs (services.web.worker); stack: none.
     with embedded_worker(get_settings(), enabled=not args.no_worker):
+        # log_config=None: uvicorn's loggers go through the root handler (the services' format, with
+        # request ids); its access log is replaced by services.web's (shared.logs.RequestIdMiddleware).
         uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level,
-                    proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
+                    proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips, log_config=None,
+                    access_log=False)
     return 0
 
 
