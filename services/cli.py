@@ -93,7 +93,9 @@ def _db_check(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from shared.celery_app import celery_app
+    from shared.tracing import trace_worker_processes
 
+    trace_worker_processes(args.pool)
     argv = ["worker", f"--queues={args.queues}", f"--concurrency={args.concurrency}",
             f"--loglevel={args.loglevel}", f"--pool={args.pool}"]
     if args.hostname:

@@ -26,6 +26,7 @@ from services.web.state import WebState
 from services.web.uploads import UploadLimitMiddleware
 from shared.config import Settings, get_settings
 from shared.logs import RequestIdMiddleware
+from shared.tracing import instrument_app
 
 log = logging.getLogger(__name__)
 
@@ -70,4 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("admin API not mounted: %s (set a long random token to enable it)", problem)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    instrument_app(app)  # traces its requests when tracing is on (shared.tracing); else nothing
     return app

@@ -13,7 +13,9 @@ def _serve_web(args: argparse.Namespace) -> int:
     from services.web.app import create_app
     from services.web.worker import embedded_worker
     from shared.config import get_settings
+    from shared.tracing import start_tracing
 
+    start_tracing("postergenre-web")  # before the app, its database engine and gRPC channel exist
     # In embedded mode a worker child runs the admin API's jobs (services.web.worker); stack: none.
     with embedded_worker(get_settings(), enabled=not args.no_worker):
         # log_config=None: uvicorn's loggers go through the root handler (the services' format, with
