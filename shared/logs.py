@@ -123,8 +123,8 @@ def make_handler(json_lines: bool, stream: TextIO | None = None) -> logging.Hand
 
 def configure_logging(level: int = logging.INFO, log_format: LogFormat | None = None,
                       stack_mode: bool | None = None, stream: TextIO | None = None) -> bool:
-    """Replace the root logger's handlers with one to stderr in the chosen format; returns whether it
-    writes JSON lines. ``log_format``/``stack_mode`` default to the settings."""
+    """Give the root logger one handler to stderr in the chosen format; returns whether it writes JSON
+    lines. ``log_format``/``stack_mode`` default to the settings. Called again, it replaces its handler."""
     if log_format is None or stack_mode is None:
         from shared.config import get_settings
 
@@ -134,9 +134,18 @@ def configure_logging(level: int = logging.INFO, log_format: LogFormat | None = 
     stream = stream or sys.stderr
     json_lines = use_json(log_format, stack_mode, stream)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [handler for handler in root.handlers if getattr(handler, "postergenre", False)]:
         root.removeHandler(old)
-    root.addHandler(make_handler(json_lines, stream))
+    if root.handlers:
+        # A host configured logging before us (pytest running the CLI in-process): keep its handlers,
+        # as logging.basicConfig would, and give their records the request id.
+        for handler in root.handlers:
+            if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
+                handler.addFilter(RequestIdFilter())
+        return False
+    handler = make_handler(json_lines, stream)
+    handler.postergenre = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     root.setLevel(level)
     return json_lines
 

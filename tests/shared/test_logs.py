@@ -93,16 +93,30 @@ def test_the_format_follows_the_setting_the_mode_and_the_terminal(
     assert use_json(log_format, stack, stream) is expected  # type: ignore[arg-type]
 
 
-def test_configure_logging_replaces_the_root_handlers() -> None:
+def test_configure_logging_installs_one_handler_or_keeps_a_hosts() -> None:
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
-    stream = io.StringIO()
+    for handler in saved:  # pytest's own capture handlers
+        root.removeHandler(handler)
+    stream, again = io.StringIO(), io.StringIO()
     try:
         assert configure_logging(logging.INFO, "json", False, stream) is True
+        assert configure_logging(logging.INFO, "json", False, again) is True  # replaces its own handler
         assert len(root.handlers) == 1
         with bound_request_id("root-1"):
             logging.getLogger("some.library").info("hello")
-        assert json.loads(stream.getvalue())["request_id"] == "root-1"
+        assert stream.getvalue() == "" and json.loads(again.getvalue())["request_id"] == "root-1"
+        # A host's handler (as pytest's when the CLI runs in-process) is kept, and gets the ids.
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        host = logging.StreamHandler(io.StringIO())
+        host.setFormatter(logging.Formatter("%(request_id)s %(message)s"))
+        root.addHandler(host)
+        assert configure_logging(logging.INFO, "json", False, io.StringIO()) is False
+        assert root.handlers == [host]
+        with bound_request_id("root-2"):
+            logging.getLogger("some.library").warning("kept")
+        assert host.stream.getvalue() == "root-2 kept\n"
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
