@@ -132,7 +132,9 @@ class InferenceClient:
 
         self.url = url
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
+        from shared.logs import with_request_ids
+
+        self._raw_channel = grpc.insecure_channel(
             grpc_target(url),
             options=[
                 ("grpc.max_receive_message_length", -1),
@@ -144,6 +146,7 @@ class InferenceClient:
                 ("grpc.lb_policy_name", "round_robin"),
             ],
         )
+        self._channel = with_request_ids(self._raw_channel)  # each call carries the request id
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -154,7 +157,7 @@ class InferenceClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def _request(self, name: str, pixels: np.ndarray, version: int | None, label: str | None, signature: str,
                  content: bytes | None = None) -> Any:

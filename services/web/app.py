@@ -25,6 +25,8 @@ from services.web.security import SecurityHeadersMiddleware
 from services.web.state import WebState
 from services.web.uploads import UploadLimitMiddleware
 from shared.config import Settings, get_settings
+from shared.logs import RequestIdMiddleware
+from shared.tracing import instrument_app
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_files=MAX_BATCH_FILES)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every line has the id
 
     app.include_router(predictions.router)
     app.include_router(models.router)
@@ -68,4 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("admin API not mounted: %s (set a long random token to enable it)", problem)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    instrument_app(app)  # traces its requests when tracing is on (shared.tracing); else nothing
     return app
