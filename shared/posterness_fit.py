@@ -72,7 +72,11 @@ def gradient(rng: np.random.Generator) -> Image.Image:
 
 
 def photo_crops(rng: np.random.Generator) -> Iterator[tuple[str, Image.Image]]:
-    import skimage.data
+    try:
+        import skimage.data
+    except ImportError:
+        raise SystemExit("the fitter's photos come with scikit-image: pip install 'scikit-image>=0.24' "
+                         "(in the test extras)") from None
 
     for name in PHOTOS:
         try:

@@ -84,8 +84,8 @@ def test_in_browser_departures_are_the_servers(node: str) -> None:
     rows = [{genre: float(rng.random()) for genre in genres[: 4 if year % 3 else 3]} for year in range(12)]
     got = run_js(node, [], rows)
     assert got["margin"] == DEPARTURE_MARGIN
-    server_rows = [({}, scores) for scores in rows]
-    means = departures(server_rows)  # type: ignore[arg-type]
+    server_rows: list[tuple[dict[str, Any], dict[str, float]]] = [({}, scores) for scores in rows]
+    means = departures(server_rows)
     for (server_row, _), browser in zip(server_rows, got["departs"], strict=True):
         assert sorted(server_row["departs"]) == sorted(browser)
         for genre, delta in browser.items():
