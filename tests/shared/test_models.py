@@ -64,8 +64,8 @@ def test_evaluate_and_the_page_choose_the_same_model_for_every_year(settings: An
 
 
 def test_a_versions_thresholds_follow_its_genres_and_mark_likely_genres() -> None:
-    row: dict[str, Any] = {"name": "genre-2000", "version": 3, "image_size": 32, "genres": ["Drama", "Comedy"],
-                           "years": [2000], "layout": "independent",
+    row: dict[str, Any] = {"name": "genre-2000", "version": 3, "image_size": 32,
+                           "genres": ["Drama", "Comedy"], "years": [2000], "layout": "independent",
                            "metrics": {"thresholds": {"Comedy": 0.3, "Drama": 0.6}}}
     model = served_model(row, "genre")
     assert model is not None and model.thresholds == (0.6, 0.3)  # in the order of the genres
