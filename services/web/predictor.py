@@ -84,12 +84,12 @@ def decode_poster(data: bytes, filename: str = "") -> DecodedPoster:
 
 
 def top_genres(genres: tuple[str, ...], scores: list[float], k: int,
-               thresholds: tuple[float, ...] | None = None) -> list[dict[str, Any]]:
+               likely: list[bool] | None = None) -> list[dict[str, Any]]:
     """The ``k`` best genres as the API shows them (see :func:`rank_genres`), each marked ``likely``
-    (score at or above its validation-tuned threshold) when the version has thresholds."""
-    threshold_of = dict(zip(genres, thresholds, strict=True)) if thresholds is not None else None
+    when the version has thresholds (``likely``, per genre, from :meth:`ServedModel.likely`)."""
+    likely_of = dict(zip(genres, likely, strict=True)) if likely is not None else None
     return [{"genre": genre, "score": round(score, 6)}
-            | ({"likely": score >= threshold_of[genre]} if threshold_of is not None else {})
+            | ({"likely": likely_of[genre]} if likely_of is not None else {})
             for genre, score in rank_genres(genres, scores, k)]
 
 
@@ -228,7 +228,7 @@ class PredictionService:
             scores = model.scores_for_year(answer.scores, year)
             row: dict[str, Any] = {"year": year, "model": model.name, "version": answer.version,
                                    "has_thresholds": model.thresholds is not None,
-                                   "top": top_genres(model.genres, scores, k, model.thresholds)}
+                                   "top": top_genres(model.genres, scores, k, model.likely(scores))}
             genre_scores = dict(zip(model.genres, scores, strict=True))
             if all_scores:
                 row["scores"] = {genre: round(score, 6) for genre, score in genre_scores.items()}
