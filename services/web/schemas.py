@@ -19,14 +19,40 @@ class ErrorBody(BaseModel):
 class GenreScore(BaseModel):
     genre: str
     score: float = Field(ge=0.0, le=1.0)
+    likely: bool | None = Field(
+        None, description="the score is at or above the genre's threshold tuned on the version's validation "
+                          "split (the F1 rule); absent when the version has no thresholds (has_thresholds "
+                          "false): then nothing says which of the best genres are likely")
 
 
 class YearPrediction(BaseModel):
     year: int
     model: str = Field(examples=["genre-2000"])
     version: int
+    has_thresholds: bool = Field(
+        description="whether the version records per-genre thresholds (metrics.thresholds), so that its "
+                    "genres carry likely marks")
     top: list[GenreScore]
     scores: dict[str, float] | None = Field(None, description="every genre's score (with scores=true)")
+    departs: dict[str, float] = Field(
+        description="the genres whose score this year lies further than departures.margin from the genre's "
+                    "mean over the answered years: genre -> score minus that mean (empty when none do)")
+
+
+class Departures(BaseModel):
+    margin: float = Field(description="how far from a genre's mean a year's score must lie to depart from it")
+    margin_source: str = Field(
+        examples=["fixed"], description="where the margin comes from: `fixed` (a documented constant, "
+                                        "the versions' metrics hold no measure of score noise)")
+    means: dict[str, float] = Field(description="each genre's mean score over the answered years")
+
+
+class PosterWarning(BaseModel):
+    code: str = Field(examples=["not_a_poster"])
+    message: str
+    aspect_ratio: float | None = Field(None, description="width / height of the upload (not_a_poster)")
+    poster_score: float | None = Field(
+        None, description="the learned poster-likeness, 0..1 (not_a_poster; shared/posterness.py)")
 
 
 class Prediction(BaseModel):
@@ -34,6 +60,10 @@ class Prediction(BaseModel):
     k: int
     years: list[YearPrediction]
     unavailable_years: list[int] = Field(description="requested years without a served model")
+    departures: Departures
+    warnings: list[PosterWarning] = Field(
+        description="what to know about the upload before reading the genres, e.g. `not_a_poster`; a "
+                    "warning never refuses the request (empty when there is none)")
 
 
 class BatchItem(BaseModel):
@@ -58,7 +88,12 @@ class ModelInfo(BaseModel):
     dataset_version: str | None
     genres: list[str]
     metrics: dict[str, float] = Field(description="the model's numeric headline metrics")
+    thresholds: dict[str, float] | None = Field(
+        None, description="per-genre thresholds tuned on validation (the likely marks); absent when the "
+                          "version has none")
     files: list[str] = Field(description="plots and exports under /api/v1/models/{name}/{version}/files/")
+    tfjs: bool = Field(description="whether the version has a TF.js export (files/exports/tfjs/model.json), "
+                                   "so the page can run it in the browser")
     created_at: str | None
 
 
