@@ -71,8 +71,8 @@ def explanation_parts(model: keras.Model) -> ExplanationParts:
     backbone_input, backbone_output = call.input_tensors[0], call.output_tensors[0]
     # Backbone input up to its feature map, after whatever the model does first (resizing).
     inner = keras.Model(backbone.inputs, marked.output, name="to_feature_map_inner")
-    before = pixels if backbone_input is pixels else keras.Model(pixels, backbone_input, name="before_backbone")(
-        pixels)
+    before = pixels if backbone_input is pixels else keras.Model(
+        pixels, backbone_input, name="before_backbone")(pixels)
     to_feature_map = keras.Model(pixels, inner(before), name="to_feature_map")
     # The feature map through the backbone's pooling, then the model's heads.
     pooling = keras.Model(marked.output, backbone.outputs[0], name="pooling")
@@ -87,7 +87,7 @@ def explanation_parts(model: keras.Model) -> ExplanationParts:
 
 def grad_cam(parts: ExplanationParts, pixels: tf.Tensor, head: tf.Tensor, genres: tf.Tensor
              ) -> dict[str, tf.Tensor]:
-    """Heatmaps ``[B, K, h, w]`` (0..1) of genres ``[B, K]`` on head ``[B]``, and the head's scores ``[B, G]``.
+    """Heatmaps ``[B, K, h, w]`` (0..1) of genres ``[B, K]`` on head ``[B]``; the head's scores ``[B, G]``.
 
     Out-of-range indices fail with InvalidArgument (TF's ``gather`` would silently give zeros on a GPU).
     """

@@ -53,7 +53,8 @@ def build_explainable_model(root: Path, name: str, version: int, seed: int, year
     return ExplainableModel(name, version, image_size, genres, years, folder, model)
 
 
-def reference_grad_cam(model: Any, pixels: np.ndarray, head: int, genre: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_grad_cam(model: Any, pixels: np.ndarray, head: int, genre: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of one genre on one head, the textbook way: a Keras model answering the backbone's
     last convolutional block and its pooled features, then the heads' own layers by name, on a tape.
 
@@ -75,7 +76,8 @@ def reference_grad_cam(model: Any, pixels: np.ndarray, head: int, genre: int) ->
         features = tf.reduce_mean(feature_map, axis=[1, 2])  # the backbone's global average pooling
         if shared:
             common = model.get_layer("common_logits")(features)
-            per_year = tf.reshape(model.get_layer("year_logits")(features), (len(pixels), -1, common.shape[-1]))
+            per_year = tf.reshape(model.get_layer("year_logits")(features),
+                                  (len(pixels), -1, common.shape[-1]))
             scores = tf.sigmoid(common[:, None, :] + per_year)[:, head, :]
         else:
             scores = model.get_layer(SCORES_LAYER)(features)
