@@ -2,8 +2,10 @@
 
 The model's ``explain`` signature (docs/contracts.md) does the work on the inference server; this
 module picks the year's model and head, asks it once per request, and draws the heatmap over the
-poster. Asking for a whole row asks for every genre at once — one backbone pass, whatever the count
-— and keeps the six best, ranked as the prediction table ranks them.
+poster. Every request asks for every genre of the model at once — one backbone pass whatever the
+count, and the same input shape for every request to a model, which TF Serving's batching needs to
+merge them (it does not pad: ``pad_variable_length_inputs: false``) — then keeps the one asked
+for, or the six best ranked as the prediction table ranks them.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class ExplanationService:
                 ) -> dict[str, Any]:
         """The API's answer (docs/api.md); blocking: run it in a worker thread."""
         model = year_model(models, year)
-        wanted = [genre_index(model, genre)] if genre is not None else list(range(len(model.genres)))
+        asked = genre_index(model, genre) if genre is not None else None
+        wanted = list(range(len(model.genres)))
         head = model.head(year) or 0
         pixels = resize_pixels(poster.image, model.image_size).astype(np.float32)[None]
         try:
@@ -114,10 +117,10 @@ class ExplanationService:
             raise ApiError(502, "inference_error", f"model {model.name} failed: {exc}") from None
         scores = [float(value) for value in answer.scores[0]]
         heatmaps = {index: answer.heatmaps[0, position] for position, index in enumerate(wanted)}
-        if genre is None:
+        if asked is None:
             chosen = [model.genres.index(name) for name, _ in rank_genres(model.genres, scores, DEFAULT_K)]
         else:
-            chosen = wanted
+            chosen = [asked]
         grid = heatmaps[chosen[0]].shape
         return {
             "poster_sha256": poster.sha256, "year": year, "model": model.name, "version": answer.version,

@@ -40,7 +40,9 @@
     td.setAttribute("role", "button");
     td.setAttribute("aria-pressed", "false");
     td.setAttribute("aria-controls", "explanation");
-    td.setAttribute("aria-label", `${td.textContent.trim()}: show where the ${year} model looked for ${genre}`);
+    const score = Number(td.dataset.score);
+    td.setAttribute("aria-label", `${genre} ${Number.isFinite(score) ? score.toFixed(3) : ""}: show where ` +
+                    `the ${year} model looked for ${genre}`);
     td.title = `Where the ${year} model looked for ${genre}`;
   }
 
