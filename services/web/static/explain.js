@@ -27,7 +27,7 @@
   });
 
   function describe(td) {
-    const tr = td.closest("tr");
+    const tr = td.closest("tr");  /* also for a cell of a table drawn over since: it keeps its row */
     return { genre: td.dataset.genre, year: Number(tr.dataset.year), model: tr.dataset.model,
              version: tr.dataset.version };
   }
@@ -48,7 +48,22 @@
 
   function decorateTable() {
     for (const td of table.querySelectorAll("tbody tr[data-model] td.genre")) decorate(td);
-    if (active && !table.contains(active)) hideExplanation();
+    if (active && !table.contains(active)) follow();
+  }
+
+  /* The table was drawn again (the years field changed; leaving it after an edit re-asks): the
+     explanation stays if the new table has the same year and genre from the same model version. */
+  function follow() {
+    const { genre, year, model, version } = describe(active);
+    const again = [...table.querySelectorAll(`tbody tr[data-year="${year}"] td[data-explainable]`)]
+      .find((td) => td.dataset.genre === genre);
+    const row = again && again.closest("tr");
+    if (!row || row.dataset.model !== model || row.dataset.version !== version) {
+      hideExplanation();
+      return;
+    }
+    active = again;
+    again.setAttribute("aria-pressed", "true");
   }
 
   function hideExplanation() {
