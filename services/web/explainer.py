@@ -103,7 +103,7 @@ class ExplanationService:
         try:
             answer = self._predictor().explain(model.name, pixels, [head], [wanted])
         except SignatureNotFound:
-            raise ApiError(501, "explanations_unsupported",
+            raise ApiError(409, "explanations_unsupported",
                            f"{model.name} (the model of {year}) has no explanations: it was exported before "
                            "they existed; retrain it, or export it again, to explain it") from None
         except ModelNotFound as exc:

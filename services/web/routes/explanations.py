@@ -14,14 +14,14 @@ from services.web.uploads import read_upload
 from shared.models import blessed_models
 
 router = APIRouter(prefix="/api/v1", tags=["explanations"],
-                   responses={**ERROR_RESPONSES, 501: {"model": ErrorBody}})
+                   responses={**ERROR_RESPONSES, 409: {"model": ErrorBody}})
 
 
 @router.post("/explanations", response_model=Explanation,
              summary="Where one year's model looked for a genre (Grad-CAM heatmap and overlay)",
              description="One genre, or with `genre` left out the year's six best genres. Costs one pass of "
                          "the model's backbone whatever the number of genres. 404 `no_model_for_year`, 422 "
-                         "`unknown_genre`, 501 `explanations_unsupported` (a model version exported before "
+                         "`unknown_genre`, 409 `explanations_unsupported` (a model version exported before "
                          "explanations existed), and the upload errors of the predictions.")
 async def create_explanation(
         file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or GIF")],

@@ -115,7 +115,7 @@ def test_bad_input_gets_a_named_error(explain_stack):
         (explain(client, b"\xff\xd8\xff\xe0broken jpeg", year=2000), 422, "bad_image"),
         (explain(client, poster, year="soon"), 422, "invalid_request"),
         (client.post(API, data={"year": "2000"}), 422, "invalid_request"),
-        (explain(client, poster, year=2001, genre="Drama"), 501, "explanations_unsupported"),
+        (explain(client, poster, year=2001, genre="Drama"), 409, "explanations_unsupported"),
         (explain(client, bytes(300_000), year=2000), 413, "payload_too_large"),  # refused unread
     ]
     for response, status, code in cases:
@@ -130,5 +130,5 @@ def test_the_endpoint_is_in_the_openapi_document(explain_stack):
     client, _ = explain_stack
     document = client.get("/openapi.json").json()
     operation = document["paths"][API]["post"]
-    assert {"200", "404", "413", "415", "422", "501", "503"} <= set(operation["responses"])
+    assert {"200", "404", "409", "413", "415", "422", "503"} <= set(operation["responses"])
     assert "Explanation" in document["components"]["schemas"]
