@@ -1,4 +1,5 @@
-"""Subcommands of the trainer service: ``train``, ``evaluate``, ``models ...`` and ``bench train``."""
+"""Subcommands of the trainer service: ``train``, ``evaluate``, ``models ...``, ``bench train`` and
+``bench explain``."""
 
 from __future__ import annotations
 
@@ -186,6 +187,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_explain(args: argparse.Namespace) -> int:
+    from services.trainer.bench_explain import run_explain_benchmark
+
+    result = run_explain_benchmark(args.arch, args.layout, args.image_size, args.years, args.genres,
+                                   args.repeats)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def register(commands: Any, bench: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     train = commands.add_parser("train", help="train yearly genre models through Celery (see docs/models.md)")
@@ -262,3 +272,13 @@ def register(commands: Any, bench: Any) -> None:
     bench_train.add_argument("--batch-size", type=int, default=32)
     bench_train.add_argument("--steps", type=int, default=10)
     bench_train.set_defaults(handler=_bench)
+
+    bench_explain = bench.add_parser(
+        "explain", help="an explanation's latency (Grad-CAM) against one prediction of the same model")
+    bench_explain.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
+    bench_explain.add_argument("--layout", choices=["shared", "independent"], default="shared")
+    bench_explain.add_argument("--image-size", type=int, default=256)
+    bench_explain.add_argument("--years", type=int, default=20, help="heads of the shared layout")
+    bench_explain.add_argument("--genres", type=int, default=20)
+    bench_explain.add_argument("--repeats", type=int, default=20)
+    bench_explain.set_defaults(handler=_bench_explain)

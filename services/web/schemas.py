@@ -76,6 +76,31 @@ class BatchPrediction(BaseModel):
     results: list[BatchItem]
 
 
+class HeatmapGrid(BaseModel):
+    height: int = Field(description="rows of every heatmap (the feature map's resolution)")
+    width: int
+
+
+class GenreExplanation(BaseModel):
+    genre: str
+    score: float = Field(ge=0.0, le=1.0, description="the genre's score under this year's model")
+    heatmap: list[list[float]] = Field(
+        description="Grad-CAM [height][width], 0..1 (3 decimals): where the model looked for this genre; "
+                    "row 0 is the top of the poster, which the model sees squashed to a square")
+    overlay_png: str = Field(description="the heatmap drawn over the poster: a data:image/png;base64 URL",
+                             examples=["data:image/png;base64,iVBORw0KGgo..."])
+
+
+class Explanation(BaseModel):
+    poster_sha256: str
+    year: int
+    model: str = Field(examples=["genre-shared"])
+    version: int
+    grid: HeatmapGrid
+    explanations: list[GenreExplanation] = Field(
+        description="the asked genre, or the year's six best genres, best first (as the prediction table)")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: int

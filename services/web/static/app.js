@@ -348,6 +348,8 @@
     currentFile = file;
     if (preview.src) URL.revokeObjectURL(preview.src);
     preview.src = URL.createObjectURL(file);
+    /* explain.js explains the genres of the table; it needs the poster the table was made from. */
+    document.dispatchEvent(new CustomEvent("postergenre:poster", { detail: { file } }));
     predict();
   }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from shared.config import Settings
 from shared.db import ModelVersion, session_scope, upgrade_database
 from shared.storage import open_object_store, upload_folder
 from tests import servers
+from tests.services.inference.explainable import ExplainableModel
 from tests.services.web.tiny_models import GENRES, TinyModel, build_tiny_model
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -63,7 +64,7 @@ def stack_settings_for(home: Path, database_url: str, redis_url: str, s3_endpoin
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def register_models(settings: Settings, models: list[TinyModel], retired: set[str],
+def register_models(settings: Settings, models: Sequence[TinyModel | ExplainableModel], retired: set[str],
                     thresholds: dict[str, dict[str, float]] | None = None) -> None:
     """Put each SavedModel in the object store and its row in the registry (blessed unless retired);
     ``thresholds`` ("<name>/<version>" -> genre -> threshold) go into those rows' ``metrics``, as the
