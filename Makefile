@@ -59,8 +59,8 @@ demo: venv
 	$(BIN)/postergenre demo --data "$(DATA)"
 
 test: test-deps
-	$(BIN)/ruff check shared services tests
-	$(BIN)/mypy shared services tests
+	$(BIN)/ruff check shared services benchmarks tests
+	$(BIN)/mypy shared services benchmarks tests
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -69,8 +69,8 @@ stack-test: $(VENV)/.test-deps
 	bash scripts/stack_test.sh $(PYTEST_ARGS)
 
 lint: test-deps
-	$(BIN)/ruff check shared services tests
-	$(BIN)/mypy shared services tests
+	$(BIN)/ruff check shared services benchmarks tests
+	$(BIN)/mypy shared services benchmarks tests
 	$(BIN)/lint-imports
 
 clean:

@@ -45,6 +45,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY pyproject.toml README.md /tmp/postergenre/
 COPY shared /tmp/postergenre/shared
 COPY services /tmp/postergenre/services
+# services/cli.py registers the `bench` subcommands from it.
+COPY benchmarks /tmp/postergenre/benchmarks
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/postergenre \
     && pip check \
     && rm -rf /tmp/postergenre

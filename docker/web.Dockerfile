@@ -44,6 +44,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY pyproject.toml README.md /tmp/postergenre/
 COPY shared /tmp/postergenre/shared
 COPY services /tmp/postergenre/services
+# services/cli.py registers the `bench` subcommands from it.
+COPY benchmarks /tmp/postergenre/benchmarks
 # Into the package before it is installed: the page serves static/vendor/tf.min.js.
 COPY --from=tfjs /src/node_modules/@tensorflow/tfjs/dist/tf.min.js /tmp/postergenre/services/web/static/vendor/tf.min.js
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/postergenre \

@@ -1,7 +1,9 @@
 """The ``postergenre`` command: one subcommand per job.
 
-Each service registers its own subcommands (``services/<name>/cli.py``); those modules import their
-heavy dependencies (TensorFlow, Scrapy) inside the handlers so that ``postergenre --help`` is fast.
+Each service registers its own subcommands (``services/<name>/cli.py``) and the benchmarks package
+the ``bench`` ones (``benchmarks/cli.py``: this module, the composition root, is the only service
+module that imports ``benchmarks``); those modules import their heavy dependencies (TensorFlow,
+Scrapy) inside the handlers so that ``postergenre --help`` is fast.
 Every parser is a :class:`services.cli_support.Parser`, whose help shows the options' defaults.
 """
 
@@ -112,6 +114,7 @@ def _completion(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from benchmarks import cli as benchmarks_cli
     from services import demo
     from services.crawler import cli as crawler_cli
     from services.dataset import cli as dataset_cli
@@ -145,11 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
 
-    crawler_cli.register(commands, bench_commands)
-    dataset_cli.register(commands, bench_commands)
-    trainer_cli.register(commands, bench_commands)
-    inference_cli.register(commands, serve_commands, bench_commands)
-    web_cli.register(commands, serve_commands, bench_commands)
+    crawler_cli.register(commands)
+    dataset_cli.register(commands)
+    trainer_cli.register(commands)
+    inference_cli.register(commands, serve_commands)
+    web_cli.register(commands, serve_commands)
+    benchmarks_cli.register(bench_commands)
     demo.register(commands)
 
     completion = commands.add_parser(

@@ -69,14 +69,7 @@ def _crawl(args: argparse.Namespace) -> int:
     return 0 if summary.complete else 1
 
 
-def _bench_crawl(args: argparse.Namespace) -> int:
-    from services.crawler.bench import bench_crawl
-
-    return bench_crawl(movies=args.movies, as_json=args.json, real_posters=not args.generated_posters,
-                       embedded=args.embedded)
-
-
-def register(commands: Any, bench: Any) -> None:
+def register(commands: Any) -> None:
     crawl = commands.add_parser("crawl", help="crawl TMDB (API v3) into the database and object store")
     crawl.add_argument("--years", type=years_argument, required=True,
                        help="e.g. 2000-2019, 2005 or 2000-2004,2010")
@@ -88,15 +81,6 @@ def register(commands: Any, bench: Any) -> None:
     crawl.add_argument("--min-poster-width", type=int, default=None,
                        help="reject narrower posters (default POSTERGENRE_CRAWL_MIN_POSTER_WIDTH or 100)")
     crawl.set_defaults(handler=_crawl)
-
-    bench_crawl = bench.add_parser("crawl", help="movies stored per second from the local TMDB test site")
-    bench_crawl.add_argument("--movies", type=int, default=2000)
-    bench_crawl.add_argument("--json", action="store_true", help="print the figures as JSON")
-    bench_crawl.add_argument("--generated-posters", action="store_true",
-                             help="generated posters even when ../shared/data/posters-imdb exists")
-    bench_crawl.add_argument("--embedded", action="store_true",
-                             help="SQLite and a local folder instead of PostgreSQL and an S3 server")
-    bench_crawl.set_defaults(handler=_bench_crawl)
 
     imp = commands.add_parser("import", help="import a poster folder (images/<id>.jpg + labels.csv)")
     imp.add_argument("--from", dest="source", type=Path, required=True, help="the folder")

@@ -1,4 +1,4 @@
-"""Subcommands of the dataset service: ``dataset build``, ``dataset show`` and ``bench dataset``."""
+"""Subcommands of the dataset service: ``dataset build`` and ``dataset show``."""
 
 from __future__ import annotations
 
@@ -94,19 +94,6 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from services.dataset.bench import run_benchmark
-
-    result = run_benchmark(records=args.records, years=args.year_count, seed=args.seed)
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        for window, info in result["windows"].items():
-            print(f"{window}: {info['seconds']:.2f} s, {info['targets']} targets")
-        print(f"total {result['total_seconds']:.2f} s, peak {result['peak_memory_mib']} MiB")
-    return 0
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -117,7 +104,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def register(commands: Any, bench: Any) -> None:
+def register(commands: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     dataset = commands.add_parser("dataset", help="balanced, leak-free, versioned training sets")
     dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
@@ -163,10 +150,3 @@ def register(commands: Any, bench: Any) -> None:
     show = dataset_commands.add_parser("show", help="print a version's parameters and split sizes")
     show.add_argument("dataset_id")
     show.set_defaults(handler=_show)
-
-    bench_dataset = bench.add_parser("dataset", help="split+balance time on synthetic movie records")
-    bench_dataset.add_argument("--records", type=int, default=100_000)
-    bench_dataset.add_argument("--year-count", type=int, default=20)
-    bench_dataset.add_argument("--seed", type=int, default=0)
-    bench_dataset.add_argument("--json", action="store_true", help="print the result as JSON")
-    bench_dataset.set_defaults(handler=_bench)

@@ -1,10 +1,9 @@
-"""Subcommands of the inference service: ``serve inference``, ``predict``, ``bench inference``."""
+"""Subcommands of the inference service: ``serve inference`` and ``predict``."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -103,45 +102,7 @@ def table_json(table: PosterTable, k: int, poster_sha256: str) -> dict[str, Any]
     }
 
 
-def _bench_inference(args: argparse.Namespace) -> int:
-    from services.inference.bench import BenchConfig, format_markdown, run_benchmark
-
-    config = BenchConfig(
-        models=args.models,
-        repeats=args.repeats,
-        image_size=args.image_size,
-        concurrency=args.concurrency,
-        rounds=args.rounds,
-        genres=args.genres,
-        through=args.through,
-        max_batch_size=args.max_batch_size,
-        batch_timeout_ms=args.batch_timeout_ms,
-        workdir=args.workdir,
-        litert=args.litert,
-        batch_threads=args.batch_threads,
-        backend=args.backend,
-        processes=args.processes,
-        layouts=tuple(args.layouts.split(",")),
-    )
-    report = run_benchmark(config)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_markdown(report))
-    return 0
-
-
-def _layouts(value: str) -> str:
-    from services.inference.bench import LAYOUTS
-
-    layouts = [layout.strip() for layout in value.split(",") if layout.strip()]
-    unknown = sorted(set(layouts) - set(LAYOUTS))
-    if not layouts or unknown:
-        raise argparse.ArgumentTypeError(f"layouts are independent and shared, not {value!r}")
-    return ",".join(layouts)
-
-
-def register(commands: Any, serve: Any, bench: Any) -> None:
+def register(commands: Any, serve: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     server = serve.add_parser(
         "inference", help="the embedded inference server (TF Serving's gRPC and REST APIs)"
@@ -195,40 +156,3 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
                          help="print the table as JSON, shaped as the REST API's answer "
                          "(stdout holds only the JSON)")
     predict.set_defaults(handler=_predict)
-
-    bench_inference = bench.add_parser(
-        "inference", help="20-year table latency and throughput (docs/benchmarks.md)"
-    )
-    bench_inference.add_argument("--json", action="store_true", help="print the report as JSON")
-    bench_inference.add_argument(
-        "--models", type=int, default=20, help="yearly models (and shared-model heads)"
-    )
-    bench_inference.add_argument("--repeats", type=int, default=10, help="timed tables per layout")
-    bench_inference.add_argument("--image-size", type=int, default=256)
-    bench_inference.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
-    bench_inference.add_argument(
-        "--rounds", type=int, default=5, help="rounds of offline batch, then concurrent burst"
-    )
-    bench_inference.add_argument("--genres", type=int, default=20)
-    bench_inference.add_argument("--through", choices=["web", "grpc"], default="web")
-    bench_inference.add_argument("--max-batch-size", type=int, default=16)
-    bench_inference.add_argument("--batch-timeout-ms", type=float, default=2.0)
-    bench_inference.add_argument("--workdir", default="", help="reuse exported models between runs")
-    bench_inference.add_argument("--batch-threads", type=int, default=1, help="batches of one model at once")
-    bench_inference.add_argument("--backend", choices=["tensorflow", "litert"], default="litert")
-    bench_inference.add_argument(
-        "--litert", action="store_true", help="also time LiteRT against TensorFlow on one model"
-    )
-    bench_inference.add_argument(
-        "--processes",
-        choices=["separate", "one"],
-        default="separate",
-        help="web service and inference server in their own processes, as deployed, or all in one",
-    )
-    bench_inference.add_argument(
-        "--layouts",
-        type=_layouts,
-        default="independent,shared",
-        help="comma-separated: independent, shared",
-    )
-    bench_inference.set_defaults(handler=_bench_inference)

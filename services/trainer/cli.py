@@ -1,5 +1,4 @@
-"""Subcommands of the trainer service: ``train``, ``evaluate``, ``models ...``, ``bench train`` and
-``bench explain``."""
+"""Subcommands of the trainer service: ``train``, ``evaluate`` and ``models ...``."""
 
 from __future__ import annotations
 
@@ -179,24 +178,7 @@ def _models(args: argparse.Namespace) -> int:
     return 0 if row["status"] in ("blessed", "retired") else 1
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from services.trainer.bench import run_training_benchmark
-
-    result = run_training_benchmark(args.arch, args.image_size, args.resolution, args.batch_size, args.steps)
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-def _bench_explain(args: argparse.Namespace) -> int:
-    from services.trainer.bench_explain import run_explain_benchmark
-
-    result = run_explain_benchmark(args.arch, args.layout, args.image_size, args.years, args.genres,
-                                   args.repeats)
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-def register(commands: Any, bench: Any) -> None:
+def register(commands: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     train = commands.add_parser("train", help="train yearly genre models through Celery (see docs/models.md)")
     train.add_argument("--dataset", required=True, help="dataset version id (postergenre dataset build)")
@@ -264,21 +246,3 @@ def register(commands: Any, bench: Any) -> None:
     rollback.add_argument("--to", type=int, default=None, help="a given version instead of the previous")
     rollback.add_argument("--json", action="store_true", help="print the version's registry row as JSON")
     rollback.set_defaults(handler=_models)
-
-    bench_train = bench.add_parser("train", help="training and prediction throughput of one architecture")
-    bench_train.add_argument("--arch", choices=ARCHITECTURES, default="smallcnn")
-    bench_train.add_argument("--image-size", type=int, default=128)
-    bench_train.add_argument("--resolution", type=int, default=None)
-    bench_train.add_argument("--batch-size", type=int, default=32)
-    bench_train.add_argument("--steps", type=int, default=10)
-    bench_train.set_defaults(handler=_bench)
-
-    bench_explain = bench.add_parser(
-        "explain", help="an explanation's latency (Grad-CAM) against one prediction of the same model")
-    bench_explain.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
-    bench_explain.add_argument("--layout", choices=["shared", "independent"], default="shared")
-    bench_explain.add_argument("--image-size", type=int, default=256)
-    bench_explain.add_argument("--years", type=int, default=20, help="heads of the shared layout")
-    bench_explain.add_argument("--genres", type=int, default=20)
-    bench_explain.add_argument("--repeats", type=int, default=20)
-    bench_explain.set_defaults(handler=_bench_explain)

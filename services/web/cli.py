@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 
@@ -26,33 +25,7 @@ def _serve_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_web(args: argparse.Namespace) -> int:
-    import logging
-
-    from services.web.bench import bench_web
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    print(f"POST {args.url}/api/v1/predictions, years {args.years}, {args.requests} requests, "
-          f"concurrency {args.concurrency}")
-    for result in bench_web(args.url.rstrip("/"), args.poster, args.years, args.requests, args.concurrency):
-        print(result.summary())
-    return 0
-
-
-def _bench_tracing(args: argparse.Namespace) -> int:
-    import json
-
-    from services.web.trace_bench import TraceBenchConfig, format_markdown, run_trace_bench
-
-    config = TraceBenchConfig(years=args.years, image_size=args.image_size, requests=args.requests,
-                              concurrency=args.concurrency, rounds=args.rounds, workdir=args.workdir)
-    report = run_trace_bench(config)
-    print(json.dumps(report, indent=2) if args.json else format_markdown(report))
-    return 0
-
-
-def register(commands: Any, serve: Any, bench: Any) -> None:
+def register(commands: Any, serve: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     web = serve.add_parser("web", help="the poster page and the HTTP API (uvicorn)")
     web.add_argument("--host", default="127.0.0.1")
@@ -64,25 +37,3 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
                      help="embedded mode: do not start the worker child that runs the admin API's crawls, "
                           "dataset builds and trainings (queues gpu, crawl, dataset)")
     web.set_defaults(handler=_serve_web)
-
-    web_bench = bench.add_parser("web", help="latency and throughput of the prediction API (cold and cached)")
-    web_bench.add_argument("--url", default="http://127.0.0.1:8000")
-    web_bench.add_argument("--poster", type=Path, default=None, help="poster to vary (default: generated)")
-    web_bench.add_argument("--years", default="2000-2019")
-    web_bench.add_argument("--requests", type=int, default=50)
-    web_bench.add_argument("--concurrency", type=int, default=4)
-    web_bench.set_defaults(handler=_bench_web)
-
-    tracing = bench.add_parser(
-        "tracing", help="the prediction path with tracing off and on (a local OTLP receiver), interleaved",
-        description="Starts two web + inference deployments over one shared-backbone ResNet50 (random "
-                    "weights), one exporting every span to a local OTLP/gRPC receiver, and times "
-                    "their tables in turn (docs/benchmarks.md).")
-    tracing.add_argument("--years", type=int, default=20, help="rows of the table (heads of the model)")
-    tracing.add_argument("--image-size", type=int, default=128)
-    tracing.add_argument("--requests", type=int, default=30, help="sequential tables per mode (latency)")
-    tracing.add_argument("--concurrency", type=int, default=4, help="clients of one burst (throughput)")
-    tracing.add_argument("--rounds", type=int, default=4, help="bursts per mode")
-    tracing.add_argument("--workdir", default="", help="reuses the exported model of an earlier run")
-    tracing.add_argument("--json", action="store_true", help="the whole report as JSON")
-    tracing.set_defaults(handler=_bench_tracing)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.inference.bench import BenchConfig, format_markdown, run_benchmark
+from benchmarks.inference import BenchConfig, format_markdown, run_benchmark
 
 
 @pytest.mark.slow

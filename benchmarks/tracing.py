@@ -110,7 +110,7 @@ def table_asker(post: Callable[[bytes, int], dict[str, Any]], poster: Callable[[
 
 
 def bench_check(answer: dict[str, Any], years: int) -> None:
-    from services.inference.bench import check_table
+    from benchmarks.inference import check_table
 
     check_table(answer, years)
 
@@ -128,7 +128,7 @@ def run_trace_bench(config: TraceBenchConfig) -> dict[str, Any]:
 
 
 def _run(config: TraceBenchConfig) -> dict[str, Any]:
-    from services.inference import bench
+    from benchmarks import inference as bench
     from shared.config import get_settings
     from shared.db import upgrade_database
 
