@@ -2,19 +2,38 @@
 
 ``services/cli.py``, the composition root, calls :func:`register`; no service imports a benchmark.
 Each handler imports its benchmark (TensorFlow, Scrapy, moto) when it runs, so that ``postergenre
---help`` stays fast.
+--help`` stays fast, and leaves on SIGTERM as on Ctrl-C, through the ``with`` blocks that stop its
+servers (:func:`benchmarks.children.stop_on_sigterm`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from services.trainer.cli import ARCHITECTURES
 
+Handler = Callable[[argparse.Namespace], int]
 
+
+def _stops_children(handler: Handler) -> Handler:
+    """The handler, run with SIGTERM turned into the normal way out (its servers are stopped)."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from benchmarks.children import stop_on_sigterm
+
+        stop_on_sigterm()
+        return handler(args)
+
+    return run
+
+
+@_stops_children
 def _bench_crawl(args: argparse.Namespace) -> int:
     from benchmarks.crawler import bench_crawl
 
@@ -22,6 +41,7 @@ def _bench_crawl(args: argparse.Namespace) -> int:
                        embedded=args.embedded)
 
 
+@_stops_children
 def _bench_dataset(args: argparse.Namespace) -> int:
     from benchmarks.dataset import run_benchmark
 
@@ -35,6 +55,7 @@ def _bench_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+@_stops_children
 def _bench_train(args: argparse.Namespace) -> int:
     from benchmarks.trainer import run_training_benchmark
 
@@ -43,6 +64,7 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_stops_children
 def _bench_explain(args: argparse.Namespace) -> int:
     from benchmarks.explain import run_explain_benchmark
 
@@ -52,6 +74,7 @@ def _bench_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+@_stops_children
 def _bench_inference(args: argparse.Namespace) -> int:
     from benchmarks.inference import BenchConfig, format_markdown, run_benchmark
 
@@ -90,6 +113,7 @@ def _layouts(value: str) -> str:
     return ",".join(layouts)
 
 
+@_stops_children
 def _bench_web(args: argparse.Namespace) -> int:
     import logging
 
@@ -104,6 +128,7 @@ def _bench_web(args: argparse.Namespace) -> int:
     return 0
 
 
+@_stops_children
 def _bench_tracing(args: argparse.Namespace) -> int:
     from benchmarks.tracing import TraceBenchConfig, format_markdown, run_trace_bench
 

@@ -1,7 +1,7 @@
 """``postergenre bench crawl``: movies stored per second, and memory, crawling the local TMDB test site.
 
-The test site (``tests/tmdb_site.py``, so this needs the repository checkout) runs in its own
-process, serving the shared poster collection when it is there (real JPEGs) or generated posters.
+The TMDB test site (``benchmarks/fakes/tmdb_site.py``) runs in its own process, serving the shared
+poster collection when it is there (real JPEGs) or generated posters.
 The crawl is the real command, ``postergenre crawl``, in a subprocess with throttling off, storing
 into a throw-away PostgreSQL database and S3-protocol server (moto) — or SQLite and a folder with
 ``--embedded``. Its resident memory and the movies stored are sampled while it runs.
@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.children import start_child
+from benchmarks.fakes.tmdb_site import SHARED_POSTERS, poster_counts
 from shared.machine import machine_info
 
 SAMPLE_SECONDS = 0.25
@@ -65,8 +67,6 @@ def rss_mib(pid: int) -> float:
 
 def plan_years(movies: int, real_posters: Path | None) -> dict[int, int]:
     """Movies per year from 2000 on, ``movies`` in all (fewer when the collection has fewer)."""
-    from tests.tmdb_site import poster_counts
-
     available = poster_counts(real_posters) if real_posters is not None else {}
     plan: dict[int, int] = {}
     year, left = FIRST_YEAR, movies
@@ -83,11 +83,10 @@ def plan_years(movies: int, real_posters: Path | None) -> dict[int, int]:
 def test_site(plan: dict[int, int], real_posters: Path | None) -> Iterator[str]:
     """The TMDB test site in its own process; yield its API URL."""
     counts = ",".join(f"{year}={count}" for year, count in plan.items())
-    command = [sys.executable, "-m", "tests.tmdb_site", "--movies-per-year", counts]
+    command = [sys.executable, "-m", "benchmarks.fakes.tmdb_site", "--movies-per-year", counts]
     if real_posters is not None:
         command += ["--real-posters", str(real_posters)]
-    repo = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, text=True)
+    process = start_child(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -103,11 +102,16 @@ def storage_env(stack: ExitStack, embedded: bool, home: Path) -> dict[str, str]:
     env = {"POSTERGENRE_HOME": str(home)}
     if embedded:
         return env
-    from tests import servers
+    from benchmarks.fakes import servers
 
     admin = stack.enter_context(servers.postgres_server())
     database = servers.create_database(admin, prefix="benchcrawl")
     stack.callback(servers.drop_database, admin, database)
+    # `postergenre crawl` refuses a PostgreSQL database below the code's schema (as deployed, where
+    # the migrate job runs first); the throw-away one is migrated here.
+    from shared.db import upgrade_database
+
+    upgrade_database(database)
     endpoint = stack.enter_context(servers.s3_server())
     env.update({"POSTERGENRE_DATABASE_URL": database, "POSTERGENRE_OBJECT_STORE": "s3://bench-crawl",
                 "POSTERGENRE_S3_ENDPOINT": endpoint, "POSTERGENRE_S3_ACCESS_KEY": "bench",
@@ -152,8 +156,8 @@ def run_benchmark(movies: int, real_posters: Path | None, embedded: bool) -> Cra
         })
         command = [sys.executable, "-m", "services.cli", "crawl", "--years", years, "--job-id", "bench"]
         started = time.monotonic()
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+        process = start_child(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
         samples: list[Sample] = []
         while process.poll() is None:
             samples.append(Sample(round(time.monotonic() - started, 2), count_stored(database_url),
@@ -182,12 +186,6 @@ def run_benchmark(movies: int, real_posters: Path | None, embedded: bool) -> Cra
 
 def bench_crawl(movies: int = 2000, as_json: bool = False, real_posters: bool = True,
                 embedded: bool = False) -> int:
-    try:
-        from tests.tmdb_site import SHARED_POSTERS
-    except ImportError:
-        print("error: bench crawl needs the repository checkout (tests/tmdb_site.py is its TMDB test site)",
-              file=sys.stderr)
-        return 2
     folder = SHARED_POSTERS if real_posters and (SHARED_POSTERS / "labels.csv").is_file() else None
     result = run_benchmark(movies, folder, embedded)
     if as_json:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.children import start_child
 from shared.machine import machine_info
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ def service_process(argv: list[str], env: dict[str, str], ready: Callable[[], bo
                     timeout_s: float = 900.0) -> Iterator[subprocess.Popen[bytes]]:
     """``postergenre <argv>`` as a process of its own, once ``ready()`` says it answers."""
     # Its output goes to our stderr: stdout carries the report.
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", *argv], env=env, stdout=sys.stderr)
+    process = start_child([sys.executable, "-m", "services.cli", *argv], env=env, stdout=sys.stderr)
     try:
         deadline = time.monotonic() + timeout_s
         while not ready():

@@ -19,6 +19,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from benchmarks.fakes.tmdb_site import TmdbSite
 from services.web.admin import start_job
 from shared import registry
 from shared.celery_app import make_celery
@@ -29,7 +30,6 @@ from tests.reliability.faults import PersistentRedis
 from tests.servers import stop_process
 from tests.services.crawler.conftest import FAST_CRAWL_ENV, RunningSite
 from tests.services.trainer.test_tasks import job, send, wait_for
-from tests.tmdb_site import TmdbSite
 
 REPO = Path(__file__).resolve().parents[2]
 RESTART_GAP_S = 3.0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from benchmarks.fakes.tmdb_site import TmdbSite
 from services.crawler.importer import import_folder
 from services.dataset.pipeline import BuildResult, build_dataset
 from services.dataset.reader import load_arrays
@@ -28,7 +29,6 @@ from tests.conftest import write_poster_folder
 from tests.reliability.faults import CuttableLink
 from tests.services.crawler.conftest import RunningSite, catalog_snapshot, start_crawl_process
 from tests.services.dataset.conftest import collection_rows
-from tests.tmdb_site import TmdbSite
 
 OUTAGE_S = 10.0
 PARAMS = {"years": "2000-2001", "window": "year", "min_posters": 10, "image_size": 16,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.tmdb_site import TmdbSite, serve
+from benchmarks.fakes.tmdb_site import TmdbSite, serve
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from benchmarks.fakes.tmdb_site import Fault, TmdbSite
 from services.cli import main
 from shared.config import Settings, get_settings
 from shared.db import Genre, Job, Movie, session_scope, upgrade_database
@@ -26,7 +27,6 @@ from tests.services.crawler.conftest import (
     run_crawl_process,
     start_crawl_process,
 )
-from tests.tmdb_site import Fault, TmdbSite
 
 
 def movie_row(tmdb_id: int) -> Movie:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fakes.tmdb_site import Fault, TmdbSite
 from shared.config import Settings, get_settings
 from shared.jobs import create_job
 from tests.prometheus import metered_worker, scrape, value
 from tests.services.crawler.conftest import RunningSite
-from tests.tmdb_site import Fault, TmdbSite
 
 # Celery messages of this test go to their own Redis database, so no other test's worker takes them.
 BROKER_DB = 14

@@ -13,6 +13,7 @@ from scrapy.http import Response
 from scrapy.utils.test import get_crawler
 from sqlalchemy import select
 
+from benchmarks.fakes.tmdb_site import TMDB_GENRE_LIST
 from services.crawler.items import FAILED, NO_POSTER, REJECTED, STORED, UNCHANGED, UPDATED, MovieItem
 from services.crawler.pipelines import (
     CatalogPipeline,
@@ -27,7 +28,6 @@ from shared.config import Settings
 from shared.db import Movie, RejectedPoster, session_scope, upgrade_database
 from shared.storage import ObjectStore, object_store_from_settings
 from tests.conftest import make_poster
-from tests.tmdb_site import TMDB_GENRE_LIST
 
 POSTER_URL = "http://images.test/t/p/w342/p603.jpg"
 

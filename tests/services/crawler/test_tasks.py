@@ -8,12 +8,12 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import func, select
 
+from benchmarks.fakes.tmdb_site import TmdbSite
 from services.crawler.tasks import CrawlFailed, crawl_arguments
 from shared.config import Settings, get_settings
 from shared.db import Job, Movie, session_scope, upgrade_database
 from shared.jobs import create_job
 from tests.services.crawler.conftest import RunningSite
-from tests.tmdb_site import TmdbSite
 
 # Celery messages of this test go to their own Redis database, so no other test's worker takes them.
 BROKER_DB = 13

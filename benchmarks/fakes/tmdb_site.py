@@ -10,7 +10,8 @@ With ``real_posters`` (the shared collection ``../shared/data/posters-imdb``) th
 those movies, their IMDb genres mapped to TMDB's ids, and the posters are the real JPEGs;
 otherwise posters are generated.
 
-Run alone (the benchmark does): ``python -m tests.tmdb_site --movies-per-year 2000=100``.
+Run alone (the crawl benchmark does): ``python -m benchmarks.fakes.tmdb_site --movies-per-year
+2000=100``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ IMDB_TO_TMDB: dict[str, int] = {
     "Western": 37,
 }
 POSTER_SIZES = ["w92", "w154", "w185", "w342", "w500", "w780", "original"]
-SHARED_POSTERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "posters-imdb"
+# ../shared/data/posters-imdb beside the repository checkout.
+SHARED_POSTERS = Path(__file__).resolve().parents[3] / "shared" / "data" / "posters-imdb"
 UNAUTHORIZED = {"status_code": 7, "status_message": "Invalid API key: You must be granted a valid key.",
                 "success": False}
 

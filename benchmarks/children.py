@@ -1,0 +1,85 @@
+"""Child processes of the benchmarks (servers, crawls) that do not outlive the benchmark.
+
+A benchmark killed without a chance to clean up (an out-of-memory kill is a SIGKILL) used to leave
+its servers running: once, ``postergenre bench inference`` left its inference server (9 GB resident)
+and its web server behind. On Linux every child is therefore started through this module's
+launcher (``python -P benchmarks/children.py PARENT_PID -- ARGV``: stdlib only, so it needs no
+package path in the child's environment), which asks the kernel for SIGTERM
+when its parent dies (``prctl(PR_SET_PDEATHSIG)``) and then execs ARGV, which keeps that request
+(except for set-user-ID binaries and changes of user, e.g. ``runuser``). The launcher is a process of
+its own rather than a ``preexec_fn``, which is unsafe in a process that runs threads (the benchmarks
+run client and server threads). The kernel sends the signal when the *thread* that started the child
+ends, so children are started from a thread that lives as long as they should (the main thread).
+
+:func:`stop_on_sigterm` turns a SIGTERM of the benchmark itself into the normal way out (the ``with``
+blocks stop their servers), as Ctrl-C (SIGINT, ``KeyboardInterrupt``) already is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def child_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped in the launcher on Linux (unchanged elsewhere, where no such signal exists)."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    # -P: this file's folder (benchmarks/) is not put first on the module path.
+    return [sys.executable, "-P", os.path.abspath(__file__), str(os.getpid()), "--", *argv]
+
+
+def start_child(argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(argv, **popen)``, the child getting SIGTERM when this process dies.
+
+    The returned process is ARGV itself (the launcher execs it), so its pid, signals and exit status
+    are ARGV's."""
+    if not argv:
+        raise ValueError("start_child needs a command")
+    return subprocess.Popen(child_command(argv), **popen)
+
+
+def stop_on_sigterm() -> None:
+    """Raise ``SystemExit(143)`` on SIGTERM, so that ``finally`` and ``with`` blocks stop the children
+    (Python's default for SIGTERM is to die on the spot). Main thread only, as any signal handler."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+
+
+def main(args: Sequence[str]) -> int:
+    """The launcher: ``PARENT_PID -- ARGV``."""
+    if len(args) < 3 or args[1] != "--" or not args[0].isdigit():
+        print(f"usage: python -P {__file__} PARENT_PID -- COMMAND [ARG...]", file=sys.stderr)
+        return 2
+    parent, argv = int(args[0]), list(args[2:])
+    _set_parent_death_signal(signal.SIGTERM)
+    # The parent may have died before the request was made: then no signal will ever come.
+    if os.getppid() != parent:
+        return 128 + signal.SIGTERM
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
+        return 127
+    return 0  # not reached: execvp replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
