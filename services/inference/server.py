@@ -440,6 +440,7 @@ def start_server(
     about twice as fast as TensorFlow on CPU, see docs/benchmarks.md) or ``"tensorflow"``; a version
     without a TFLite export is always served by TensorFlow.
     """
+    metrics = InferenceMetrics()
     manager = ModelManager(
         models_dir,
         config_path,
@@ -448,10 +449,9 @@ def start_server(
         poll_seconds,
         batch_threads=batch_threads,
         backend=backend,
-        metrics=InferenceMetrics(),
+        metrics=metrics,
     )
-    assert manager.metrics is not None
-    manager.metrics.watch(lambda: manager.state)
+    metrics.watch(lambda: manager.state)
     manager.refresh()
     for name, failures in manager.failures().items():
         for failure in failures:
@@ -468,7 +468,7 @@ def start_server(
         from prometheus_client import start_http_server
 
         # prometheus_client's server answers every path, TF Serving's included.
-        metrics_server, _ = start_http_server(metrics_port, addr=host, registry=manager.metrics.registry)
+        metrics_server, _ = start_http_server(metrics_port, addr=host, registry=metrics.registry)
     manager.start_polling()
     server = EmbeddedServer(manager, grpc_server, bound, host, rest_server, metrics_server)
     log.info(
