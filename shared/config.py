@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         default=2, gt=0, description="Threads TF Serving runs batches on (its num_batch_threads).")
     inference_poll_seconds: float = Field(
         default=1.0, description="How often the embedded inference server looks for new model versions.")
+    inference_prefer_float: bool = Field(
+        default=False, description="The embedded inference server serves fp32 LiteRT even where a "
+        "version's full-integer (int8) export passed its agreement check.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
     model_prefix: str = Field(default="genre", description="Yearly models are named <prefix>-<year>.")
     image_size: int = Field(default=128, description="Side of the square model input, in pixels.")

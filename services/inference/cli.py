@@ -37,6 +37,7 @@ def _serve_inference(args: argparse.Namespace) -> int:
         request_timeout_s=settings.inference_timeout_s,
         batch_threads=args.batch_threads,
         backend=args.backend,
+        prefer_float=args.prefer_float or settings.inference_prefer_float,
     )
     print(f"serving gRPC on {server.url} and REST on {server.rest_url}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.grpc_server.stop(1))
@@ -161,7 +162,14 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
         "--backend",
         choices=["tensorflow", "litert"],
         default="litert",
-        help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite)",
+        help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite, or "
+        "model_full_int8.tflite where its agreement check passed)",
+    )
+    server.add_argument(
+        "--prefer-float",
+        action="store_true",
+        help="serve the fp32 LiteRT model even where the int8 one passed its check "
+        "(default: inference_prefer_float)",
     )
     server.add_argument(
         "--poll-seconds",

@@ -385,13 +385,15 @@ def start_server(
     request_timeout_s: float = 30.0,
     batch_threads: int = 1,
     backend: str = "litert",
+    prefer_float: bool = False,
 ) -> EmbeddedServer:
     """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port.
 
     ``batch_threads`` is the number of batches of one model that may run at once; ``backend`` runs
     the ``pixels`` signature with ``"litert"`` (from ``exports/model.tflite``, the default: measured
     about twice as fast as TensorFlow on CPU, see docs/benchmarks.md) or ``"tensorflow"``; a version
-    without a TFLite export is always served by TensorFlow.
+    without a TFLite export is always served by TensorFlow. With LiteRT, a version whose full-integer
+    export passed the trainer's agreement check is served in int8, unless ``prefer_float``.
     """
     manager = ModelManager(
         models_dir,
@@ -401,6 +403,7 @@ def start_server(
         poll_seconds,
         batch_threads=batch_threads,
         backend=backend,
+        prefer_float=prefer_float,
     )
     manager.refresh()
     for name, failures in manager.failures().items():
@@ -446,4 +449,5 @@ def start_embedded(
         settings.inference_batch_timeout_ms,
         settings.inference_poll_seconds,
         settings.inference_timeout_s,
+        prefer_float=settings.inference_prefer_float,
     )
