@@ -129,3 +129,32 @@ def test_without_test_posters_the_int8_model_is_kept_but_not_passed(tmp_path: Pa
     verdict = export.export_full_int8(tiny_shared_model(seed=4), dest, posters(16, seed=2), None)
     assert verdict["passed"] is False and "test posters" in verdict["error"]
     assert (dest / "exports" / "model_full_int8.tflite").is_file()
+
+
+def test_a_training_records_the_int8_verdict_with_the_version(settings: Any) -> None:
+    """The trainer's own path: calibrated on the dataset's training posters, checked on its test
+    posters, the verdict in the registry (metrics and exports) and in the uploaded version folder."""
+    from services.trainer.tasks import run_training
+    from shared import registry
+    from shared.db import upgrade_database
+    from shared.hyperparameters import default_hyperparameters
+    from shared.storage import object_store_from_settings
+    from tests.services.trainer.datasets import write_dataset
+
+    upgrade_database(settings.effective_database_url)
+    store = object_store_from_settings()
+    write_dataset(store, "int8-tiny", [2000, 2001], per_year=16)
+    hp = default_hyperparameters("smallcnn", epochs=1, batch_size=8, width=4, weights="none", patience=50)
+    params = {"model_name": "genre-shared", "dataset_id": "int8-tiny", "targets": ["2000", "2001"],
+              "layout": "shared", "hyperparameters": hp.as_dict(), "formats": ["tflite"], "bless": False}
+    run_training("int8-job", params, settings)
+    [row] = registry.list_versions("genre-shared")
+    check = row["metrics"]["int8_check"]
+    assert check == row["exports"]["full_int8"]
+    # 8 training posters per year calibrate; 4 test posters per year, each under both years' heads.
+    assert check["calibration_posters"] == 16 and check["posters"] == 8 and check["rows"] == 16
+    assert isinstance(check["passed"], bool) and "error" not in check
+    assert {"top6_agreement", "auc_delta", "macro_auc_float", "macro_auc_int8"} <= set(check)
+    stored = json.loads(store.get(f"models/genre-shared/{row['version']}/exports/model_full_int8.json"))
+    assert stored == check
+    assert store.get(f"models/genre-shared/{row['version']}/exports/model_full_int8.tflite")
