@@ -14,7 +14,8 @@ verdict comes from the trainer's check on the test posters.
   on each (so the interpreter's buffers exist) and reads its resident set size (``VmRSS``) before and
   after each; the report gives the RSS delta per version beside the served file's size. Modes:
   ``litert-int8``, ``litert-float``, ``tensorflow`` and ``litert+savedmodel`` (what every version cost
-  before the server loaded each version once: the SavedModel's variables beside the interpreter).
+  before the server loaded each version once: the SavedModel's variables beside the interpreter, and
+  the mapped .tflite weights kept resident beside XNNPACK's packed copy).
 * latency: one embedded server over the shared model, started in float (``prefer_float``) then in
   int8, the table asked ``repeats`` times in alternation through the gRPC client; p50 of each.
 """
@@ -185,7 +186,8 @@ def _load_versions(mode: str, folders: list[str], image_size: int) -> dict[str, 
     for index, folder in enumerate(folders):
         servable = Servable(MODEL_NAME, index + 1, Path(folder), max_batch_size=16, batch_timeout_s=0.002,
                             backend="tensorflow" if mode == "tensorflow" else "litert",
-                            prefer_float=mode != "litert-int8")
+                            prefer_float=mode != "litert-int8",
+                            release_mapped_weights=mode != "litert+savedmodel")
         if mode == "litert+savedmodel":
             servable._saved_model()  # the old behaviour: TensorFlow's copy of the weights beside LiteRT
         servable.predict("pixels", {"pixels": pixels}, timeout=600)
