@@ -82,7 +82,8 @@ def test_int8_is_chosen_only_when_its_recorded_check_passed(exported, tmp_path, 
 def test_a_corrupt_verdict_serves_float(exported, tmp_path) -> None:
     path = version_with_verdict(exported, tmp_path, True)
     (path / "exports" / "model_full_int8.json").write_text("{not json")
-    assert litert_model_file(path).name == "model.tflite"
+    chosen = litert_model_file(path)
+    assert chosen is not None and chosen.name == "model.tflite"
 
 
 def test_served_int8_answers_close_to_float_and_the_savedmodel_is_loaded_only_on_demand(
