@@ -9,6 +9,9 @@ Every model version is written once, in the layout of ``docs/contracts.md``::
         assets.extra/postergenre.json         (the metadata given by the trainer)
         exports/model.tflite                  fp32
         exports/model_int8.tflite             dynamic-range int8 weights
+        exports/model_full_int8.tflite        int8 weights and activations (when calibration posters
+                                              are given), and model_full_int8.json: its agreement
+                                              check against the float model (the server's verdict)
         exports/tfjs/model.json, *.bin        TF.js graph model of the ``pixels`` signature
 
 The Keras model takes float32 pixels ``[None, S, S, 3]`` (RGB, 0..255) and returns sigmoid scores
