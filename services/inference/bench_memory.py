@@ -292,17 +292,18 @@ def run_memory_benchmark(config: MemoryBenchConfig) -> dict[str, Any]:
     image_size = served_image_size(folders[0], config.image_size)
     memory = {mode: measure_memory(mode, folders, image_size) for mode in config.modes}
     latency = measure_latency(workdir / "models", 1, image_size, config.repeats)
-    return {"config": asdict(config), "machine": {**machine_info(), "load_average_before": load_before,
-                                                  "load_average_after": os.getloadavg()},
-            "export_s": export_s, "memory": memory, "latency": latency, "workdir": str(workdir)}
+    machine = {**machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    return {"config": asdict(config), "image_size": image_size, "machine": machine, "export_s": export_s,
+            "memory": memory, "latency": latency, "workdir": str(workdir)}
 
 
 def format_memory_markdown(report: dict[str, Any]) -> str:
     mb = 1 / 1e6
     config = report["config"]
     source = config["export"] or "random ResNet50"
-    lines = [f"{source} shared model ({config['years']} years x {config['genres']} genres, "
-             f"{config['image_size']} px), {config['versions']} versions per mode", "",
+    shape = f"{config['years']} years x {config['genres']} genres, " if not config["export"] else ""
+    lines = [f"{source} shared model ({shape}"
+             f"{report['image_size']} px), {config['versions']} versions per mode", "",
              "| mode | served file | MB | RSS per version MB | per version / file | first version extra MB |",
              "|---|---|---|---|---|---|"]
     for mode, value in report["memory"].items():

@@ -46,7 +46,7 @@ def test_memory_and_latency_of_a_trainer_export(trainer_export: Path, tmp_path: 
     assert (tmp_path / "models" / "genre-shared" / "2" / "exports" / "model_full_int8.tflite").is_file()
     p50 = report["latency"]["table_p50_s"]
     assert set(p50) == {"float32", "int8"} and all(value > 0 for value in p50.values())
-    assert report["config"]["image_size"] == 256  # the default; the export's own side is what ran
+    assert report["config"]["image_size"] == 256 and report["image_size"] == IMAGE_SIZE  # the export's side
     shown = format_memory_markdown(report)
     assert "litert-int8" in shown and "int8 / float" in shown
 

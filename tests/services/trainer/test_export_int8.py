@@ -143,7 +143,7 @@ def test_a_training_records_the_int8_verdict_with_the_version(settings: Any) -> 
 
     upgrade_database(settings.effective_database_url)
     store = object_store_from_settings()
-    write_dataset(store, "int8-tiny", [2000, 2001], per_year=16)
+    write_dataset(store, "int8-tiny", [2000, 2001], per_year=8)
     hp = default_hyperparameters("smallcnn", epochs=1, batch_size=8, width=4, weights="none", patience=50)
     params = {"model_name": "genre-shared", "dataset_id": "int8-tiny", "targets": ["2000", "2001"],
               "layout": "shared", "hyperparameters": hp.as_dict(), "formats": ["tflite"], "bless": False}
@@ -151,8 +151,8 @@ def test_a_training_records_the_int8_verdict_with_the_version(settings: Any) -> 
     [row] = registry.list_versions("genre-shared")
     check = row["metrics"]["int8_check"]
     assert check == row["exports"]["full_int8"]
-    # 8 training posters per year calibrate; 4 test posters per year, each under both years' heads.
-    assert check["calibration_posters"] == 16 and check["posters"] == 8 and check["rows"] == 16
+    # 4 training posters per year calibrate; 2 test posters per year, each under both years' heads.
+    assert check["calibration_posters"] == 8 and check["posters"] == 4 and check["rows"] == 8
     assert isinstance(check["passed"], bool) and "error" not in check
     assert {"top6_agreement", "auc_delta", "macro_auc_float", "macro_auc_int8"} <= set(check)
     stored = json.loads(store.get(f"models/genre-shared/{row['version']}/exports/model_full_int8.json"))
