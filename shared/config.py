@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535,
         description="Port of the embedded inference server's Prometheus endpoint "
                     "(/monitoring/prometheus/metrics, as TF Serving's; also on its REST port); 0: off.")
+    inference_prefer_float: bool = Field(
+        default=False, description="The embedded inference server serves fp32 LiteRT even where a "
+        "version's full-integer (int8) export passed its agreement check.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="Log lines: json, text, or auto (JSON in stack mode unless stderr is a "

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.inference.bench_memory import MODES as MEMORY_MODES
+
 if TYPE_CHECKING:
     from services.inference.predict import PosterTable
 
@@ -41,6 +43,7 @@ def _serve_inference(args: argparse.Namespace) -> int:
         backend=args.backend,
         metrics_port=(settings.inference_metrics_port if args.metrics_port is None else args.metrics_port)
         or None,
+        prefer_float=args.prefer_float or settings.inference_prefer_float,
     )
     print(f"serving gRPC on {server.url} and REST on {server.rest_url}"
           + (f", metrics at {server.metrics_url}" if server.metrics_url else ""), flush=True)
@@ -141,6 +144,32 @@ def _layouts(value: str) -> str:
     return ",".join(layouts)
 
 
+def _bench_inference_memory(args: argparse.Namespace) -> int:
+    from services.inference.bench_memory import (
+        MemoryBenchConfig,
+        format_memory_markdown,
+        run_memory_benchmark,
+    )
+
+    config = MemoryBenchConfig(
+        versions=args.versions,
+        years=args.years,
+        genres=args.genres,
+        image_size=args.image_size,
+        repeats=args.repeats,
+        modes=tuple(mode for mode in args.modes.split(",") if mode),
+        workdir=args.workdir,
+        export=args.export,
+    )
+    try:
+        report = run_memory_benchmark(config)
+    except ValueError as exc:
+        print(f"bench inference-memory: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else format_memory_markdown(report))
+    return 0
+
+
 def register(commands: Any, serve: Any, bench: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     server = serve.add_parser(
@@ -171,7 +200,14 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
         "--backend",
         choices=["tensorflow", "litert"],
         default="litert",
-        help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite)",
+        help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite, or "
+        "model_full_int8.tflite where its agreement check passed)",
+    )
+    server.add_argument(
+        "--prefer-float",
+        action="store_true",
+        help="serve the fp32 LiteRT model even where the int8 one passed its check "
+        "(default: inference_prefer_float)",
     )
     server.add_argument(
         "--poll-seconds",
@@ -232,3 +268,23 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
         help="comma-separated: independent, shared",
     )
     bench_inference.set_defaults(handler=_bench_inference)
+
+    bench_memory = bench.add_parser(
+        "inference-memory",
+        help="resident memory per served model and the table's gRPC p50, float vs int8 (docs/benchmarks.md)",
+    )
+    bench_memory.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_memory.add_argument("--versions", type=int, default=3, help="versions loaded per mode")
+    bench_memory.add_argument("--years", type=int, default=20, help="heads of the shared model")
+    bench_memory.add_argument("--genres", type=int, default=20)
+    bench_memory.add_argument("--image-size", type=int, default=256)
+    bench_memory.add_argument("--repeats", type=int, default=30, help="timed tables per precision")
+    bench_memory.add_argument(
+        "--modes", default=",".join(MEMORY_MODES), help=f"comma-separated: {', '.join(MEMORY_MODES)}"
+    )
+    bench_memory.add_argument(
+        "--export", default="", help="a trainer-exported version folder (with both LiteRT files) to measure "
+        "instead of a random ResNet50, e.g. an efficientnet-lite0 model"
+    )
+    bench_memory.add_argument("--workdir", default="", help="reuse exported models between runs")
+    bench_memory.set_defaults(handler=_bench_inference_memory)

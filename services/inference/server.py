@@ -434,6 +434,7 @@ def start_server(
     batch_threads: int = 1,
     backend: str = "litert",
     metrics_port: int | None = None,
+    prefer_float: bool = False,
 ) -> EmbeddedServer:
     """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port;
     ``metrics_port`` likewise for the Prometheus endpoint (also answered on the REST port).
@@ -441,7 +442,8 @@ def start_server(
     ``batch_threads`` is the number of batches of one model that may run at once; ``backend`` runs
     the ``pixels`` signature with ``"litert"`` (from ``exports/model.tflite``, the default: measured
     about twice as fast as TensorFlow on CPU, see docs/benchmarks.md) or ``"tensorflow"``; a version
-    without a TFLite export is always served by TensorFlow.
+    without a TFLite export is always served by TensorFlow. With LiteRT, a version whose full-integer
+    export passed the trainer's agreement check is served in int8, unless ``prefer_float``.
     """
     metrics = InferenceMetrics()
     manager = ModelManager(
@@ -453,6 +455,7 @@ def start_server(
         batch_threads=batch_threads,
         backend=backend,
         metrics=metrics,
+        prefer_float=prefer_float,
     )
     metrics.watch(lambda: manager.state)
     manager.refresh()
@@ -507,4 +510,5 @@ def start_embedded(
         settings.inference_poll_seconds,
         settings.inference_timeout_s,
         metrics_port=settings.inference_metrics_port or None,
+        prefer_float=settings.inference_prefer_float,
     )
