@@ -114,6 +114,26 @@ def test_a_failing_exporter_never_fails_a_prediction(settings: Settings, tiny_mo
         forget_global_provider()
 
 
+def test_spans_reach_an_otlp_receiver(no_otel_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configured exporter speaks OTLP/gRPC: the benchmark's receiver gets the spans, by service."""
+    from services.web.trace_bench import OtlpSink
+
+    sink = OtlpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    tracing = start_tracing("postergenre-test")
+    assert tracing is not None
+    try:
+        with tracing.provider.get_tracer("test").start_as_current_span("outer"):
+            with tracing.provider.get_tracer("test").start_as_current_span("inner"):
+                pass
+        assert tracing.provider.force_flush(timeout_millis=10_000)
+        assert sink.spans == {"postergenre-test": 2}
+    finally:
+        tracing.shutdown()
+        forget_global_provider()
+        sink.stop()
+
+
 TRACING_REPORT = """
 import json, sys, types
 import grpc, sqlalchemy
