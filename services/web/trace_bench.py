@@ -40,13 +40,15 @@ class TraceBenchConfig:
 
 
 class OtlpSink:
-    """A local OTLP/gRPC trace receiver (``TraceService/Export``) that counts spans by service."""
+    """A local OTLP/gRPC trace receiver (``TraceService/Export``) that counts spans by service and
+    keeps the trace ids each service sent spans of."""
 
     def __init__(self) -> None:
         import grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
         self.spans: dict[str, int] = {}
+        self.traces: dict[str, set[str]] = {}
         self.exports = 0
         lock = threading.Lock()
         sink = self
@@ -58,8 +60,9 @@ class OtlpSink:
                     for resource_spans in request.resource_spans:
                         service = next((a.value.string_value for a in resource_spans.resource.attributes
                                         if a.key == "service.name"), "?")
-                        count = sum(len(scope.spans) for scope in resource_spans.scope_spans)
-                        sink.spans[service] = sink.spans.get(service, 0) + count
+                        spans = [span for scope in resource_spans.scope_spans for span in scope.spans]
+                        sink.spans[service] = sink.spans.get(service, 0) + len(spans)
+                        sink.traces.setdefault(service, set()).update(span.trace_id.hex() for span in spans)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-sink"))
