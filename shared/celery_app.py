@@ -194,6 +194,11 @@ def _start_worker_heartbeat(**_kwargs: Any) -> None:
     start_heartbeat(get_settings())
 
 
+def _connect_worker_metrics() -> None:
+    # Importing the module connects its signal handlers (task counts, the /metrics endpoint).
+    import shared.worker_metrics  # noqa: F401
+
+
 # Request ids travel in task headers and are bound while a task runs; the worker logs like the services.
 install_celery_hooks()
 
@@ -204,4 +209,5 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
+_connect_worker_metrics()
 celery_app = make_celery()

@@ -19,7 +19,7 @@ from services.web.admin import admin_token_problem, effective_admin_token
 from services.web.errors import install_error_handlers
 from services.web.metrics import RequestMetricsMiddleware
 from services.web.predictor import MAX_BATCH_FILES
-from services.web.routes import admin, health, models, pages, predictions
+from services.web.routes import admin, explanations, health, models, pages, predictions
 from services.web.routes.pages import STATIC_DIR
 from services.web.security import SecurityHeadersMiddleware
 from services.web.state import WebState
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every line has the id
 
     app.include_router(predictions.router)
+    app.include_router(explanations.router)
     app.include_router(models.router)
     app.include_router(health.router)
     if problem is None:
