@@ -56,6 +56,16 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, leave)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Called first in a child that Python itself started (a ``multiprocessing`` worker, whose start
+    this module does not own): SIGTERM to it when ``parent_pid`` dies; exits at once if it has already."""
+    if not sys.platform.startswith("linux"):
+        return
+    _set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os._exit(128 + signal.SIGTERM)
+
+
 def _set_parent_death_signal(signum: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:

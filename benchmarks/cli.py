@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.memory import MODES as MEMORY_MODES
 from services.trainer.cli import ARCHITECTURES
 
 Handler = Callable[[argparse.Namespace], int]
@@ -111,6 +113,33 @@ def _layouts(value: str) -> str:
     if not layouts or unknown:
         raise argparse.ArgumentTypeError(f"layouts are independent and shared, not {value!r}")
     return ",".join(layouts)
+
+
+@_stops_children
+def _bench_inference_memory(args: argparse.Namespace) -> int:
+    from benchmarks.memory import (
+        MemoryBenchConfig,
+        format_memory_markdown,
+        run_memory_benchmark,
+    )
+
+    config = MemoryBenchConfig(
+        versions=args.versions,
+        years=args.years,
+        genres=args.genres,
+        image_size=args.image_size,
+        repeats=args.repeats,
+        modes=tuple(mode for mode in args.modes.split(",") if mode),
+        workdir=args.workdir,
+        export=args.export,
+    )
+    try:
+        report = run_memory_benchmark(config)
+    except ValueError as exc:
+        print(f"bench inference-memory: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else format_memory_markdown(report))
+    return 0
 
 
 @_stops_children
@@ -212,6 +241,26 @@ def register(bench: Any) -> None:
         help="comma-separated: independent, shared",
     )
     bench_inference.set_defaults(handler=_bench_inference)
+
+    bench_memory = bench.add_parser(
+        "inference-memory",
+        help="resident memory per served model and the table's gRPC p50, float vs int8 (docs/benchmarks.md)",
+    )
+    bench_memory.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_memory.add_argument("--versions", type=int, default=3, help="versions loaded per mode")
+    bench_memory.add_argument("--years", type=int, default=20, help="heads of the shared model")
+    bench_memory.add_argument("--genres", type=int, default=20)
+    bench_memory.add_argument("--image-size", type=int, default=256)
+    bench_memory.add_argument("--repeats", type=int, default=30, help="timed tables per precision")
+    bench_memory.add_argument(
+        "--modes", default=",".join(MEMORY_MODES), help=f"comma-separated: {', '.join(MEMORY_MODES)}"
+    )
+    bench_memory.add_argument(
+        "--export", default="", help="a trainer-exported version folder (with both LiteRT files) to measure "
+        "instead of a random ResNet50, e.g. an efficientnet-lite0 model"
+    )
+    bench_memory.add_argument("--workdir", default="", help="reuse exported models between runs")
+    bench_memory.set_defaults(handler=_bench_inference_memory)
 
     web_bench = bench.add_parser("web", help="latency and throughput of the prediction API (cold and cached)")
     web_bench.add_argument("--url", default="http://127.0.0.1:8000")

@@ -6,7 +6,7 @@ demo trains): one with tracing off (no OTLP endpoint), one with tracing on, expo
 a local OTLP/gRPC receiver this process runs (:class:`OtlpSink`, which counts what it receives).
 Their requests are interleaved (one table from each in turn, then one burst of concurrent tables
 from each in turn), so both see the same load on a shared machine. Every poster is new, so the score
-cache never answers. The models and the services reuse ``services.inference.bench``.
+cache never answers. The models and the services reuse ``benchmarks.inference``.
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ class TraceBenchConfig:
 
 
 class OtlpSink:
-    """A local OTLP/gRPC trace receiver (``TraceService/Export``) that counts spans by service."""
+    """A local OTLP/gRPC trace receiver (``TraceService/Export``) that counts spans by service and
+    keeps the trace ids each service sent spans of."""
 
     def __init__(self) -> None:
         import grpc
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
         self.spans: dict[str, int] = {}
+        self.traces: dict[str, set[str]] = {}
         self.exports = 0
         lock = threading.Lock()
         sink = self
@@ -58,8 +60,9 @@ class OtlpSink:
                     for resource_spans in request.resource_spans:
                         service = next((a.value.string_value for a in resource_spans.resource.attributes
                                         if a.key == "service.name"), "?")
-                        count = sum(len(scope.spans) for scope in resource_spans.scope_spans)
-                        sink.spans[service] = sink.spans.get(service, 0) + count
+                        spans = [span for scope in resource_spans.scope_spans for span in scope.spans]
+                        sink.spans[service] = sink.spans.get(service, 0) + len(spans)
+                        sink.traces.setdefault(service, set()).update(span.trace_id.hex() for span in spans)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-sink"))
@@ -97,7 +100,26 @@ class ModeResult:
     table_p50_ms: float
     table_p95_ms: float
     posters_per_s: float
+    cpu_ms_per_table: float  # web + inference processes, user + system
     table_times_ms: list[float]
+
+
+def child_pids() -> set[int]:
+    """This process's children (Linux ``/proc``)."""
+    pids: set[int] = set()
+    for children in Path("/proc/self/task").glob("*/children"):
+        pids.update(int(pid) for pid in children.read_text().split())
+    return pids
+
+
+def cpu_seconds(pids: set[int]) -> float:
+    """User + system CPU time of these processes so far. On a machine shared with other work, CPU
+    time per table says what tracing costs more steadily than latency does."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def table_asker(post: Callable[[bytes, int], dict[str, Any]], poster: Callable[[], bytes], last_year: int,
@@ -157,17 +179,21 @@ def _run(config: TraceBenchConfig) -> dict[str, Any]:
         return bench.random_poster(seed)
 
     load_before = os.getloadavg()
+    processes: dict[str, set[int]] = {}
     with ExitStack() as stack:
         stack.callback(sink.stop)
         for mode in MODES:
+            before = child_pids()
             with otel_environment(sink.endpoint if mode == "on" else None):
                 inference_url = stack.enter_context(bench.inference_process(settings, models, [shared]))
                 web_url = stack.enter_context(bench.web_process(settings, inference_url))
+            processes[mode] = child_pids() - before
             asks[mode] = table_asker(bench.poster_poster(web_url), new_poster, last_year, config.years)
         # Posters are encoded inside the timed call in both modes alike (a 300x450 JPEG, ~2 ms).
         for run in asks.values():
             for _ in range(3):
                 run()
+        cpu_before = {mode: cpu_seconds(processes[mode]) for mode in MODES}
         times: dict[str, list[float]] = {mode: [] for mode in MODES}
         for _ in range(config.requests):
             for mode, run in asks.items():
@@ -181,9 +207,12 @@ def _run(config: TraceBenchConfig) -> dict[str, Any]:
                     burst = partial(bench.burst, run, clients, config.concurrency)
                     bursts[mode].append(bench.time_once(burst))
         time.sleep(6)  # the batch span processors export every 5 s: let the last spans arrive
+        timed_tables = config.requests + config.concurrency * (config.rounds + 1)
         results = {
             mode: ModeResult(mode, bench.percentile(times[mode], 50), bench.percentile(times[mode], 95),
-                             config.concurrency * config.rounds / sum(bursts[mode]), times[mode])
+                             config.concurrency * config.rounds / sum(bursts[mode]),
+                             (cpu_seconds(processes[mode]) - cpu_before[mode]) * 1000 / timed_tables,
+                             times[mode])
             for mode in MODES
         }
     return {
@@ -192,6 +221,7 @@ def _run(config: TraceBenchConfig) -> dict[str, Any]:
         "modes": {mode: asdict(result) for mode, result in results.items()},
         "p50_on_over_off": results["on"].table_p50_ms / results["off"].table_p50_ms,
         "throughput_on_over_off": results["on"].posters_per_s / results["off"].posters_per_s,
+        "cpu_on_over_off": results["on"].cpu_ms_per_table / results["off"].cpu_ms_per_table,
         "spans_received": dict(sink.spans),
         "exports_received": sink.exports,
         "tables_per_mode": config.requests + 3 + config.concurrency * (config.rounds + 1),
@@ -203,17 +233,18 @@ def format_markdown(report: dict[str, Any]) -> str:
     modes = report["modes"]
     rows = [
         "| tracing | table p50 (ms) | table p95 (ms) | throughput (posters/s, "
-        f"{report['config']['concurrency']} clients) |",
-        "| --- | ---: | ---: | ---: |",
+        f"{report['config']['concurrency']} clients) | CPU per table (ms, web + inference) |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     titles = {"off": "off (no endpoint)", "on": "on, OTLP/gRPC to a local receiver"}
     for mode in MODES:
         result = modes[mode]
         rows.append(f"| {titles[mode]} | {result['table_p50_ms']:.1f} | {result['table_p95_ms']:.1f} | "
-                    f"{result['posters_per_s']:.2f} |")
+                    f"{result['posters_per_s']:.2f} | {result['cpu_ms_per_table']:.1f} |")
     spans = ", ".join(f"{name} {count}" for name, count in sorted(report["spans_received"].items()))
     rows.append("")
     rows.append(f"On over off: p50 x{report['p50_on_over_off']:.3f}, throughput "
-                f"x{report['throughput_on_over_off']:.3f}. Spans received: {spans} "
+                f"x{report['throughput_on_over_off']:.3f}, CPU x{report['cpu_on_over_off']:.3f}. "
+                f"Spans received: {spans} "
                 f"({report['tables_per_mode']} traced tables).")
     return "\n".join(rows)

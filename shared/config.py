@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Mode = Literal["embedded", "stack"]
@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535,
         description="Port of the embedded inference server's Prometheus endpoint "
                     "(/monitoring/prometheus/metrics, as TF Serving's; also on its REST port); 0: off.")
+    inference_prefer_float: bool = Field(
+        default=False, description="The embedded inference server serves fp32 LiteRT even where a "
+        "version's full-integer (int8) export passed its agreement check.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="Log lines: json, text, or auto (JSON in stack mode unless stderr is a "
@@ -81,6 +84,13 @@ class Settings(BaseSettings):
     tmdb_api_key: str = Field(default="", validation_alias="TMDB_API_KEY")
     tmdb_bearer_token: str = Field(default="", validation_alias="TMDB_BEARER_TOKEN")
     tmdb_api_url: str = Field(default="https://api.themoviedb.org/3", validation_alias="TMDB_API_URL")
+
+    @field_validator("backbone_weights_file", mode="before")
+    @classmethod
+    def _empty_is_the_package_file(cls, value: object) -> object:
+        # `POSTERGENRE_BACKBONE_WEIGHTS_FILE=` (as .env.example and compose files write it) means the
+        # installed package's file, not a path named "" (which Path would turn into ".").
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _soft_shutdown_within_training(self) -> Self:

@@ -9,7 +9,7 @@ server's :class:`RequestIdServerInterceptor`) or one Celery task (the ``task_pre
   otherwise a new id. Either way it is returned in the response's ``X-Request-ID``;
 * to the inference server: the ``x-request-id`` gRPC metadata (:class:`RequestIdClientInterceptor`);
 * to a Celery task: the ``x_request_id`` message header, set by ``before_task_publish`` on every
-  task sent while an id is bound (the admin API's jobs, the trainer's submissions).
+  task sent while an id is bound (the admin API's jobs).
 
 A malformed id is replaced, never logged: the one place a client's text could reach a log line
 unescaped is closed by accepting only ``[A-Za-z0-9._-]{1,64}``; JSON lines escape everything else.

@@ -40,6 +40,7 @@ def _serve_inference(args: argparse.Namespace) -> int:
         backend=args.backend,
         metrics_port=(settings.inference_metrics_port if args.metrics_port is None else args.metrics_port)
         or None,
+        prefer_float=args.prefer_float or settings.inference_prefer_float,
     )
     print(f"serving gRPC on {server.url} and REST on {server.rest_url}"
           + (f", metrics at {server.metrics_url}" if server.metrics_url else ""), flush=True)
@@ -132,7 +133,14 @@ def register(commands: Any, serve: Any) -> None:
         "--backend",
         choices=["tensorflow", "litert"],
         default="litert",
-        help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite)",
+        help="run the pixels signature with TensorFlow or LiteRT (exports/model.tflite, or "
+        "model_full_int8.tflite where its agreement check passed)",
+    )
+    server.add_argument(
+        "--prefer-float",
+        action="store_true",
+        help="serve the fp32 LiteRT model even where the int8 one passed its check "
+        "(default: inference_prefer_float)",
     )
     server.add_argument(
         "--poll-seconds",

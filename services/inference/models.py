@@ -97,8 +97,89 @@ class Signature:
     batcher: Batcher
 
 
+LITERT_FLOAT_FILE = "model.tflite"  # the trainer's fp32 export
+LITERT_INT8_FILE = "model_full_int8.tflite"  # its full-integer export (int8 weights and activations)
+LITERT_INT8_CHECK_FILE = "model_full_int8.json"  # the trainer's agreement verdict on that export
+
+
+def int8_verdict(path: Path) -> dict[str, Any] | None:
+    """The version's recorded int8 agreement check (``exports/model_full_int8.json``), if readable."""
+    try:
+        verdict = json.loads((path / "exports" / LITERT_INT8_CHECK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return verdict if isinstance(verdict, dict) else None
+
+
+def litert_model_file(path: Path, prefer_float: bool = False) -> Path | None:
+    """The LiteRT file to serve a version from: the full-integer model when the trainer's agreement
+    check passed on it (and the operator does not prefer float), else the fp32 one; None if neither.
+
+    The verdict is read from the version folder, written there at export time, not from the registry:
+    the inference server has no database in the stack, and the folder is what it serves.
+    """
+    exports = path / "exports"
+    if not prefer_float and (exports / LITERT_INT8_FILE).is_file():
+        verdict = int8_verdict(path)
+        if verdict is not None and verdict.get("passed") is True:
+            return exports / LITERT_INT8_FILE
+    if (exports / LITERT_FLOAT_FILE).is_file():
+        return exports / LITERT_FLOAT_FILE
+    return None
+
+
+MADV_DONTNEED = 4  # Linux <sys/mman.h>
+
+
+def release_mapped_file(path: Path) -> int:
+    """Drop this process's resident pages of ``path``'s memory mappings; returns the bytes released.
+
+    LiteRT maps the .tflite file and XNNPACK packs the weights into its own buffers when the
+    interpreter is prepared, after which the mapped weights are no longer read by the delegated
+    operators: without this, each version would keep both copies resident. The mapping is read-only
+    and backed by the file, so a page read again later (an operator XNNPACK does not run) is simply
+    faulted back in from the file. Linux only; elsewhere nothing is released.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        maps = Path("/proc/self/maps").read_text()
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return 0
+    target = str(path.resolve())
+    released = 0
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[5] != target or "w" in fields[1]:
+            continue
+        start, end = (int(value, 16) for value in fields[0].split("-"))
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0:
+            released += end - start
+    return released
+
+
+def _input_spec(info: Any) -> InputSpec:
+    """An ``InputSpec`` from a SignatureDef's ``TensorInfo`` (read without loading the model)."""
+    from tensorflow.python.framework import dtypes
+
+    dtype = np.dtype(dtypes.as_dtype(info.dtype).as_numpy_dtype)
+    shape = info.tensor_shape
+    dims = None if shape.unknown_rank else tuple(None if d.size < 0 else int(d.size) for d in shape.dim)
+    return InputSpec(dtype, dims)
+
+
 class Servable:
-    """One loaded version of one model, with one batcher per signature."""
+    """One loaded version of one model, with one batcher per signature.
+
+    Each version is held once, in the backend that serves it. With ``backend="litert"`` and a
+    LiteRT export, only the LiteRT interpreter is loaded: the signatures are read from
+    ``saved_model.pb`` (a few kB of protobuf), and the SavedModel's variables are loaded only if a
+    client calls a signature LiteRT does not serve (the bytes signature ``serving_default``; the web
+    service sends pixels). Holding both, as before, cost about three copies of the weights per version
+    (TF variables, the mapped .tflite file, XNNPACK's packed copy).
+    """
 
     def __init__(
         self,
@@ -110,28 +191,25 @@ class Servable:
         batch_threads: int = 1,
         backend: str = "tensorflow",
         metrics: InferenceMetrics | None = None,
+        prefer_float: bool = False,
+        release_mapped_weights: bool = True,  # False only to measure what releasing them saves
     ) -> None:
-        import tensorflow as tf
-
         self.name = name
         self.version = version
         self.path = path
         self.backend = "tensorflow"
-        self._loaded = tf.saved_model.load(str(path))
+        self.litert_file: Path | None = None  # the LiteRT model serving ``pixels``, when one does
+        self._loaded: Any = None
+        self._load_lock = threading.Lock()
+        litert = self._litert_runner(prefer_float) if backend == "litert" else None
+        if litert is None:
+            specs = self._load_signatures()
+        else:
+            specs = self._read_signatures()
         self.signatures: dict[str, Signature] = {}
-        for key, function in self._loaded.signatures.items():
-            _, specs = function.structured_input_signature
-            inputs = {
-                arg: InputSpec(
-                    np.dtype(spec.dtype.as_numpy_dtype),
-                    None if spec.shape.rank is None else tuple(spec.shape.as_list()),
-                )
-                for arg, spec in specs.items()
-            }
-            outputs = sorted(function.structured_outputs)
-            runner = self._runner(function)
-            if key == LITERT_SIGNATURE and backend == "litert":
-                runner = self._litert_runner(runner)
+        for key, (inputs, outputs) in specs.items():
+            runner = litert if key == LITERT_SIGNATURE and litert is not None else None
+            runner = runner or self._tensorflow_runner(key)
             self.signatures[key] = Signature(
                 key,
                 inputs,
@@ -147,26 +225,77 @@ class Servable:
             )
         if not self.signatures:
             raise ValueError("the SavedModel has no serving signature")
+        if litert is not None and LITERT_SIGNATURE not in self.signatures:
+            raise ValueError(f"the SavedModel has no {LITERT_SIGNATURE!r} signature for its LiteRT export")
         self.genres = self._read_genres()
         self.warm_up()
+        if self.litert_file is not None and release_mapped_weights:  # XNNPACK has packed its own copy by now
+            release_mapped_file(self.litert_file)
 
-    @staticmethod
-    def _runner(function: Any) -> Any:
+    @property
+    def precision(self) -> str:
+        """``int8`` when the full-integer LiteRT model serves ``pixels``, else ``float32``."""
+        int8 = self.litert_file is not None and self.litert_file.name == LITERT_INT8_FILE
+        return "int8" if int8 else "float32"
+
+    def _saved_model(self) -> Any:
+        """The SavedModel loaded by TensorFlow, once (at construction for the tensorflow backend,
+        on the first call of a signature LiteRT does not serve otherwise)."""
+        with self._load_lock:
+            if self._loaded is None:
+                import tensorflow as tf
+
+                if self.litert_file is not None:
+                    log.info("model %s version %d: loading the SavedModel for a signature LiteRT does "
+                             "not serve", self.name, self.version)
+                self._loaded = tf.saved_model.load(str(self.path))
+            return self._loaded
+
+    def _load_signatures(self) -> dict[str, tuple[dict[str, InputSpec], list[str]]]:
+        specs = {}
+        for key, function in self._saved_model().signatures.items():
+            _, inputs = function.structured_input_signature
+            specs[key] = (
+                {
+                    arg: InputSpec(
+                        np.dtype(spec.dtype.as_numpy_dtype),
+                        None if spec.shape.rank is None else tuple(spec.shape.as_list()),
+                    )
+                    for arg, spec in inputs.items()
+                },
+                sorted(function.structured_outputs),
+            )
+        return specs
+
+    def _read_signatures(self) -> dict[str, tuple[dict[str, InputSpec], list[str]]]:
+        return {
+            key: ({arg: _input_spec(info) for arg, info in definition.inputs.items()},
+                  sorted(definition.outputs))
+            for key, definition in self.signature_defs().items()
+            if key != "__saved_model_init_op"
+        }
+
+    def _tensorflow_runner(self, key: str) -> Any:
         import tensorflow as tf
 
+        function: list[Any] = []  # looked up on the first call: the SavedModel may not be loaded yet
+
         def run(inputs: Tensors) -> Tensors:
-            outputs = function(**{key: tf.constant(value) for key, value in inputs.items()})
-            return {key: value.numpy() for key, value in outputs.items()}
+            if not function:
+                function.append(self._saved_model().signatures[key])
+            outputs = function[0](**{name: tf.constant(value) for name, value in inputs.items()})
+            return {name: value.numpy() for name, value in outputs.items()}
 
         return run
 
-    def _litert_runner(self, tensorflow_runner: Any) -> Any:
-        """The ``pixels`` signature run by LiteRT from ``exports/model.tflite`` (the trainer's fp32
-        export), or TensorFlow's when the version has no TFLite export."""
-        tflite = self.path / "exports" / "model.tflite"
-        if not tflite.is_file():
-            log.info("model %s version %d has no %s: served with TensorFlow", self.name, self.version, tflite)
-            return tensorflow_runner
+    def _litert_runner(self, prefer_float: bool) -> Any:
+        """The ``pixels`` signature run by LiteRT from the version's LiteRT export (full-integer when
+        its check passed, see :func:`litert_model_file`), or None: then TensorFlow serves it."""
+        tflite = litert_model_file(self.path, prefer_float)
+        if tflite is None:
+            log.info("model %s version %d has no LiteRT export: served with TensorFlow",
+                     self.name, self.version)
+            return None
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:  # the optional `litert` extra is not installed
@@ -175,7 +304,7 @@ class Servable:
                 self.name,
                 self.version,
             )
-            return tensorflow_runner
+            return None
 
         interpreter = Interpreter(model_path=str(tflite), num_threads=os.cpu_count() or 1)
         signature = interpreter.get_signature_runner(LITERT_SIGNATURE)
@@ -188,6 +317,8 @@ class Servable:
                 return {key: np.array(value) for key, value in outputs.items()}
 
         self.backend = "litert"
+        self.litert_file = tflite
+        log.info("model %s version %d: pixels served by LiteRT from %s", self.name, self.version, tflite.name)
         return run
 
     def _read_genres(self) -> list[str]:
@@ -367,10 +498,12 @@ class ModelManager:
         batch_threads: int = 1,
         backend: str = "litert",
         metrics: InferenceMetrics | None = None,
+        prefer_float: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.backend = backend
+        self.prefer_float = prefer_float  # serve fp32 LiteRT even where the int8 export passed its check
         self.models_dir = models_dir
         self.config_path = config_path
         self.max_batch_size = max_batch_size
@@ -453,6 +586,7 @@ class ModelManager:
                 self.batch_threads,
                 self.backend,
                 self.metrics,
+                self.prefer_float,
             )
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}".strip()[:2000]

@@ -434,6 +434,7 @@ def start_server(
     batch_threads: int = 1,
     backend: str = "litert",
     metrics_port: int | None = None,
+    prefer_float: bool = False,
 ) -> EmbeddedServer:
     """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port;
     ``metrics_port`` likewise for the Prometheus endpoint (also answered on the REST port).
@@ -441,8 +442,10 @@ def start_server(
     ``batch_threads`` is the number of batches of one model that may run at once; ``backend`` runs
     the ``pixels`` signature with ``"litert"`` (from ``exports/model.tflite``, the default: measured
     about twice as fast as TensorFlow on CPU, see docs/benchmarks.md) or ``"tensorflow"``; a version
-    without a TFLite export is always served by TensorFlow.
+    without a TFLite export is always served by TensorFlow. With LiteRT, a version whose full-integer
+    export passed the trainer's agreement check is served in int8, unless ``prefer_float``.
     """
+    metrics = InferenceMetrics()
     manager = ModelManager(
         models_dir,
         config_path,
@@ -451,10 +454,10 @@ def start_server(
         poll_seconds,
         batch_threads=batch_threads,
         backend=backend,
-        metrics=InferenceMetrics(),
+        metrics=metrics,
+        prefer_float=prefer_float,
     )
-    assert manager.metrics is not None
-    manager.metrics.watch(lambda: manager.state)
+    metrics.watch(lambda: manager.state)
     manager.refresh()
     for name, failures in manager.failures().items():
         for failure in failures:
@@ -471,7 +474,7 @@ def start_server(
         from prometheus_client import start_http_server
 
         # prometheus_client's server answers every path, TF Serving's included.
-        metrics_server, _ = start_http_server(metrics_port, addr=host, registry=manager.metrics.registry)
+        metrics_server, _ = start_http_server(metrics_port, addr=host, registry=metrics.registry)
     manager.start_polling()
     server = EmbeddedServer(manager, grpc_server, bound, host, rest_server, metrics_server)
     log.info(
@@ -507,4 +510,5 @@ def start_embedded(
         settings.inference_poll_seconds,
         settings.inference_timeout_s,
         metrics_port=settings.inference_metrics_port or None,
+        prefer_float=settings.inference_prefer_float,
     )

@@ -9,6 +9,9 @@ Every model version is written once, in the layout of ``docs/contracts.md``::
         assets.extra/postergenre.json         (the metadata given by the trainer)
         exports/model.tflite                  fp32
         exports/model_int8.tflite             dynamic-range int8 weights
+        exports/model_full_int8.tflite        int8 weights and activations (when calibration posters
+                                              are given), and model_full_int8.json: its agreement
+                                              check against the float model (the server's verdict)
         exports/tfjs/model.json, *.bin        TF.js graph model of the ``pixels`` signature
 
 The Keras model takes float32 pixels ``[None, S, S, 3]`` (RGB, 0..255) and returns sigmoid scores
@@ -47,6 +50,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -697,8 +701,13 @@ def check_exports(model: keras.Model, dest: Path, sample_pixels: np.ndarray) -> 
 
 def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: np.ndarray | None = None,
                formats: Sequence[str] = ALL_FORMATS,
-               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+               metadata: dict[str, Any] | None = None, calibration_pixels: np.ndarray | None = None,
+               agreement_split: AgreementSplit | None = None) -> dict[str, Any]:
     """Write every requested format of one model version under ``dest`` and check each against Keras.
+
+    With ``calibration_pixels`` (training posters) or ``agreement_split`` (labelled test posters)
+    and the ``tflite`` format, the full-integer model is exported and checked too
+    (:func:`export_full_int8`); its verdict is returned under ``full_int8``.
 
     ``formats`` is a subset of ``("savedmodel", "tflite", "tfjs")``; TF.js needs the SavedModel.
     Returns ``{"paths": {"savedmodel": ".", "tflite": "exports/model.tflite", "tflite_int8": ...,
@@ -726,4 +735,198 @@ def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: n
     diffs = check_exports(model, dest, samples)
     logger.info("exports of %s checked against Keras: %s", dest, diffs)
     paths = {key: path.relative_to(dest).as_posix() for key, path in written.items()}
-    return {"paths": paths, "max_abs_diff": diffs, "image_size": image_size}
+    result: dict[str, Any] = {"paths": paths, "max_abs_diff": diffs, "image_size": image_size}
+    if "tflite" in formats and (calibration_pixels is not None or agreement_split is not None):
+        result["full_int8"] = verdict = export_full_int8(network, dest, calibration_pixels, agreement_split)
+        if (dest / EXPORTS_DIR / TFLITE_FULL_INT8_FILE).is_file():
+            paths["tflite_full_int8"] = f"{EXPORTS_DIR}/{TFLITE_FULL_INT8_FILE}"
+        paths["tflite_full_int8_check"] = f"{EXPORTS_DIR}/{FULL_INT8_CHECK_FILE}"
+        logger.info("full-integer LiteRT export of %s: %s", dest, verdict)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Fully integer LiteRT model (issue 15 item 4): int8 weights and activations, float input/output
+# ---------------------------------------------------------------------------------------------
+#
+# Kept apart from export_tflite/export_all so that the float exports never depend on it: a failed
+# calibration or conversion is recorded and the version keeps its float exports.
+
+TFLITE_FULL_INT8_FILE = "model_full_int8.tflite"
+FULL_INT8_CHECK_FILE = "model_full_int8.json"  # the agreement verdict the inference server reads
+CALIBRATION_LIMIT = 256  # training posters fed to the converter; more barely moves the ranges
+AGREEMENT_TOP_K = 6
+AGREEMENT_AIM = 0.99  # at least: same top-6 genres, as a set, in this share of (poster, year) rows
+AUC_TOLERANCE = 0.005  # at most: |macro ROC-AUC of int8 - of float| on the test posters
+AGREEMENT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class AgreementSplit:
+    """Labelled posters the int8 model is checked on (the dataset's test split).
+
+    ``heads`` gives each poster's own year (index into the model's years axis) for the AUC; the
+    top-6 agreement looks at every (poster, year) row of the shared model.
+    """
+
+    pixels: np.ndarray  # [N, S, S, 3], 0..255
+    labels: np.ndarray  # [N, G] in {0, 1}
+    heads: np.ndarray  # [N] int
+
+
+def calibration_sample(pixels: np.ndarray, limit: int = CALIBRATION_LIMIT, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` posters of ``pixels``, drawn evenly at random (float32)."""
+    pixels = np.asarray(pixels)
+    if len(pixels) > limit:
+        pixels = pixels[np.sort(np.random.default_rng(seed).choice(len(pixels), limit, replace=False))]
+    return pixels.astype(np.float32)
+
+
+def export_tflite_full_int8(model: keras.Model, out_dir: Path, calibration_pixels: np.ndarray | None) -> Path:
+    """``model_full_int8.tflite``: every operator in int8 (weights and activations, int32 biases).
+
+    The activation ranges come from ``calibration_pixels`` (training posters ``[N, S, S, 3]``);
+    input and output stay float32 (one quantise op at the start, one dequantise at the end), so
+    the serving code and the ``pixels`` signature are unchanged. Restricting the converter to int8
+    builtins makes an operator that cannot be quantised an error, not a silent float fallback.
+    """
+    network = export_network(model)
+    image_size = model_image_size(network)
+    if calibration_pixels is None or len(calibration_pixels) == 0:
+        raise ExportError("the full-integer LiteRT export needs calibration posters (training pixels "
+                          "[N, S, S, 3]); none were given")
+    calibration = np.asarray(calibration_pixels, dtype=np.float32)
+    if calibration.ndim != 4 or calibration.shape[1:] != (image_size, image_size, 3):
+        raise ExportError(f"calibration pixels must be [N, {image_size}, {image_size}, 3]; "
+                          f"got {list(calibration.shape)}")
+
+    def representative() -> Any:
+        for index in range(len(calibration)):
+            yield [calibration[index:index + 1]]
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tflite-int8-src-") as folder:
+        serving_archive(network, image_size, with_bytes=False).write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[PIXELS_SIGNATURE])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        try:
+            content = converter.convert()
+        except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
+            raise ExportError(f"full-integer LiteRT conversion failed: {str(exc).strip()[-1500:]}") from exc
+    path = out_dir / TFLITE_FULL_INT8_FILE
+    path.write_bytes(content)
+    return path
+
+
+def tflite_tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each dtype a LiteRT model holds (``{"int8": 120, "int32": 40, ...}``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    counts: dict[str, int] = {}
+    for detail in Interpreter(model_path=str(path)).get_tensor_details():
+        name = np.dtype(detail["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _batched_tflite_scores(path: Path, pixels: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    runner = interpreter.get_signature_runner(PIXELS_SIGNATURE)
+    parts = [np.array(runner(**{PIXELS_INPUT: pixels[start:start + AGREEMENT_BATCH].astype(np.float32)})
+                      [SCORES_OUTPUT]) for start in range(0, len(pixels), AGREEMENT_BATCH)]
+    return np.concatenate(parts)
+
+
+def _macro_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from services.trainer.metrics import per_genre_ranking
+
+    names = [str(index) for index in range(labels.shape[1])]
+    ranking = per_genre_ranking(labels, scores, names)
+    aucs = [entry["roc_auc"] for entry in ranking.values() if "roc_auc" in entry]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def top_k_agreement(float_scores: np.ndarray, int8_scores: np.ndarray, k: int = AGREEMENT_TOP_K) -> float:
+    """Share of rows (every leading index: poster, or poster and year) whose top-``k`` genres,
+    as a set, are the same in both score arrays ``[..., G]``."""
+    if float_scores.shape != int8_scores.shape:
+        raise ExportError(f"int8 scores have shape {int8_scores.shape}, float {float_scores.shape}")
+    genres = float_scores.shape[-1]
+    k = min(k, genres)
+    rows_float = float_scores.reshape(-1, genres)
+    rows_int8 = int8_scores.reshape(-1, genres)
+    # Stable sort on the negated scores: ties (int8 outputs have 256 levels) break by genre index
+    # in both arrays alike.
+    top_float = np.sort(np.argsort(-rows_float, axis=1, kind="stable")[:, :k], axis=1)
+    top_int8 = np.sort(np.argsort(-rows_int8, axis=1, kind="stable")[:, :k], axis=1)
+    return float(np.mean(np.all(top_float == top_int8, axis=1))) if len(rows_float) else float("nan")
+
+
+def full_int8_agreement(model: keras.Model, int8_path: Path, split: AgreementSplit) -> dict[str, Any]:
+    """Compare the int8 LiteRT model with the float model on labelled posters; says if it passes.
+
+    ``top6_agreement`` over (poster, year) rows, ``macro_auc_float``/``macro_auc_int8`` with each
+    poster scored under its own year, ``auc_delta`` = int8 - float, and ``passed`` when the
+    agreement is at least :data:`AGREEMENT_AIM` and ``|auc_delta|`` at most :data:`AUC_TOLERANCE`.
+    """
+    pixels = np.asarray(split.pixels, dtype=np.float32)
+    labels = np.asarray(split.labels)
+    if len(pixels) == 0 or len(pixels) != len(labels) or len(labels) != len(split.heads):
+        raise ExportError(f"the agreement check needs labelled posters: {len(pixels)} pixels, "
+                          f"{len(labels)} labels, {len(split.heads)} heads")
+    network = export_network(model)
+    float_scores = np.concatenate([np.asarray(network(pixels[start:start + AGREEMENT_BATCH], training=False))
+                                   for start in range(0, len(pixels), AGREEMENT_BATCH)])
+    int8_scores = _batched_tflite_scores(int8_path, pixels)
+    agreement = top_k_agreement(float_scores, int8_scores)
+    rows_checked = int(np.prod(float_scores.shape[:-1]))
+    max_abs_diff = float(np.max(np.abs(float_scores.astype(np.float64) - int8_scores)))
+    if float_scores.ndim == 3:  # shared layout: each poster under its own year for the AUC
+        rows = np.arange(len(pixels))
+        heads = np.asarray(split.heads, dtype=np.int64)
+        float_scores, int8_scores = float_scores[rows, heads], int8_scores[rows, heads]
+    auc_float, auc_int8 = _macro_auc(labels, float_scores), _macro_auc(labels, int8_scores)
+    delta = auc_int8 - auc_float
+    passed = bool(agreement >= AGREEMENT_AIM and np.isfinite(delta) and abs(delta) <= AUC_TOLERANCE)
+    return {"posters": int(len(pixels)), "rows": rows_checked,
+            "top6_agreement": agreement, "macro_auc_float": auc_float, "macro_auc_int8": auc_int8,
+            "auc_delta": delta, "max_abs_diff": max_abs_diff,
+            "aims": {"top6_agreement_at_least": AGREEMENT_AIM, "abs_auc_delta_at_most": AUC_TOLERANCE},
+            "passed": passed}
+
+
+def export_full_int8(model: keras.Model, dest: Path, calibration_pixels: np.ndarray | None,
+                     agreement_split: AgreementSplit | None) -> dict[str, Any]:
+    """Write the full-integer model under ``dest/exports``, check it, and record the verdict.
+
+    Never raises for a model that cannot be quantised or checked: the verdict then says why
+    (``passed`` false, ``error``), the int8 file is removed, and the float exports stay as they are.
+    The verdict is written beside the model (``exports/model_full_int8.json``): the inference
+    server reads the version folder, not the registry (in the stack it has no database access), so
+    the file travels with the model; the trainer records the same verdict in the registry.
+    """
+    out_dir = Path(dest) / EXPORTS_DIR
+    path = out_dir / TFLITE_FULL_INT8_FILE
+    verdict: dict[str, Any] = {"file": TFLITE_FULL_INT8_FILE, "passed": False}
+    try:
+        calibration = None if calibration_pixels is None else calibration_sample(calibration_pixels)
+        export_tflite_full_int8(model, out_dir, calibration)
+        verdict["calibration_posters"] = int(len(calibration)) if calibration is not None else 0
+        verdict["tensor_types"] = tflite_tensor_types(path)
+        verdict["bytes"] = path.stat().st_size
+        if agreement_split is None:
+            raise ExportError("no labelled test posters to check the int8 model against the float one")
+        verdict.update(full_int8_agreement(model, path, agreement_split))
+    except ExportError as exc:
+        logger.warning("full-integer LiteRT export of %s not served: %s", dest, exc)
+        verdict.update(passed=False, error=str(exc))
+        if "bytes" not in verdict:
+            path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FULL_INT8_CHECK_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
+    return verdict

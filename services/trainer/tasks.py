@@ -92,14 +92,21 @@ def upload_version(store: Any, folder: Path, prefix: str) -> list[str]:
 
 
 def export_model(model: Any, dest: Path, image_size: int, sample_pixels: Any, formats: list[str],
-                 metadata: dict[str, Any]) -> dict[str, Any]:
+                 metadata: dict[str, Any], outcome: Any = None) -> dict[str, Any]:
+    """Export one version; with the training ``outcome``, the full-integer LiteRT model too,
+    calibrated on its training posters and checked on its test posters."""
     try:
-        from services.trainer.export import export_all
+        from services.trainer.export import AgreementSplit, export_all
     except ImportError as exc:
         raise RuntimeError(f"services.trainer.export is not available ({exc}): cannot export models") from exc
     kwargs: dict[str, Any] = {"sample_pixels": sample_pixels, "formats": tuple(formats)}
     if "metadata" in inspect.signature(export_all).parameters:
         kwargs["metadata"] = metadata
+    if outcome is not None and outcome.calibration_pixels is not None:
+        kwargs["calibration_pixels"] = outcome.calibration_pixels
+        test = outcome.test_split
+        if test is not None and len(test.labels):
+            kwargs["agreement_split"] = AgreementSplit(test.pixels, test.labels, test.heads)
     return dict(export_all(model, dest, image_size, **kwargs))
 
 
@@ -197,7 +204,7 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
                     "layout": request.layout, "architecture": architecture, "image_size": outcome.image_size,
                     "dataset_version": request.dataset_id, "window": outcome.window, "task_id": job_id}
         exports = export_model(outcome.model, dest, outcome.image_size, outcome.sample_pixels, formats,
-                               metadata)
+                               metadata, outcome)
         for file_name in outcome.files.values():
             (dest / file_name).write_bytes((outcome.work_dir / file_name).read_bytes())
         tensorboard = outcome.work_dir / "tensorboard"
@@ -205,7 +212,10 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
         if tensorboard.is_dir():
             upload_version(store, tensorboard, f"{prefix}/tensorboard")
         exports = {**_json_safe(exports), "prefix": prefix, "reports": outcome.files}
-        row = registry.update(name, version, exports=exports, status_reason="exported")
+        # The int8 verdict is also a metric of the version (the server reads its copy in the folder).
+        metrics = {**(row.get("metrics") or {}), "int8_check": exports["full_int8"]} \
+            if "full_int8" in exports else None
+        row = registry.update(name, version, exports=exports, metrics=metrics, status_reason="exported")
         training.delete_checkpoint(store, training.checkpoint_dir(settings.home_dir, job_id), job_id)
     return finish(job_id, row, params, settings)
 

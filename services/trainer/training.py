@@ -43,6 +43,7 @@ BEST_WEIGHTS = "best.weights.h5"
 STATE_FILE = "state.json"
 CHECKPOINT_FILES = (LAST_CHECKPOINT, BEST_WEIGHTS, STATE_FILE)
 SHARED_SHUFFLE_BUFFER = 4096
+CALIBRATION_POSTERS = 256  # training posters that calibrate the full-integer LiteRT export
 
 # progress(epoch (1-based), batch (1-based, 0 at an epoch end), batches per epoch, logs)
 ProgressFn = Callable[[int, int, int, dict[str, float]], None]
@@ -84,6 +85,9 @@ class TrainOutcome:
     resumed_from_epoch: int
     epochs_run: int
     files: dict[str, str] = field(default_factory=dict)
+    # For the full-integer LiteRT export: training posters to calibrate on, test posters to check on.
+    calibration_pixels: np.ndarray | None = None
+    test_split: SplitArrays | None = None
 
 
 def checkpoint_dir(home: Path, task_id: str) -> Path:
@@ -181,6 +185,27 @@ def split_arrays(store: ObjectStore, manifest: dict[str, Any], targets: list[str
         np.concatenate(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
         np.concatenate(labels) if labels else np.zeros((0, genres), np.float32),
         np.concatenate(heads) if heads else np.zeros((0,), np.int32))
+
+
+def calibration_pixels(store: ObjectStore, manifest: dict[str, Any], targets: list[str],
+                       limit: int = CALIBRATION_POSTERS, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` training posters, spread over the targets, to calibrate int8 activations.
+
+    One target's training split is in memory at a time (the whole split of a shared model would be
+    hundreds of MB at 256 px), and only the drawn posters are kept.
+    """
+    from services.dataset.reader import load_arrays
+
+    rng = np.random.default_rng(seed)
+    share = max(1, -(-limit // max(1, len(targets))))
+    parts = []
+    for target in targets:
+        pixels = load_arrays(store, manifest, target, "train")[0]
+        if len(pixels):
+            parts.append(pixels[np.sort(rng.choice(len(pixels), min(share, len(pixels)), replace=False))])
+    size = int(manifest["image_size"])
+    drawn = np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8)
+    return drawn[:limit]
 
 
 def predict_scores(model: keras.Model, arrays: SplitArrays, batch_size: int) -> np.ndarray:
@@ -395,7 +420,9 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
     return TrainOutcome(model=serving, genres=genres, years=years, image_size=image_size,
                         window=str(manifest.get("window", "year")), metrics=evaluation, history=history,
                         work_dir=work_dir, sample_pixels=samples.astype(np.float32),
-                        resumed_from_epoch=initial_epoch, epochs_run=int(state.get("epoch", 0)), files=files)
+                        resumed_from_epoch=initial_epoch, epochs_run=int(state.get("epoch", 0)), files=files,
+                        calibration_pixels=calibration_pixels(store, manifest, targets),
+                        test_split=test_split)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------

@@ -115,6 +115,25 @@ def test_a_killed_benchmark_takes_its_servers_with_it(server: str, cleanup: list
     assert wait_gone(children) == [], f"{server} still runs {GONE_WITHIN_S:g} s after the benchmark died"
 
 
+def test_a_killed_benchmark_takes_its_busy_pool_worker_with_it(cleanup: list[int]) -> None:
+    """The memory benchmark's spawn pool: an idle worker would see its pipe close, a busy one not."""
+    starter = """
+import multiprocessing, time
+from benchmarks.children import die_with_parent
+pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+    1, initializer=die_with_parent, initargs=(os.getpid(),)))
+pool.apply(time.sleep, (0,))
+pool.apply_async(time.sleep, (120,))
+"""
+    benchmark, children = start_benchmark(starter)
+    cleanup.extend(children)
+    assert children and all(alive(pid) for pid in children)  # the worker (and the resource tracker)
+
+    benchmark.kill()
+    assert benchmark.wait(timeout=10) == -signal.SIGKILL
+    assert wait_gone(children) == []
+
+
 def test_a_terminated_benchmark_stops_its_servers_on_its_way_out(cleanup: list[int]) -> None:
     benchmark, children = start_benchmark(STARTERS["tmdb-site"], sigterm_cleanup=True)
     cleanup.extend(children)

@@ -58,7 +58,8 @@ def test_trainer_export_is_served_through_both_signatures(settings, exported):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "genre-2000"
             request.inputs["images"].CopyFrom(tf.make_tensor_proto([poster], dtype=tf.string))
-            response = client._predictions.Predict(request, timeout=10)
+            # The first bytes request loads the SavedModel (LiteRT alone holds the version until then).
+            response = client._predictions.Predict(request, timeout=120)
         from_bytes = tf.make_ndarray(response.outputs["scores"])
         expected = model.predict(poster_pixels(poster, IMAGE_SIZE)[np.newaxis].astype(np.float32), verbose=0)
         np.testing.assert_allclose(from_bytes, expected, atol=1e-2)  # in-graph resize: within a grey level

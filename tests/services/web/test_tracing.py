@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,69 @@ def test_a_failing_exporter_never_fails_a_prediction(settings: Settings, tiny_mo
     finally:
         tracing.shutdown()
         forget_global_provider()
+
+
+def test_spans_reach_an_otlp_receiver(no_otel_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configured exporter speaks OTLP/gRPC: the benchmark's receiver gets the spans, by service."""
+    from benchmarks.tracing import OtlpSink
+
+    sink = OtlpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    tracing = start_tracing("postergenre-test")
+    assert tracing is not None
+    try:
+        with tracing.provider.get_tracer("test").start_as_current_span("outer"):
+            with tracing.provider.get_tracer("test").start_as_current_span("inner"):
+                pass
+        assert tracing.provider.force_flush(timeout_millis=10_000)
+        assert sink.spans == {"postergenre-test": 2}
+    finally:
+        tracing.shutdown()
+        forget_global_provider()
+        sink.stop()
+
+
+@pytest.mark.slow
+def test_an_admin_call_and_the_task_it_queues_are_one_trace_across_the_worker(
+        settings: Settings, tiny_models: list[TinyModel], no_otel_env: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web app here and a real Celery worker process export to one OTLP receiver: the crawl the
+    admin API queues runs in the worker in the trace of the admin call (context in the task headers)."""
+    from benchmarks.tracing import OtlpSink
+
+    sink = OtlpSink()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint)
+    tracing = start_tracing("postergenre-test")
+    assert tracing is not None
+    worker = None
+    try:
+        embedded = settings.model_copy(update={"admin_token": "trace-test-token-0123456789abcdef"})
+        register_models(embedded, tiny_models[:1], retired=set())  # the schema, and a model to serve
+        with TestClient(create_app(embedded)) as client:
+            response = client.post("/api/v1/admin/crawls", json={"years": "2005", "max_movies_per_year": 1},
+                                   headers={"Authorization": f"Bearer {embedded.admin_token}"})
+            assert response.status_code in (200, 201, 202), response.text
+        assert tracing.provider.force_flush(timeout_millis=10_000)
+        web_traces = set(sink.traces["postergenre-test"])
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("POSTERGENRE_", "TMDB_", "OTEL_"))}
+        env.update({"POSTERGENRE_HOME": str(settings.home), "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                    "OTEL_BSP_SCHEDULE_DELAY": "200"})
+        worker = subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "--queues", "crawl",
+                                   "--pool", "solo", "--loglevel", "WARNING", "--hostname", "trace-test@%h"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180
+        while not sink.traces.get("postergenre-worker", set()) & web_traces:
+            assert worker.poll() is None, worker.stderr.read().decode()[-3000:] if worker.stderr else ""
+            assert time.monotonic() < deadline, sink.spans
+            time.sleep(0.5)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=60)
+        tracing.shutdown()
+        forget_global_provider()
+        sink.stop()
 
 
 TRACING_REPORT = """
