@@ -9,7 +9,9 @@ when its parent dies (``prctl(PR_SET_PDEATHSIG)``) and then execs ARGV, which ke
 (except for set-user-ID binaries and changes of user, e.g. ``runuser``). The launcher is a process of
 its own rather than a ``preexec_fn``, which is unsafe in a process that runs threads (the benchmarks
 run client and server threads). The kernel sends the signal when the *thread* that started the child
-ends, so children are started from a thread that lives as long as they should (the main thread).
+ends, not the process, so every child is started from one thread kept for that until the process
+ends: a server (re)started from a short-lived thread (a ``threading.Timer``) would otherwise get
+SIGTERM as soon as that thread returned.
 
 :func:`stop_on_sigterm` turns a SIGTERM of the benchmark itself into the normal way out (the ``with``
 blocks stop their servers), as Ctrl-C (SIGINT, ``KeyboardInterrupt``) already is.
@@ -22,10 +24,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+_starter: ThreadPoolExecutor | None = None
+_starter_lock = threading.Lock()
 
 
 def child_command(argv: Sequence[str]) -> list[str]:
@@ -41,9 +48,18 @@ def start_child(argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
 
     The returned process is ARGV itself (the launcher execs it), so its pid, signals and exit status
     are ARGV's."""
+    global _starter
     if not argv:
         raise ValueError("start_child needs a command")
-    return subprocess.Popen(child_command(argv), **popen)
+    with _starter_lock:
+        if _starter is None:  # one idle thread, alive until the interpreter exits
+            _starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="benchmark-children")
+    command = child_command(argv)
+
+    def start() -> subprocess.Popen[Any]:
+        return subprocess.Popen(command, **popen)
+
+    return _starter.submit(start).result()
 
 
 def stop_on_sigterm() -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,21 @@ def test_a_terminated_benchmark_stops_its_servers_on_its_way_out(cleanup: list[i
     # 143 = 128 + SIGTERM, returned through the `with` blocks (a default SIGTERM death reads -15).
     assert benchmark.wait(timeout=30) == 128 + signal.SIGTERM
     assert wait_gone(children) == []
+
+
+def test_a_child_started_from_a_thread_that_ends_lives_on() -> None:
+    """The parent-death signal follows the thread that started the child: a server restarted from a
+    timer thread (tests/shared/test_storage.py) must not die when that thread returns."""
+    started: list[subprocess.Popen[bytes]] = []
+    thread = threading.Thread(target=lambda: started.append(start_child(["sleep", "30"])))
+    thread.start()
+    thread.join()
+    try:
+        time.sleep(1.0)  # the signal, were it sent, arrives at once
+        assert started[0].poll() is None
+    finally:
+        started[0].kill()
+        started[0].wait()
 
 
 def test_the_child_is_the_command_itself() -> None:
