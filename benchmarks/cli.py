@@ -152,7 +152,15 @@ def _bench_web(args: argparse.Namespace) -> int:
 
     print(f"POST {args.url}/api/v1/predictions, years {args.years}, {args.requests} requests, "
           f"concurrency {args.concurrency}")
-    for result in bench_web(args.url.rstrip("/"), args.poster, args.years, args.requests, args.concurrency):
+    import httpx
+
+    try:
+        results = bench_web(args.url.rstrip("/"), args.poster, args.years, args.requests, args.concurrency)
+    except httpx.TransportError as exc:  # nothing to measure: say so, without a traceback
+        print(f"error: no web service answers at {args.url} ({type(exc).__name__}: {exc}); start one "
+              "with `postergenre serve web` or point --url at it", file=sys.stderr)
+        return 1
+    for result in results:
         print(result.summary())
     return 0
 

@@ -62,3 +62,12 @@ def test_bench_dataset_runs_at_a_small_size(capsys: pytest.CaptureFixture[str]) 
     result = json.loads(capsys.readouterr().out)
     assert set(result["windows"]) == {"year", "decade", "rolling"}
     assert all(window["targets"] >= 1 for window in result["windows"].values())
+
+
+def test_bench_web_without_a_web_service_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["bench", "web", "--url", url, "--requests", "1", "--concurrency", "1"]) == 1
+    errors = capsys.readouterr().err
+    assert f"no web service answers at {url}" in errors and "Traceback" not in errors
