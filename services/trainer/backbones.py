@@ -121,7 +121,7 @@ def default_cache_dir() -> Path:
 def weights_file_setting() -> Path | None:
     """``POSTERGENRE_BACKBONE_WEIGHTS_FILE``: another copy of the .pth (still checked by digest)."""
     configured = get_settings().backbone_weights_file
-    return configured.expanduser() if configured else None
+    return Path(configured).expanduser() if configured else None
 
 
 def pretrained_efficientnet_lite0(side: int = 224, include_top: bool = False,

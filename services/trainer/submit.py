@@ -61,12 +61,15 @@ def check_weights(hp: Hyperparameters) -> None:
     before anything is queued (a training would otherwise fail only once a worker builds its model)."""
     if hp.weights != "package":
         return
+    from pathlib import Path
+
     from services.trainer import pretrained
     from shared.config import get_settings
 
     configured = get_settings().backbone_weights_file
+    path = Path(configured).expanduser() if configured else None
     try:
-        pretrained.check_package_weights(hp.architecture, configured.expanduser() if configured else None)
+        pretrained.check_package_weights(hp.architecture, path)
     except pretrained.PretrainedWeightsError as exc:
         raise TrainInputError(str(exc)) from exc
 
