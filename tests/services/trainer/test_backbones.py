@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.trainer import backbones, models, pretrained, torch_legacy
+from services.trainer import backbones, models, pretrained, submit, torch_legacy
 from shared import registry
 from shared.config import Settings
 from shared.db import upgrade_database
@@ -334,3 +334,14 @@ def test_postergenre_train_stops_before_training_on_a_bad_weights_file(settings:
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "absent.pth is missing" in result.stderr
     assert registry.list_versions() == []
+
+
+@pytest.mark.parametrize(("arch", "weights", "message"), [
+    ("mobilenetv3small", "package", "holds efficientnet-lite0 weights, not mobilenetv3small"),
+    ("efficientnet-lite0", "imagenet", "no Keras ImageNet weights to download: use --weights package"),
+])
+def test_package_weights_and_the_architecture_must_match(arch: str, weights: str, message: str) -> None:
+    manifest = {"id": "ds", "window": "year", "targets": {"2000": {"years": [2000]}}}
+    with pytest.raises(submit.TrainInputError, match=message):
+        submit.plan_tasks(manifest, range(2000, 2001), "independent",
+                          default_hyperparameters(arch, weights=weights), "genre")
