@@ -190,6 +190,13 @@ def test_genre_models_of_every_layout_build_on_the_package_backbone(settings: Se
     _training, serving = models.build_shared_model(96, 5, 3, hp)
     assert independent.output_shape == (None, 5) and serving.output_shape == (None, 3, 5)
     assert backbones.cache_path(backbones.default_cache_dir()).is_file()
+    # A checkpoint (last.keras) reloads with the pretrained weights, from the file alone.
+    path = settings.home_dir / "last.keras"
+    independent.save(path)
+    reloaded = keras.models.load_model(path, custom_objects=models.CUSTOM_OBJECTS)
+    pixels = photo("coffee", 96)[None]
+    np.testing.assert_allclose(reloaded.predict(pixels, verbose=0), independent.predict(pixels, verbose=0),
+                               atol=1e-6)
     with pytest.raises(ValueError, match="--weights package"):
         models.backbone("efficientnet-lite0", 96, "imagenet")
     with pytest.raises(ValueError, match="use --arch efficientnet-lite0"):
