@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from services.trainer import pretrained
+from shared import pretrained
 from shared.config import get_settings
 
 logger = logging.getLogger(__name__)

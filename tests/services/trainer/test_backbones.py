@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.trainer import backbones, models, pretrained, submit, torch_legacy
-from shared import registry
+from services.trainer import backbones, models
+from shared import pretrained, registry, torch_legacy, training_plan
 from shared.config import Settings
 from shared.db import upgrade_database
 from shared.hyperparameters import default_hyperparameters
@@ -349,6 +349,6 @@ def test_postergenre_train_stops_before_training_on_a_bad_weights_file(settings:
 ])
 def test_package_weights_and_the_architecture_must_match(arch: str, weights: str, message: str) -> None:
     manifest = {"id": "ds", "window": "year", "targets": {"2000": {"years": [2000]}}}
-    with pytest.raises(submit.TrainInputError, match=message):
-        submit.plan_tasks(manifest, range(2000, 2001), "independent",
+    with pytest.raises(training_plan.TrainInputError, match=message):
+        training_plan.plan_tasks(manifest, range(2000, 2001), "independent",
                           default_hyperparameters(arch, weights=weights), "genre")

