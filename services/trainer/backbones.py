@@ -15,7 +15,7 @@ check in tests/services/trainer/test_backbones.py fails if any of these is wrong
 Conversion (PyTorch -> Keras): conv OIHW -> HWIO, depthwise O1HW -> HW O 1, dense OI -> IO, BN
 (weight, bias, running_mean, running_var) -> (gamma, beta, moving_mean, moving_variance). It runs once:
 the converted backbone is cached as a Keras weights file under ``$POSTERGENRE_HOME/cache/backbones``,
-named by the source file's digest.
+named by the source file's digest and the conversion's version.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 INPUT_MEAN = 127.0
 INPUT_STD = 128.0
+# Part of the cache's name: bump it when the network or the mapping changes, so that no cache written by
+# an older conversion is loaded into a newer network.
+CONVERSION_VERSION = 1
 
 
 def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str, bn: str,
@@ -111,7 +114,7 @@ def set_converted_weights(model: keras.Model, converted: dict[str, list[np.ndarr
 
 
 def cache_path(cache_dir: Path) -> Path:
-    return cache_dir / f"efficientnet-lite0-{pretrained.WEIGHTS_SHA256[:12]}.weights.h5"
+    return cache_dir / f"efficientnet-lite0-{pretrained.WEIGHTS_SHA256[:12]}-v{CONVERSION_VERSION}.weights.h5"
 
 
 def default_cache_dir() -> Path:
@@ -121,7 +124,7 @@ def default_cache_dir() -> Path:
 def weights_file_setting() -> Path | None:
     """``POSTERGENRE_BACKBONE_WEIGHTS_FILE``: another copy of the .pth (still checked by digest)."""
     configured = get_settings().backbone_weights_file
-    return configured.expanduser() if configured else None
+    return Path(configured).expanduser() if configured else None
 
 
 def pretrained_efficientnet_lite0(side: int = 224, include_top: bool = False,

@@ -128,8 +128,11 @@ def backbone(architecture: str, side: int, weights: str, width: int = 32) -> ker
         from services.trainer.backbones import build_backbone
 
         lite = build_backbone(side, weights)
+        # Its own pooling is left out, so the last block's feature map is marked like every other
+        # architecture's (Grad-CAM's layer); the converted weights are those of ``lite``'s layers.
+        feature_map = keras.Model(lite.input, lite.get_layer("avg_pool").input, name=lite.name)
         pixels = keras.Input((side, side, 3), name="pixels")
-        return keras.Model(pixels, lite(pixels), name="backbone")
+        return keras.Model(pixels, _pooled(feature_map(pixels)), name="backbone")
     if architecture == "smallcnn":
         model = small_cnn_backbone(side, width)
         if weights == "imagenet":

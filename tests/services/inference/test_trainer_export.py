@@ -90,3 +90,32 @@ def test_litert_backend_answers_as_tensorflow_within_1e4(settings, exported):
             server.stop(grace=0)
     np.testing.assert_allclose(answers["litert"], answers["tensorflow"], atol=1e-4)
     np.testing.assert_allclose(answers["litert-one"], answers["tensorflow"][:1], atol=1e-4)
+
+
+def test_efficientnet_lite0_model_is_served_alike_by_both_backends(settings):
+    """A genre model on the pretrained EfficientNet-Lite0 backbone (``--weights package``): LiteRT and
+    TensorFlow serve it as Keras computes it."""
+    import shutil
+
+    from services.inference.server import start_server
+    from services.trainer import models
+    from services.trainer.export import export_all
+    from shared.hyperparameters import default_hyperparameters
+
+    hp = default_hyperparameters("efficientnet-lite0", weights="package", resolution=32, augment=False)
+    model = models.build_independent_model(IMAGE_SIZE, len(GENRES), hp)
+    folder = settings.models_dir / "genre-2000" / "1"
+    export_all(model, folder.parent / "staging", IMAGE_SIZE, formats=("savedmodel", "tflite"),
+               metadata={"genres": GENRES, "years": [2000]})
+    shutil.move(folder.parent / "staging", folder)
+    pixels = random_pixels(4, seed=7)
+    expected = model.predict(pixels, verbose=0)
+    for backend in ("tensorflow", "litert"):
+        server = start_server(settings.models_dir, None, poll_seconds=0, backend=backend)
+        try:
+            assert server.manager.resolve("genre-2000").backend == backend
+            with InferenceClient(server.url, timeout=10) as client:
+                scores = client.predict("genre-2000", pixels)[0]
+        finally:
+            server.stop(grace=0)
+        np.testing.assert_allclose(scores, expected, atol=1e-4, err_msg=backend)

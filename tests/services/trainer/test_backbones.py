@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from services.trainer import backbones, models
-from shared import pretrained, registry, torch_legacy
+from shared import pretrained, registry, torch_legacy, training_plan
 from shared.config import Settings
 from shared.db import upgrade_database
 from shared.hyperparameters import default_hyperparameters
@@ -190,6 +190,13 @@ def test_genre_models_of_every_layout_build_on_the_package_backbone(settings: Se
     _training, serving = models.build_shared_model(96, 5, 3, hp)
     assert independent.output_shape == (None, 5) and serving.output_shape == (None, 3, 5)
     assert backbones.cache_path(backbones.default_cache_dir()).is_file()
+    # A checkpoint (last.keras) reloads with the pretrained weights, from the file alone.
+    path = settings.home_dir / "last.keras"
+    independent.save(path)
+    reloaded = keras.models.load_model(path, custom_objects=models.CUSTOM_OBJECTS)
+    pixels = photo("coffee", 96)[None]
+    np.testing.assert_allclose(reloaded.predict(pixels, verbose=0), independent.predict(pixels, verbose=0),
+                               atol=1e-6)
     with pytest.raises(ValueError, match="--weights package"):
         models.backbone("efficientnet-lite0", 96, "imagenet")
     with pytest.raises(ValueError, match="use --arch efficientnet-lite0"):
@@ -334,3 +341,14 @@ def test_postergenre_train_stops_before_training_on_a_bad_weights_file(settings:
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "absent.pth is missing" in result.stderr
     assert registry.list_versions() == []
+
+
+@pytest.mark.parametrize(("arch", "weights", "message"), [
+    ("mobilenetv3small", "package", "holds efficientnet-lite0 weights, not mobilenetv3small"),
+    ("efficientnet-lite0", "imagenet", "no Keras ImageNet weights to download: use --weights package"),
+])
+def test_package_weights_and_the_architecture_must_match(arch: str, weights: str, message: str) -> None:
+    manifest = {"id": "ds", "window": "year", "targets": {"2000": {"years": [2000]}}}
+    with pytest.raises(training_plan.TrainInputError, match=message):
+        training_plan.plan_tasks(manifest, range(2000, 2001), "independent",
+                          default_hyperparameters(arch, weights=weights), "genre")

