@@ -216,11 +216,12 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def block_name(layer_name: str) -> str:
     """The block a backbone layer belongs to: its name up to its last part with a digit
-    (``block6a_expand_conv`` -> ``block6a``, ``expanded_conv_10_add`` -> ``expanded_conv_10``,
-    ``conv2d_3`` -> ``conv2d_3``), else its first part (``top_conv`` -> ``top``)."""
+    (``block6a_expand_conv`` -> ``block6a``, ``blocks_15_project_conv`` -> ``blocks_15``,
+    ``conv2d_3`` -> ``conv2d_3``), else its first two parts (``top_conv``, ``conv_head`` and
+    ``conv_stem`` are blocks of their own; ``expanded_conv_project`` -> ``expanded_conv``)."""
     parts = layer_name.split("_")
     numbered = [index for index, part in enumerate(parts) if any(char.isdigit() for char in part)]
-    return "_".join(parts[:numbered[-1] + 1]) if numbered else parts[0]
+    return "_".join(parts[:numbered[-1] + 1] if numbered else parts[:2])
 
 
 def backbone_blocks(model: keras.Model) -> list[str]:
