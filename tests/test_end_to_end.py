@@ -56,7 +56,7 @@ def test_import_dataset_train_serve_predict(tmp_path: Path, poster_folder: Path)
                               params={"years": "2000-2002"}, timeout=60)
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == {"poster_sha256", "k", "years", "unavailable_years"}
+        assert set(body) == {"poster_sha256", "k", "years", "unavailable_years", "departures", "warnings"}
         assert body["k"] == 6
         assert [row["year"] for row in body["years"]] == [2000, 2001]
         assert body["unavailable_years"] == [2002]
@@ -65,6 +65,8 @@ def test_import_dataset_train_serve_predict(tmp_path: Path, poster_folder: Path)
             scores = [entry["score"] for entry in row["top"]]
             assert 1 <= len(scores) <= 6 and scores == sorted(scores, reverse=True)
             assert all(0.0 <= s <= 1.0 for s in scores)
+            # The training recorded its validation thresholds: every genre says whether it is likely.
+            assert row["has_thresholds"] is True and all(isinstance(e["likely"], bool) for e in row["top"])
     finally:
         web.terminate()
         web.wait(timeout=30)

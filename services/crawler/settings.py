@@ -47,6 +47,8 @@ FILES_RESULT_FIELD = "posters"
 
 EXTENSIONS = {
     "services.crawler.progress.CrawlProgress": 500,
+    # Prometheus counters of the crawl (services/crawler/metrics.py).
+    "services.crawler.metrics.CrawlMetricsExtension": 510,
     # A crawl is controlled by signals and its job id, not by an HTTP port left open.
     "scrapy.extensions.remote_control.RemoteControl": None,
 }

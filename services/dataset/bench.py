@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from services.dataset.params import WINDOWS, BuildParams
 from services.dataset.pipeline import manifest_of, plan_dataset
 from services.dataset.selection import MovieTable
+from shared.dataset_params import WINDOWS, BuildParams
 
 # Posters per genre in the shared collection (labels.csv of posters-imdb), as relative weights.
 GENRE_WEIGHTS: dict[str, int] = {

@@ -16,9 +16,9 @@ def _build(args: argparse.Namespace) -> int:
     # TensorFlow (the shard writer) logs its CPU features at INFO; keep the build's output readable.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from services.cli_support import print_json, progress_bar
-    from services.dataset.params import BuildParams, DatasetInputError
     from services.dataset.pipeline import build_dataset
     from shared.config import get_settings
+    from shared.dataset_params import BuildParams, DatasetInputError
     from shared.db import require_current_schema
     from shared.storage import object_store_from_settings
 
@@ -80,7 +80,7 @@ def target_counts(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from services.dataset.reader import DatasetNotFoundError, load_manifest
+    from shared.dataset_manifest import DatasetNotFoundError, load_manifest
     from shared.storage import object_store_from_settings
 
     try:

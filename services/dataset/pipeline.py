@@ -29,7 +29,7 @@ from services.dataset.balance import (
     composite_codes,
 )
 from services.dataset.duplicates import group_duplicates
-from services.dataset.params import SPLITS, BuildParams, DatasetInputError, window_targets
+from services.dataset.metrics import record_posters, timed_build
 from services.dataset.selection import (
     MovieTable,
     Vocabulary,
@@ -38,6 +38,7 @@ from services.dataset.selection import (
     label_matrix,
 )
 from services.dataset.split import assign_splits
+from shared.dataset_params import SPLITS, BuildParams, DatasetInputError, window_targets
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -241,23 +242,11 @@ class BuildResult:
         return lines
 
 
-def empty_selection(
-    params: BuildParams, all_years: list[int], known: tuple[int, int] | None
-) -> DatasetInputError:
-    """The error for a request whose windows hold no movie, saying which years the database has."""
-    where = (
-        f"the database has posters from {known[0]} to {known[1]}" if known else "the database has no posters"
-    )
-    return DatasetInputError(
-        f"unknown years: no movie with a poster in {all_years[0]}-{all_years[-1]} "
-        f"({params.window} windows of {params.first_year}-{params.last_year}); {where}"
-    )
-
-
 def _no_progress(_fraction: float, _message: str) -> None:
     return None
 
 
+@timed_build
 def build_dataset(
     params: BuildParams,
     store: ObjectStore,
@@ -266,10 +255,11 @@ def build_dataset(
     decode_workers: int = 4,
 ) -> BuildResult:
     """Build (or find) the dataset version of ``params`` over the movies in the database."""
-    from services.dataset.reader import manifest_key
     from services.dataset.report import build_report, store_report
-    from services.dataset.selection import database_years, load_movies
+    from services.dataset.selection import load_movies
     from services.dataset.shards import decode_posters, put_immutable, write_split_shards
+    from shared.dataset_manifest import manifest_key
+    from shared.dataset_params import database_years, empty_selection
     from shared.db import session_scope
 
     report_progress = progress or _no_progress
@@ -320,6 +310,8 @@ def build_dataset(
             )
             written += 1
             report_progress(60 + 30 * written / total, f"writing shards of {name}")
+    refused = {"no_kept_genre": len(plan.excluded), "outside_targets": len(plan.table) - len(needed)}
+    record_posters(len(table), len(needed), refused)
     report_progress(92, "writing the report")
     report = build_report(plan, manifest)
     store_report(store, plan.dataset_id, report)
@@ -333,7 +325,7 @@ def _existing_version(store: ObjectStore, database_url: str | None, digest: str)
     """The manifest of the version with this content hash, if one was built (and completed)."""
     from sqlalchemy import select
 
-    from services.dataset.reader import DatasetNotFoundError, load_manifest
+    from shared.dataset_manifest import DatasetNotFoundError, load_manifest
     from shared.db import DatasetVersion, session_scope
 
     with session_scope(database_url) as session:
@@ -352,7 +344,7 @@ def _record_version(
 ) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from services.dataset.reader import manifest_key
+    from shared.dataset_manifest import manifest_key
     from shared.db import DatasetVersion, session_scope
 
     summary = {

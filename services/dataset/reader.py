@@ -8,7 +8,6 @@ of the same version, a rerun). Every TFRecord holds ``pixels`` (raw uint8 S*S*3)
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,28 +20,7 @@ from shared.storage import ObjectStore
 if TYPE_CHECKING:
     import tensorflow as tf
 
-MANIFEST_NAME = "manifest.json"
 SHUFFLE_BUFFER = 2048
-
-
-class DatasetNotFoundError(LookupError):
-    """No manifest for this dataset id (never built, or built elsewhere)."""
-
-
-def manifest_key(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}/{MANIFEST_NAME}"
-
-
-def load_manifest(store: ObjectStore, dataset_id: str) -> dict[str, Any]:
-    """The manifest of a version (see docs/datasets.md for its fields)."""
-    from shared.storage import ObjectNotFoundError
-
-    try:
-        return dict(json.loads(store.get(manifest_key(dataset_id))))
-    except ObjectNotFoundError:
-        raise DatasetNotFoundError(
-            f"dataset {dataset_id!r} not found (no {manifest_key(dataset_id)})"
-        ) from None
 
 
 def cache_dir() -> Path:

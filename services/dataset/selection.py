@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.dataset.params import DatasetInputError
+from shared.dataset_params import DatasetInputError
 from shared.db import Genre, Movie, movie_genres
 
 
@@ -86,31 +86,6 @@ def load_movies(session: Session, years: Iterable[int]) -> MovieTable:
     return movie_table(
         (r.id, r.year, r.poster_sha256, r.poster_phash, r.poster_key, genres[r.id]) for r in rows
     )
-
-
-def count_movies(session: Session, years: Iterable[int]) -> int:
-    """Movies with a poster released in ``years`` (a cheap check before queueing a build)."""
-    from sqlalchemy import func
-
-    wanted = sorted(set(years))
-    if not wanted:
-        return 0
-    query = (
-        select(func.count())
-        .select_from(Movie)
-        .where(Movie.year.in_(wanted), Movie.poster_key.is_not(None), Movie.poster_sha256.is_not(None))
-    )
-    return int(session.scalar(query) or 0)
-
-
-def database_years(session: Session) -> tuple[int, int] | None:
-    """First and last release year of the movies with a poster, or None when there are none."""
-    from sqlalchemy import func
-
-    first, last = session.execute(
-        select(func.min(Movie.year), func.max(Movie.year)).where(Movie.poster_key.is_not(None))
-    ).one()
-    return None if first is None else (int(first), int(last))
 
 
 def check_genres(table: MovieTable) -> None:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from services.dataset.params import DatasetInputError
+from shared.dataset_params import DatasetInputError
 from shared.images import PosterImageError, poster_pixels
 from shared.storage import ObjectExistsError, ObjectNotFoundError, ObjectStore
 

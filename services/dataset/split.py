@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from iterstrat.ml_stratifiers import IterativeStratification
 
-from services.dataset.params import SPLITS
+from shared.dataset_params import SPLITS
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 

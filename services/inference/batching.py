@@ -29,6 +29,8 @@ Tensors = dict[str, np.ndarray]
 # many timeouts of it.
 ARRIVAL_WINDOW_FACTOR = 10.0
 RunBatch = Callable[[Tensors], Tensors]
+# Called after each batch with its rows, each request's wait in the queue and the run time (seconds).
+BatchObserver = Callable[[int, list[float], float], None]
 
 
 @dataclass
@@ -37,6 +39,7 @@ class _Pending:
     rows: int
     future: Future[Tensors] = field(default_factory=Future)
     gap_s: float = float("inf")  # time since the previous request arrived
+    enqueued: float = field(default_factory=time.monotonic)
 
 
 def _rows(inputs: Tensors) -> int:
@@ -72,9 +75,16 @@ class Batcher:
     """
 
     def __init__(
-        self, run_batch: RunBatch, max_batch_size: int, batch_timeout_s: float, name: str, threads: int = 1
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int,
+        batch_timeout_s: float,
+        name: str,
+        threads: int = 1,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.run_batch = run_batch
+        self.observer = observer
         self.max_batch_size = max(1, max_batch_size)
         self.batch_timeout_s = max(0.0, batch_timeout_s)
         self.name = name
@@ -164,6 +174,7 @@ class Batcher:
                 self._run([late])
 
     def _run(self, group: list[_Pending]) -> None:
+        started = time.monotonic()
         try:
             inputs = group[0].inputs if len(group) == 1 else concatenate([item.inputs for item in group])
             outputs = self.run_batch(inputs)
@@ -174,5 +185,9 @@ class Batcher:
             return
         self.batches_run += 1
         self.rows_run += sum(item.rows for item in group)
+        finished = time.monotonic()
         for item, part in zip(group, parts, strict=True):
             item.future.set_result(part)
+        if self.observer is not None:  # after the answers, so callers never wait on it; it never raises
+            self.observer(sum(item.rows for item in group), [started - item.enqueued for item in group],
+                          finished - started)

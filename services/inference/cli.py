@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 def _serve_inference(args: argparse.Namespace) -> int:
     from services.inference.server import start_server
     from shared.config import get_settings
+    from shared.tracing import start_tracing
 
     settings = get_settings()
+    start_tracing("postergenre-inference")  # before the gRPC server is built: it gets instrumented
     config_path: Path | None = args.model_config or settings.models_config_path
     if args.model_config is not None and not args.model_config.is_file():
         print(f"no model config at {args.model_config}", file=sys.stderr)
@@ -37,8 +39,11 @@ def _serve_inference(args: argparse.Namespace) -> int:
         request_timeout_s=settings.inference_timeout_s,
         batch_threads=args.batch_threads,
         backend=args.backend,
+        metrics_port=(settings.inference_metrics_port if args.metrics_port is None else args.metrics_port)
+        or None,
     )
-    print(f"serving gRPC on {server.url} and REST on {server.rest_url}", flush=True)
+    print(f"serving gRPC on {server.url} and REST on {server.rest_url}"
+          + (f", metrics at {server.metrics_url}" if server.metrics_url else ""), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: server.grpc_server.stop(1))
     try:
         server.wait()
@@ -144,6 +149,11 @@ def register(commands: Any, serve: Any, bench: Any) -> None:
     server.add_argument("--grpc-port", type=int, default=8500)
     server.add_argument("--rest-port", type=int, default=8501)
     server.add_argument("--host", default="127.0.0.1")
+    server.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="port of the Prometheus endpoint (/monitoring/prometheus/metrics, also on the REST port); "
+        "default: inference_metrics_port; 0: off",
+    )
     server.add_argument(
         "--model-config",
         type=Path,

@@ -10,7 +10,7 @@ the slowest model, not the sum.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +19,11 @@ import numpy as np
 PIXELS_SIGNATURE = "pixels"
 PIXELS_INPUT = "pixels"
 SCORES_OUTPUT = "scores"
+# Grad-CAM (docs/contracts.md): pixels, head [N] and genres [N, K] -> heatmaps [N, K, h, w], scores [N, G].
+EXPLAIN_SIGNATURE = "explain"
+HEAD_INPUT = "head"
+GENRES_INPUT = "genres"
+HEATMAPS_OUTPUT = "heatmaps"
 
 
 class InferenceError(RuntimeError):
@@ -35,6 +40,38 @@ class ModelNotFound(InferenceError, LookupError):  # noqa: N818
 
 class InvalidInferenceInput(InferenceError, ValueError):
     """The server refused the input (wrong shape or type)."""
+
+
+class SignatureNotFound(InvalidInferenceInput):
+    """The model version has no such signature (e.g. ``explain`` on a model exported before it)."""
+
+
+def _invalid_input(message: str) -> InvalidInferenceInput:
+    # TF Serving and the embedded server both word it 'Serving signature key "NAME" not found'.
+    if "Serving signature key" in message and "not found" in message:
+        return SignatureNotFound(message)
+    return InvalidInferenceInput(message)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Grad-CAM heatmaps ``[N, K, h, w]`` (0..1), the head's scores ``[N, G]`` and the version."""
+
+    heatmaps: np.ndarray
+    scores: np.ndarray
+    version: int
+
+
+def explain_inputs(pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``explain`` signature's inputs, checked: pixels ``[N,S,S,3]``, head ``[N]``, genres ``[N, K]``."""
+    array = float_pixels(pixels)
+    heads = np.asarray(head, dtype=np.int32).reshape(-1)
+    chosen = np.asarray(genres, dtype=np.int32)
+    if chosen.ndim != 2 or chosen.shape[1] == 0 or not len(array) == len(heads) == len(chosen):
+        raise InvalidInferenceInput(f"explain needs pixels [N,S,S,3], head [N] and genres [N, K>=1]; got "
+                                    f"{list(array.shape)}, {list(heads.shape)}, {list(chosen.shape)}")
+    return array, heads, chosen
 
 
 Prediction = tuple[np.ndarray, int]
@@ -66,6 +103,9 @@ class Predictor(Protocol):
         label: str | None = None,
         signature: str = PIXELS_SIGNATURE,
     ) -> dict[str, Prediction | InferenceError]: ...
+
+    def explain(self, name: str, pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]],
+                version: int | None = None) -> Explanation: ...
 
     def model_status(self, name: str) -> list[VersionState]: ...
 
@@ -132,7 +172,9 @@ class InferenceClient:
 
         self.url = url
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
+        from shared.logs import with_request_ids
+
+        self._raw_channel = grpc.insecure_channel(
             grpc_target(url),
             options=[
                 ("grpc.max_receive_message_length", -1),
@@ -144,6 +186,7 @@ class InferenceClient:
                 ("grpc.lb_policy_name", "round_robin"),
             ],
         )
+        self._channel = with_request_ids(self._raw_channel)  # each call carries the request id
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -154,7 +197,7 @@ class InferenceClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def _request(self, name: str, pixels: np.ndarray, version: int | None, label: str | None, signature: str,
                  content: bytes | None = None) -> Any:
@@ -194,7 +237,7 @@ class InferenceClient:
         if code == grpc.StatusCode.NOT_FOUND:
             return ModelNotFound(f"{what}: {details}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return InvalidInferenceInput(f"{what}: {details}")
+            return _invalid_input(f"{what}: {details}")
         return InferenceError(f"{what}: {code.name} {details}")
 
     @staticmethod
@@ -256,6 +299,26 @@ class InferenceClient:
             except Exception as exc:
                 results[name] = self._error(exc, _describe(name, None, label))
         return results
+
+    def explain(self, name: str, pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]],
+                version: int | None = None) -> Explanation:
+        """Grad-CAM of ``genres[i]`` on head ``head[i]`` for each poster (the ``explain`` signature).
+
+        :class:`SignatureNotFound` when the version has no ``explain`` signature.
+        """
+        import tensorflow as tf
+
+        array, heads, chosen = explain_inputs(pixels, head, genres)
+        request = self._request(name, array, version, None, EXPLAIN_SIGNATURE)
+        request.inputs[HEAD_INPUT].CopyFrom(tf.make_tensor_proto(heads))
+        request.inputs[GENRES_INPUT].CopyFrom(tf.make_tensor_proto(chosen))
+        try:
+            response = self._predictions.Predict(request, timeout=self.timeout)
+        except Exception as exc:
+            raise self._error(exc, _describe(name, version, None)) from None
+        outputs = response.outputs
+        return Explanation(tensor_array(outputs[HEATMAPS_OUTPUT]), tensor_array(outputs[SCORES_OUTPUT]),
+                           int(response.model_spec.version.value))
 
     def model_status(
         self, name: str, version: int | None = None, label: str | None = None
@@ -356,7 +419,7 @@ class RestInferenceClient:
         if response.status_code == 404:
             raise ModelNotFound(f"{what}: {message}")
         if response.status_code == 400:
-            raise InvalidInferenceInput(f"{what}: {message}")
+            raise _invalid_input(f"{what}: {message}")
         if response.status_code in (502, 503, 504):
             raise InferenceUnavailable(f"inference server {self.url} for {what}: {message}")
         raise InferenceError(f"{what}: HTTP {response.status_code} {message}")
@@ -409,6 +472,22 @@ class RestInferenceClient:
                 except InferenceError as exc:
                     results[name] = exc
         return results
+
+    def explain(self, name: str, pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]],
+                version: int | None = None) -> Explanation:
+        array, heads, chosen = explain_inputs(pixels, head, genres)
+        payload = self._call(
+            "POST", self._path(name, version, None) + ":predict", _describe(name, version, None),
+            {"signature_name": EXPLAIN_SIGNATURE,
+             "inputs": {PIXELS_INPUT: array.tolist(), HEAD_INPUT: heads.tolist(),
+                        GENRES_INPUT: chosen.tolist()}},
+        )
+        outputs = payload["outputs"]
+        if version is None:
+            available = [s.version for s in self.model_status(name) if s.state == "AVAILABLE"]
+            version = max(available) if available else 0
+        return Explanation(np.asarray(outputs[HEATMAPS_OUTPUT], dtype=np.float32),
+                           np.asarray(outputs[SCORES_OUTPUT], dtype=np.float32), version)
 
     def model_status(
         self, name: str, version: int | None = None, label: str | None = None

@@ -16,15 +16,19 @@ import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from services.inference.batching import Batcher, Tensors
+
+if TYPE_CHECKING:
+    from services.inference.metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ class Servable:
         batch_timeout_s: float,
         batch_threads: int = 1,
         backend: str = "tensorflow",
+        metrics: InferenceMetrics | None = None,
     ) -> None:
         import tensorflow as tf
 
@@ -137,6 +142,7 @@ class Servable:
                     batch_timeout_s,
                     f"{name}-{version}-{key}",
                     threads=batch_threads,
+                    observer=metrics.batch_observer(name, version, key) if metrics else None,
                 ),
             )
         if not self.signatures:
@@ -360,6 +366,7 @@ class ModelManager:
         load_threads: int = 4,
         batch_threads: int = 1,
         backend: str = "litert",
+        metrics: InferenceMetrics | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
@@ -371,6 +378,7 @@ class ModelManager:
         self.poll_seconds = poll_seconds
         self.load_threads = load_threads
         self.batch_threads = batch_threads
+        self.metrics = metrics
         self._state = ServingState({})
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -428,8 +436,13 @@ class ModelManager:
                     if id(servable) not in kept:
                         log.info("unloading model %s version %d", servable.name, servable.version)
                         servable.close()
+                        if self.metrics is not None:
+                            self.metrics.unload(servable.name)
 
     def _load(self, name: str, version: int, path: Path, stamp: tuple[float, ...]) -> Servable | LoadFailure:
+        # A reload: the model already serves (or tried) a version, this one arrives while it runs.
+        kind = "reload" if name in self._state.models else "load"
+        started = time.monotonic()
         try:
             servable = Servable(
                 name,
@@ -439,12 +452,17 @@ class ModelManager:
                 self.batch_timeout_s,
                 self.batch_threads,
                 self.backend,
+                self.metrics,
             )
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}".strip()[:2000]
             log.error("model %s version %d failed to load from %s: %s", name, version, path, message)
+            if self.metrics is not None:
+                self.metrics.load(name, version, kind, False, time.monotonic() - started)
             return LoadFailure(version, path, message, stamp)
         log.info("loaded model %s version %d from %s", name, version, path)
+        if self.metrics is not None:
+            self.metrics.load(name, version, kind, True, time.monotonic() - started)
         return servable
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:

@@ -26,6 +26,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from sqlalchemy import select
 
+from services.inference.metrics import PROMETHEUS_PATH
 from shared.config import Settings
 from shared.db import ModelVersion, session_scope
 from shared.files import write_text_atomically
@@ -38,7 +39,6 @@ STABLE_LABEL = "stable"
 CANARY_LABEL = "canary"
 BATCHING_CONFIG_NAME = "batching.config"
 MONITORING_CONFIG_NAME = "monitoring.config"
-PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 PIXELS_SIGNATURE = "pixels"
 

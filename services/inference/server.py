@@ -14,16 +14,18 @@ import json
 import logging
 import re
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
+from services.inference.metrics import PROMETHEUS_PATH, InferenceMetrics
 from services.inference.models import ErrorCode, ModelManager, Servable, ServingError, VersionStatus
 from shared.config import Settings
 
@@ -95,10 +97,26 @@ class InferenceCore:
         inputs: dict[str, np.ndarray],
         timeout: float | None,
     ) -> tuple[Servable, dict[str, np.ndarray]]:
-        if not inputs:
-            raise ServingError(ErrorCode.INVALID_ARGUMENT, "the request has no inputs")
-        servable = self.manager.resolve(name, version, label)
-        return servable, servable.predict(signature_name, inputs, timeout)
+        started = time.monotonic()
+        servable: Servable | None = None
+        outcome = "OK"
+        try:
+            if not inputs:
+                raise ServingError(ErrorCode.INVALID_ARGUMENT, "the request has no inputs")
+            servable = self.manager.resolve(name, version, label)
+            return servable, servable.predict(signature_name, inputs, timeout)
+        except ServingError as exc:
+            outcome = exc.code.value
+            raise
+        except Exception:
+            outcome = ErrorCode.INTERNAL.value
+            raise
+        finally:
+            if self.manager.metrics is not None:
+                self.manager.metrics.request(
+                    name, servable.version if servable else version, signature_name, outcome,
+                    time.monotonic() - started,
+                )
 
 
 def _grpc_code(code: ErrorCode) -> grpc.StatusCode:
@@ -176,8 +194,11 @@ def build_grpc_server(
                 model_version_status=[_status_proto(s) for s in statuses]
             )
 
+    from shared.logs import request_id_server_interceptor
+
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[request_id_server_interceptor()],  # binds each call's x-request-id
         options=[
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
@@ -248,7 +269,25 @@ class RestHandler(BaseHTTPRequestHandler):
         version = int(match["version"]) if match["version"] else None
         return match["name"], version, match["label"], match["suffix"] or ""
 
+    def _send_metrics(self) -> None:
+        # TF Serving answers its Prometheus metrics on the REST port too (--monitoring_config_file).
+        metrics = self.core.manager.metrics
+        if metrics is None:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "metrics are off"})
+            return
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        body = metrics.exposition()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        if self.path.split("?", 1)[0] == PROMETHEUS_PATH:
+            self._send_metrics()
+            return
         try:
             name, version, label, suffix = self._route()
             if suffix == ":predict":
@@ -351,6 +390,7 @@ class EmbeddedServer:
     grpc_port: int
     host: str
     rest_server: ThreadingHTTPServer | None = None
+    metrics_server: HTTPServer | None = None
 
     @property
     def url(self) -> str:
@@ -362,14 +402,22 @@ class EmbeddedServer:
             return None
         return f"http://{self.host}:{self.rest_server.server_address[1]}"
 
+    @property
+    def metrics_url(self) -> str | None:
+        """The Prometheus endpoint on the metrics port, when it is on."""
+        if self.metrics_server is None:
+            return None
+        return f"http://{self.host}:{self.metrics_server.server_address[1]}{PROMETHEUS_PATH}"
+
     def wait(self) -> None:
         self.grpc_server.wait_for_termination()
 
     def stop(self, grace: float = 1.0) -> None:
         self.grpc_server.stop(grace).wait()
-        if self.rest_server is not None:
-            self.rest_server.shutdown()
-            self.rest_server.server_close()
+        for http_server in (self.rest_server, self.metrics_server):
+            if http_server is not None:
+                http_server.shutdown()
+                http_server.server_close()
         self.manager.close()
 
 
@@ -385,14 +433,17 @@ def start_server(
     request_timeout_s: float = 30.0,
     batch_threads: int = 1,
     backend: str = "litert",
+    metrics_port: int | None = None,
 ) -> EmbeddedServer:
-    """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port.
+    """Load every model, then listen. ``rest_port=None`` leaves REST off; 0 picks a free port;
+    ``metrics_port`` likewise for the Prometheus endpoint (also answered on the REST port).
 
     ``batch_threads`` is the number of batches of one model that may run at once; ``backend`` runs
     the ``pixels`` signature with ``"litert"`` (from ``exports/model.tflite``, the default: measured
     about twice as fast as TensorFlow on CPU, see docs/benchmarks.md) or ``"tensorflow"``; a version
     without a TFLite export is always served by TensorFlow.
     """
+    metrics = InferenceMetrics()
     manager = ModelManager(
         models_dir,
         config_path,
@@ -401,7 +452,9 @@ def start_server(
         poll_seconds,
         batch_threads=batch_threads,
         backend=backend,
+        metrics=metrics,
     )
+    metrics.watch(lambda: manager.state)
     manager.refresh()
     for name, failures in manager.failures().items():
         for failure in failures:
@@ -413,12 +466,19 @@ def start_server(
     if rest_port is not None:
         rest_server = build_rest_server(core, rest_port, host, request_timeout_s)
         threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
+    metrics_server = None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        # prometheus_client's server answers every path, TF Serving's included.
+        metrics_server, _ = start_http_server(metrics_port, addr=host, registry=metrics.registry)
     manager.start_polling()
-    server = EmbeddedServer(manager, grpc_server, bound, host, rest_server)
+    server = EmbeddedServer(manager, grpc_server, bound, host, rest_server, metrics_server)
     log.info(
-        "inference server on %s%s serving %s",
+        "inference server on %s%s%s serving %s",
         server.url,
         f" and {server.rest_url}" if server.rest_url else "",
+        f", metrics at {server.metrics_url}" if server.metrics_url else "",
         ", ".join(sorted(manager.state.models)) or "nothing",
     )
     return server
@@ -446,4 +506,5 @@ def start_embedded(
         settings.inference_batch_timeout_ms,
         settings.inference_poll_seconds,
         settings.inference_timeout_s,
+        metrics_port=settings.inference_metrics_port or None,
     )

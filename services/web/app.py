@@ -19,12 +19,14 @@ from services.web.admin import admin_token_problem, effective_admin_token
 from services.web.errors import install_error_handlers
 from services.web.metrics import RequestMetricsMiddleware
 from services.web.predictor import MAX_BATCH_FILES
-from services.web.routes import admin, health, models, pages, predictions
+from services.web.routes import admin, explanations, health, models, pages, predictions
 from services.web.routes.pages import STATIC_DIR
 from services.web.security import SecurityHeadersMiddleware
 from services.web.state import WebState
 from services.web.uploads import UploadLimitMiddleware
 from shared.config import Settings, get_settings
+from shared.logs import RequestIdMiddleware
+from shared.tracing import instrument_app
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        max_files=MAX_BATCH_FILES)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every line has the id
 
     app.include_router(predictions.router)
+    app.include_router(explanations.router)
     app.include_router(models.router)
     app.include_router(health.router)
     if problem is None:
@@ -68,4 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("admin API not mounted: %s (set a long random token to enable it)", problem)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    instrument_app(app)  # traces its requests when tracing is on (shared.tracing); else nothing
     return app

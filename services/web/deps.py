@@ -15,6 +15,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from services.web.admin import check_bearer
+from services.web.explainer import ExplanationService
 from services.web.predictor import PredictionService
 from services.web.state import InferenceConnection, WebState
 from shared.config import Settings
@@ -51,6 +52,10 @@ async def get_predictions(state: StateDep) -> PredictionService:
     return state.predictions
 
 
+async def get_explanations(state: StateDep) -> ExplanationService:
+    return state.explanations
+
+
 async def get_celery(state: StateDep) -> Celery:
     return state.celery
 
@@ -64,5 +69,6 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 InferenceDep = Annotated[InferenceConnection, Depends(get_inference)]
 PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]
+ExplanationsDep = Annotated[ExplanationService, Depends(get_explanations)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 AdminDep = Depends(require_admin)

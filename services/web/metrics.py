@@ -1,5 +1,6 @@
 """Prometheus metrics of the web service, in a registry of its own (one per app, so tests can build
-several apps in one process without duplicate-metric errors)."""
+several apps in one process without duplicate-metric errors), with the process (CPU, memory, open
+files) and garbage-collector collectors that the default registry would have had."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -17,6 +20,8 @@ class WebMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.requests = Counter("postergenre_http_requests", "HTTP requests by route and status",
                                 ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("postergenre_http_request_duration_seconds", "HTTP request latency",

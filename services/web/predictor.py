@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from services.web.metrics import WebMetrics
 from shared.genres import rank_genres
 from shared.images import PosterImageError, open_poster, resize_pixels
 from shared.models import ServedModel, models_by_year
+from shared.posterness import check_image
 from shared.years import parse_years
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,11 @@ DEFAULT_K = 6
 MAX_K = 50
 MAX_YEARS_PER_REQUEST = 200
 MAX_BATCH_FILES = 32
+# How far a year's score must lie from the genre's mean over the answered years to count as departing
+# from it. The versions' metrics hold no measure of score noise (ranking metrics, F1 and thresholds,
+# nothing about how much a score moves between comparable models), so this is a fixed margin: a tenth
+# of the score range (docs/api.md says so to the API's users).
+DEPARTURE_MARGIN = 0.10
 
 
 def parse_request_years(spec: str) -> list[int]:
@@ -64,6 +70,8 @@ class DecodedPoster:
     sha256: str
     image: Image.Image
     filename: str = ""
+    # What the answer should say about the image (e.g. not a poster); never a reason to refuse it.
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def decode_poster(data: bytes, filename: str = "") -> DecodedPoster:
@@ -71,12 +79,34 @@ def decode_poster(data: bytes, filename: str = "") -> DecodedPoster:
         image, info = open_poster(data)
     except PosterImageError as exc:
         raise image_error(exc) from None
-    return DecodedPoster(info.sha256, image, filename)
+    warning = check_image(image).warning()
+    return DecodedPoster(info.sha256, image, filename, [warning] if warning else [])
 
 
-def top_genres(genres: tuple[str, ...], scores: list[float], k: int) -> list[dict[str, Any]]:
-    """The ``k`` best genres as the API shows them (see :func:`rank_genres`)."""
-    return [{"genre": genre, "score": round(score, 6)} for genre, score in rank_genres(genres, scores, k)]
+def top_genres(genres: tuple[str, ...], scores: list[float], k: int,
+               likely: list[bool] | None = None) -> list[dict[str, Any]]:
+    """The ``k`` best genres as the API shows them (see :func:`rank_genres`), each marked ``likely``
+    when the version has thresholds (``likely``, per genre, from :meth:`ServedModel.likely`)."""
+    likely_of = dict(zip(genres, likely, strict=True)) if likely is not None else None
+    return [{"genre": genre, "score": round(score, 6)}
+            | ({"likely": likely_of[genre]} if likely_of is not None else {})
+            for genre, score in rank_genres(genres, scores, k)]
+
+
+def departures(rows: list[tuple[dict[str, Any], dict[str, float]]], margin: float = DEPARTURE_MARGIN
+               ) -> dict[str, float]:
+    """Set each row's ``departs`` (genre -> score minus the genre's mean over the rows that score it,
+    for the genres further than ``margin`` from it) and return the means. ``rows`` pairs an answer row
+    with every genre's score of that year."""
+    by_genre: dict[str, list[float]] = {}
+    for _, scores in rows:
+        for genre, score in scores.items():
+            by_genre.setdefault(genre, []).append(score)
+    means = {genre: sum(values) / len(values) for genre, values in by_genre.items()}
+    for row, scores in rows:
+        row["departs"] = {genre: round(score - means[genre], 6) for genre, score in sorted(scores.items())
+                          if len(by_genre[genre]) > 1 and abs(score - means[genre]) > margin}
+    return {genre: round(mean, 6) for genre, mean in sorted(means.items())}
 
 
 @dataclass
@@ -186,6 +216,7 @@ class PredictionService:
                 year_models: dict[int, ServedModel], answers: dict[tuple[int, str], ModelAnswer],
                 missing: set[str], all_scores: bool) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
+        every_score: list[tuple[dict[str, Any], dict[str, float]]] = []
         unavailable: list[int] = []
         for year in years:
             model = year_models.get(year)
@@ -196,10 +227,15 @@ class PredictionService:
             answer = answers[index, model.name]
             scores = model.scores_for_year(answer.scores, year)
             row: dict[str, Any] = {"year": year, "model": model.name, "version": answer.version,
-                                   "top": top_genres(model.genres, scores, k)}
+                                   "has_thresholds": model.thresholds is not None,
+                                   "top": top_genres(model.genres, scores, k, model.likely(scores))}
+            genre_scores = dict(zip(model.genres, scores, strict=True))
             if all_scores:
-                row["scores"] = {genre: round(score, 6) for genre, score in zip(model.genres, scores,
-                                                                                 strict=True)}
+                row["scores"] = {genre: round(score, 6) for genre, score in genre_scores.items()}
             rows.append(row)
+            every_score.append((row, genre_scores))
             self.metrics.predictions.labels(year=str(year)).inc()
-        return {"poster_sha256": poster.sha256, "k": k, "years": rows, "unavailable_years": unavailable}
+        means = departures(every_score)
+        return {"poster_sha256": poster.sha256, "k": k, "years": rows, "unavailable_years": unavailable,
+                "departures": {"margin": DEPARTURE_MARGIN, "margin_source": "fixed", "means": means},
+                "warnings": list(poster.warnings)}

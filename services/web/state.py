@@ -13,6 +13,7 @@ from celery import Celery
 from services.inference.client import Predictor
 from services.web.cache import ScoreCache, cache_namespace, open_score_cache
 from services.web.consumers import QueueConsumers
+from services.web.explainer import ExplanationService
 from services.web.metrics import WebMetrics
 from services.web.predictor import PredictionService
 from shared.config import Settings
@@ -105,6 +106,7 @@ class WebState:
     cache: ScoreCache = field(init=False)
     inference: InferenceConnection = field(init=False)
     predictions: PredictionService = field(init=False)
+    explanations: ExplanationService = field(init=False)
     consumers: QueueConsumers = field(init=False)
     _store: ObjectStore | None = None
     _celery: Celery | None = None
@@ -115,6 +117,7 @@ class WebState:
         self.inference = InferenceConnection(self.settings)
         self.predictions = PredictionService(self.inference.client, self.cache, self.metrics,
                                              cache_namespace(self.settings.effective_database_url))
+        self.explanations = ExplanationService(self.inference.client)
         self.consumers = QueueConsumers(self.settings, lambda: self.celery)
 
     @property

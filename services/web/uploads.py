@@ -36,10 +36,11 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 
 def body_limit(path: str, max_upload_bytes: int, max_files: int) -> int | None:
-    """The largest request body a path accepts: uploads on the prediction paths, small JSON elsewhere."""
+    """The largest request body a path accepts: uploads on the prediction and explanation paths,
+    small JSON elsewhere."""
     if path.endswith("/predictions:batch"):
         return max_upload_bytes * max_files + MULTIPART_OVERHEAD_BYTES
-    if path.endswith("/predictions"):
+    if path.endswith(("/predictions", "/explanations")):
         return max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     return JSON_BODY_BYTES
 

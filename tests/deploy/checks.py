@@ -681,11 +681,15 @@ def render_overlay(directory: Path) -> list[dict[str, Any]]:
 
 
 def check_k8s_schemas(docs: Iterable[dict[str, Any]], version: str = KUBERNETES_VERSION) -> list[str]:
-    """Each object against the Kubernetes schema of ``version``, strictly (no unknown fields)."""
+    """Each object against the Kubernetes schema of ``version``, strictly (no unknown fields).
+
+    KEDA's objects are not Kubernetes' own: :mod:`tests.deploy.keda` checks them against KEDA's CRDs."""
     import kubernetes_validate
 
     problems = []
     for doc in docs:
+        if str(doc.get("apiVersion", "")).startswith("keda.sh/"):
+            continue
         where = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -1100,9 +1104,12 @@ K8S_INFRA_SECRET_KEYS = {"REDIS_PASSWORD"}
 # controller reaches web, Prometheus the metrics ports. Anything else from outside is denied.
 INGRESS_CONTROLLER_NAMESPACE = "ingress-nginx"
 PROMETHEUS_NAMESPACE = "monitoring"
+WORKER_METRICS_PORT = 9808  # POSTERGENRE_WORKER_METRICS_PORT in compose.yaml and k8s/base/workers.yaml
 K8S_OUTSIDE_SOURCES: dict[tuple[str, int], set[str]] = {
     ("web", WEB_PORT): {INGRESS_CONTROLLER_NAMESPACE, PROMETHEUS_NAMESPACE},
     ("tfserving", TFSERVING_REST_PORT): {PROMETHEUS_NAMESPACE},
+    **{(worker, WORKER_METRICS_PORT): {PROMETHEUS_NAMESPACE}
+       for worker in ("crawler", "dataset-worker", "trainer")},
 }
 # ingress-nginx (strict path validation, the default since v1.12) accepts only these characters in
 # Exact and Prefix paths; others must be ImplementationSpecific (a plain nginx prefix location).
@@ -1259,12 +1266,13 @@ def ingress_path_matches(path_type: str, path: str, request: str) -> bool:
 
 def web_paths() -> tuple[list[str], list[str]]:
     """(public, private) sample request paths of the web app, from its routers."""
-    from services.web.routes import admin, health, models, predictions
+    from services.web.routes import admin, explanations, health, models, predictions
 
     def samples(router: Any) -> list[str]:
         return [re.sub(r"\{[^}]*\}", "x", str(getattr(route, "path", ""))) for route in router.routes]
 
-    public = [*samples(predictions.router), *samples(models.router), "/", "/static/app.js", "/openapi.json"]
+    public = [*samples(predictions.router), *samples(explanations.router), *samples(models.router), "/",
+              "/static/app.js", "/openapi.json"]
     private = [*samples(admin.router), *samples(health.router), *PRIVATE_WEB_PATHS]
     return public, private
 
@@ -1573,17 +1581,17 @@ def check_k8s_migrations(
 
 
 def check_k8s_hpa_replicas(docs: list[dict[str, Any]]) -> list[str]:
-    """A Deployment scaled by an HPA has no spec.replicas (each apply would reset the HPA's count)."""
+    """A Deployment scaled by an HPA (or a KEDA ScaledObject, which makes one) has no spec.replicas
+    (each apply would reset the autoscaler's count)."""
     index = k8s_index(docs, {})
     problems = []
-    for name, hpa in index.by_kind.get("HorizontalPodAutoscaler", {}).items():
-        target = hpa["spec"]["scaleTargetRef"]
-        scaled = index.by_kind.get(target["kind"], {}).get(target["name"])
-        if scaled is not None and "replicas" in scaled["spec"]:
-            problems.append(
-                f"{target['kind']}/{target['name']} sets spec.replicas; "
-                f"HorizontalPodAutoscaler/{name} owns it"
-            )
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+        for name, scaler in index.by_kind.get(kind, {}).items():
+            target = scaler["spec"]["scaleTargetRef"]
+            target_kind = target.get("kind", "Deployment")
+            scaled = index.by_kind.get(target_kind, {}).get(target["name"])
+            if scaled is not None and "replicas" in scaled["spec"]:
+                problems.append(f"{target_kind}/{target['name']} sets spec.replicas; {kind}/{name} owns it")
     return problems
 
 
@@ -1934,10 +1942,19 @@ def all_problems() -> list[str]:
     problems = (
         check_env_example() + check_compose_schema() + check_compose_config() + check_compose_semantics()
     )
+    from tests.deploy.keda import check_keda_schemas, check_keda_semantics
+    from tests.deploy.observability import DASHBOARDS_DIR, check_dashboard, check_prometheus_config
+
     secrets = read_secret_example()
     for overlay in OVERLAYS:
         docs = render_overlay(K8S_DIR / "overlays" / overlay)
         problems += check_k8s_schemas(docs) + check_k8s_semantics(docs, overlay, secrets)
+        problems += check_keda_schemas(docs)
+        if overlay == "prod":  # the overlay that scales with KEDA
+            problems += check_keda_semantics(docs, secrets)
+    problems += check_prometheus_config()
+    for dashboard in sorted(DASHBOARDS_DIR.glob("*.json")):
+        problems += check_dashboard(dashboard)
     for dockerfile in sorted(DOCKER_DIR.glob("*.Dockerfile")):
         problems += check_dockerfile(dockerfile)
     return problems + check_trainer_dockerfile() + check_lock()

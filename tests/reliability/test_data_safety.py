@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import func, select
 
 from services.crawler.importer import import_folder
-from services.dataset.params import BuildParams
 from services.dataset.pipeline import build_dataset
-from services.dataset.reader import manifest_key
 from services.dataset.report import load_report, store_report
 from services.dataset.shards import put_immutable
 from services.trainer.tasks import upload_version
 from shared import registry
 from shared.config import Settings
+from shared.dataset_manifest import manifest_key
+from shared.dataset_params import BuildParams
 from shared.db import DatasetVersion, session_scope, upgrade_database
 from shared.storage import ObjectExistsError, ObjectStore, object_store_from_settings
 from tests.conftest import write_poster_folder

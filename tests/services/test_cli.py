@@ -18,7 +18,7 @@ from services.cli import build_parser, main
 from services.cli_support import Parser, progress_bar
 from services.completion import walk
 from services.crawler.importer import import_folder
-from services.dataset.reader import load_manifest
+from shared.dataset_manifest import load_manifest
 from shared.db import ModelVersion, session_scope, upgrade_database
 from shared.storage import object_store_from_settings
 

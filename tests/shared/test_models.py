@@ -8,7 +8,14 @@ from services.trainer.evaluation import year_routing
 from services.web.routes.models import year_assignment
 from shared import registry
 from shared.db import session_scope, upgrade_database
-from shared.models import PRECEDENCE, blessed_models, model_name, models_by_year
+from shared.models import (
+    PRECEDENCE,
+    blessed_models,
+    genre_thresholds,
+    model_name,
+    models_by_year,
+    served_model,
+)
 
 PREFIX = "genre"
 
@@ -54,3 +61,18 @@ def test_evaluate_and_the_page_choose_the_same_model_for_every_year(settings: An
     assert PRECEDENCE == ("year", "rolling", "decade", "shared")
     shared_head = year_routing(registry.blessed_versions(), PREFIX)[2011].head
     assert shared_head == 2011 - 1998  # the shared model's head of that year
+
+
+def test_a_versions_thresholds_follow_its_genres_and_mark_likely_genres() -> None:
+    row: dict[str, Any] = {"name": "genre-2000", "version": 3, "image_size": 32,
+                           "genres": ["Drama", "Comedy"], "years": [2000], "layout": "independent",
+                           "metrics": {"thresholds": {"Comedy": 0.3, "Drama": 0.6}}}
+    model = served_model(row, "genre")
+    assert model is not None and model.thresholds == (0.6, 0.3)  # in the order of the genres
+    assert model.likely([0.6, 0.29]) == [True, False]  # at or above the threshold, the F1 rule
+    # No thresholds, or not one per genre: nothing is marked rather than some genres only.
+    assert genre_thresholds({"micro_f1": 0.5}, ("Drama",)) is None
+    assert genre_thresholds({"thresholds": {"Drama": 0.6}}, ("Drama", "Comedy")) is None
+    assert genre_thresholds({"thresholds": {"Drama": True}}, ("Drama",)) is None
+    unmarked = served_model({**row, "metrics": None}, "genre")
+    assert unmarked is not None and unmarked.thresholds is None and unmarked.likely([0.9, 0.9]) is None

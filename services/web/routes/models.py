@@ -15,7 +15,7 @@ from services.web.deps import SessionDep, SettingsDep, StoreDep
 from services.web.errors import ApiError
 from services.web.schemas import ERROR_RESPONSES, ModelList
 from shared.db import ModelVersion
-from shared.models import blessed_models, models_by_year, version_prefix
+from shared.models import blessed_models, genre_thresholds, models_by_year, version_prefix
 from shared.storage import ObjectNotFoundError, ObjectStore, check_key
 
 router = APIRouter(prefix="/api/v1", tags=["models"], responses=ERROR_RESPONSES)
@@ -40,12 +40,19 @@ def model_files(store: ObjectStore, row: ModelVersion) -> list[str]:
             if PurePosixPath(key).suffix in SERVED_SUFFIXES and "/variables/" not in key]
 
 
+TFJS_MODEL = "exports/tfjs/model.json"
+
+
 def model_info(row: ModelVersion, files: list[str]) -> dict[str, Any]:
+    thresholds = genre_thresholds(row.metrics, tuple(row.genres or ()))
     return {
         "name": row.name, "version": row.version, "status": row.status, "year": row.year,
         "years": list(row.years or []), "layout": row.layout, "architecture": row.architecture,
         "image_size": row.image_size, "dataset_version": row.dataset_version,
         "genres": list(row.genres or []), "metrics": headline_metrics(row.metrics), "files": files,
+        "tfjs": TFJS_MODEL in files,
+        "thresholds": (dict(zip(row.genres or [], thresholds, strict=True))
+                       if thresholds is not None else None),
         "created_at": row.created_at.isoformat() if row.created_at else None,
     }
 

@@ -166,11 +166,13 @@
       const offset = shared ? model.years.indexOf(year) * g : 0;
       const scores = all.slice(offset, offset + g);
       const scoreMap = Object.fromEntries(model.genres.map((genre, i) => [genre, scores[i]]));
-      rows.push({ year, model: name, version: model.version, top: topGenres(model.genres, scores, TOP_K),
-                  scores: scoreMap });
+      rows.push(PosterReadings.markLikely(
+        { year, model: name, version: model.version, top: topGenres(model.genres, scores, TOP_K),
+          scores: scoreMap }, model.thresholds));
     }
+    // The poster never leaves the device, so the server's not-a-poster check does not run on it.
     return { poster_sha256: await sha256Hex(await file.arrayBuffer()), k: TOP_K, years: rows,
-             unavailable_years: unavailable };
+             unavailable_years: unavailable, departures: PosterReadings.departures(rows), warnings: [] };
   }
 
   // ---------------------------------------------------------------------------------------- render
@@ -203,15 +205,64 @@
         tr.dataset.model = row.model;
         tr.dataset.version = String(row.version);
         tr.append(cell("td", `${row.model} v${row.version}`));
+        if (row.has_thresholds === false) {
+          tr.lastChild.append(cell("span", "no thresholds", {
+            class: "no-thresholds", title: "This model version records no per-genre thresholds, so its " +
+              "genres are not marked likely or not." }));
+        }
         for (const entry of row.top) {
           const td = cell("td", null, { class: "genre", "data-genre": entry.genre,
                                         "data-score": String(entry.score) });
           td.append(cell("span", entry.genre), cell("span", entry.score.toFixed(3), { class: "score" }));
+          markLikelyCell(td, entry);
           tr.append(td);
         }
       }
       body.append(tr);
     }
+  }
+
+  // ------------------------------------------------------ likely genres, departures, not-a-poster
+
+  /* A genre at or above its version's validation threshold is "likely": said in words (a mark and
+     its accessible text), and in style, never by colour alone. */
+  function markLikelyCell(td, entry) {
+    if (entry.likely === undefined || entry.likely === null) return;
+    td.dataset.likely = String(entry.likely);
+    if (entry.likely) {
+      td.classList.add("likely");
+      td.append(cell("span", "likely", { class: "likely-mark",
+                                         title: "at or above this genre's threshold tuned on validation" }));
+    }
+  }
+
+  /* A heatmap cell whose score departs from the genre's mean over the years: an arrow (up: above the
+     mean, down: below) and the difference in its title and accessible name. */
+  function markDeparture(td, genre, row, departures) {
+    const delta = row.departs ? row.departs[genre] : undefined;
+    if (delta === undefined) return;
+    const up = delta > 0;
+    td.classList.add("departs", up ? "departs-up" : "departs-down");
+    td.dataset.departs = String(delta);
+    td.prepend(cell("span", up ? "▲" : "▼", { class: "departure-mark", "aria-hidden": "true" }));
+    const mean = departures && departures.means ? departures.means[genre] : undefined;
+    const said = `${up ? "above" : "below"} its mean over the years` +
+      (mean === undefined ? "" : ` (${mean.toFixed(2)})`) + ` by ${Math.abs(delta).toFixed(2)}`;
+    td.title += `; departs: ${said}`;
+    td.setAttribute("aria-label", `${td.textContent.replace(/[▲▼]/g, "").trim()}, ${said}`);
+  }
+
+  function renderWarnings(prediction) {
+    const box = document.getElementById("warnings");
+    const warnings = prediction.warnings || [];
+    box.replaceChildren(...warnings.map((warning) =>
+      cell("p", warning.message, { "data-code": warning.code })));
+    box.hidden = warnings.length === 0;
+  }
+
+  function renderDepartureHelp(prediction) {
+    const margin = prediction.departures ? prediction.departures.margin : undefined;
+    if (margin !== undefined) document.getElementById("departure-margin").textContent = margin.toFixed(2);
   }
 
   function renderHeatmap(prediction) {
@@ -236,8 +287,11 @@
         }
         const td = cell("td", score.toFixed(2), { title: `${genre}, ${row.year}: ${score.toFixed(3)}`,
                                                   "data-score": String(score) });
-        td.style.background = `rgba(31, 95, 191, ${Math.max(0.04, score).toFixed(3)})`;
-        td.style.color = score > 0.55 ? "#fff" : "#1b1d21";
+        // The text colour follows the background, so every score keeps AA contrast (readings.js).
+        const colours = PosterReadings.heatColours(score);
+        td.style.background = colours.background;
+        td.style.color = colours.color;
+        markDeparture(td, genre, row, prediction.departures);
         tr.append(td);
       }
       body.append(tr);
@@ -247,6 +301,8 @@
   function render(prediction, years, where, seconds) {
     renderTable(prediction, years);
     renderHeatmap(prediction);
+    renderWarnings(prediction);
+    renderDepartureHelp(prediction);
     document.getElementById("poster-id").textContent = `sha256 ${prediction.poster_sha256.slice(0, 12)}…`;
     document.getElementById("results-mode").textContent =
       `${where}: ${prediction.years.length} years answered, ${prediction.unavailable_years.length} without a ` +
@@ -268,7 +324,9 @@
     try {
       const years = parseYears(spec);
       let prediction, where;
-      if (mode() === "browser") {
+      const browserBlocked = mode() === "browser" ? await whyNotInBrowser(years) : null;
+      setModeNote(browserBlocked ? `${browserBlocked} These years were read on the server instead.` : "");
+      if (mode() === "browser" && !browserBlocked) {
         prediction = await predictInBrowser(currentFile, spec);
         where = "In this browser";
       } else {
@@ -290,16 +348,62 @@
     currentFile = file;
     if (preview.src) URL.revokeObjectURL(preview.src);
     preview.src = URL.createObjectURL(file);
+    /* explain.js explains the genres of the table; it needs the poster the table was made from. */
+    document.dispatchEvent(new CustomEvent("postergenre:poster", { detail: { file } }));
     predict();
   }
+
+  /* The served models' listing, asked once: the years' default and the in-browser offer read it. */
+  const listingPromise = fetch("/api/v1/models")
+    .then((response) => (response.ok ? response.json() : null))
+    .catch(() => null);
+
+  // ------------------------------------------------------------------ in-browser mode: TF.js or not
+
+  const browserRadio = form.querySelector("input[name=mode][value=browser]");
+  const modeNote = document.getElementById("mode-note");
+
+  function setModeNote(text) {
+    modeNote.textContent = text;
+    modeNote.hidden = !text;
+  }
+
+  /* Why these years cannot run in this browser (a sentence), or null when they can: every year that
+     has a served model must have its TF.js export. */
+  async function whyNotInBrowser(years) {
+    const listing = await listingPromise;
+    if (!listing) return "The models' listing did not load, so the page cannot tell which models run here.";
+    const byName = new Map(listing.models.map((m) => [m.name, m]));
+    const without = years.filter((year) => {
+      const model = byName.get((listing.by_year || {})[String(year)]);
+      return model && !model.tfjs;
+    });
+    if (without.length === 0) return null;
+    const names = [...new Set(without.map((year) => listing.by_year[String(year)]))];
+    return `In-browser mode needs each model's TF.js export, and ${names.join(", ")} ` +
+      `(${without.length} of the years asked) ${names.length === 1 ? "has" : "have"} none.`;
+  }
+
+  /* Offer the in-browser mode only when some served model has a TF.js export; else say why. */
+  listingPromise.then((listing) => {
+    if (!listing) return;
+    const any = listing.models.some((model) => model.tfjs);
+    browserRadio.disabled = !any;
+    browserRadio.closest("label").classList.toggle("disabled", !any);
+    if (!any) {
+      if (browserRadio.checked) form.querySelector("input[name=mode][value=server]").checked = true;
+      setModeNote("In-browser mode is off: none of the served models has a TF.js export (the training " +
+        "did not make one, e.g. without the TF.js converter), so the models run on the server.");
+    }
+    form.dataset.tfjsChecked = "true";
+  });
 
   /* The years asked for by default: the latest twenty that have a model (the models may end before
      2019, as the demo's, trained on posters up to 2015), unless the visitor has typed their own or
      already has a table for the years shown. */
   let yearsEdited = false;
   yearsInput.addEventListener("input", () => { yearsEdited = true; });
-  fetch("/api/v1/models")
-    .then((response) => (response.ok ? response.json() : null))
+  listingPromise
     .then((listing) => {
       const covered = Object.keys((listing && listing.by_year) || {}).map(Number)
         .filter(Number.isInteger).sort((a, b) => a - b);
@@ -308,8 +412,7 @@
       const first = Math.max(covered[0], last - 19);
       yearsInput.value = first === last ? String(last) : `${first}-${last}`;
       yearsInput.dataset.defaultFromModels = "true";
-    })
-    .catch(() => {});  /* no listing: the field keeps 2000-2019 and the API says what is missing */
+    });  /* no listing: the field keeps 2000-2019 and the API says what is missing */
 
   fileInput.addEventListener("change", () => choose(fileInput.files[0]));
   for (const type of ["dragenter", "dragover"]) {

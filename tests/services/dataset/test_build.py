@@ -13,10 +13,11 @@ from sqlalchemy import select
 
 from services.crawler.importer import import_folder
 from services.dataset.balance import bound_violations, composite_bounds
-from services.dataset.params import SPLITS, BuildParams
 from services.dataset.pipeline import build_dataset
-from services.dataset.reader import load_arrays, load_manifest, split_dataset
+from services.dataset.reader import load_arrays, split_dataset
 from services.dataset.report import load_report, load_report_png
+from shared.dataset_manifest import load_manifest
+from shared.dataset_params import SPLITS, BuildParams
 from shared.db import DatasetVersion, Movie, session_scope, upgrade_database
 from shared.images import hamming_distance
 from shared.storage import ObjectStore, object_store_from_settings
@@ -194,7 +195,7 @@ def test_small_years_are_reported_and_skipped(settings: Any, collection: Callabl
     assert list(result.manifest["targets"]) == ["2000s"]
     year_params = BuildParams.from_mapping({"years": "2000-2001", **PARAMS, "min_posters": 6})
     assert sorted(build_dataset(year_params, store).manifest["targets"]) == ["2000", "2001"]
-    from services.dataset.params import DatasetInputError
+    from shared.dataset_params import DatasetInputError
 
     with pytest.raises(DatasetInputError, match="fewer than --min-posters 10"):
         build_dataset(BuildParams.from_mapping({"years": "2000-2001", **PARAMS}), store)

@@ -11,8 +11,9 @@ import pytest
 
 from services.cli import main
 from services.crawler.importer import import_folder
-from services.dataset.reader import load_manifest
-from services.dataset.tasks import DatasetInputError, build_dataset_task, check_request
+from services.dataset.tasks import build_dataset_task
+from shared.dataset_manifest import load_manifest
+from shared.dataset_params import DatasetInputError, check_build_request
 from shared.db import Job, Movie, session_scope, upgrade_database
 from shared.storage import object_store_from_settings
 
@@ -92,7 +93,7 @@ def test_task_builds_reports_progress_and_refuses_bad_input(
 ) -> None:
     imported(collection(years=range(2000, 2002), per_year=10))
     request = {"years": "2000-2001", "window": "decade", "min_posters": 5, "image_size": 16}
-    assert check_request(request).window == "decade"
+    assert check_build_request(request).window == "decade"
     result = build_dataset_task.apply(kwargs=request, task_id="job-dataset-1")
     dataset_id = result.get()
     assert load_manifest(object_store_from_settings(), dataset_id)["window"] == "decade"
@@ -102,7 +103,7 @@ def test_task_builds_reports_progress_and_refuses_bad_input(
         assert job.result["dataset_id"] == dataset_id and job.result["targets"] == ["2000s"]
 
     with pytest.raises(DatasetInputError, match="unknown years"):
-        check_request({"years": "1950-1951"})
+        check_build_request({"years": "1950-1951"})
     failed = build_dataset_task.apply(kwargs={"years": "1950-1951"}, task_id="job-dataset-2")
     assert failed.failed() and isinstance(failed.result, DatasetInputError)
     with session_scope() as session:

@@ -15,8 +15,8 @@ from services.dataset.balance import (
     composite_counts,
 )
 from services.dataset.duplicates import group_duplicates
-from services.dataset.params import BuildParams, DatasetInputError, window_targets
 from services.dataset.split import assign_splits
+from shared.dataset_params import BuildParams, DatasetInputError, window_targets
 
 
 def test_windows_give_each_target_its_years() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from services.trainer import submit
-from shared import registry
+from shared import registry, training_plan
 from shared.config import Settings, get_settings
 from shared.db import Job, session_scope, upgrade_database
 from shared.hyperparameters import default_hyperparameters
@@ -81,13 +81,13 @@ def restore_unacknowledged(broker_url: str, older_than_s: float = 1.0) -> None:
         connection.default_channel.qos.restore_visible(num=100, interval=1)
 
 
-def send(settings: Settings, dataset: str, epochs: int, batch_size: int) -> submit.PlannedTask:
+def send(settings: Settings, dataset: str, epochs: int, batch_size: int) -> training_plan.PlannedTask:
     from shared.celery_app import make_celery
 
     manifest = write_dataset(object_store_from_settings(), dataset, [2000], per_year=40)
     hp = default_hyperparameters("smallcnn", epochs=epochs, batch_size=batch_size, width=4, weights="none",
                                  patience=50)
-    [task] = submit.plan_tasks(manifest, range(2000, 2001), "independent", hp, "genre",
+    [task] = training_plan.plan_tasks(manifest, range(2000, 2001), "independent", hp, "genre",
                                formats=["savedmodel"])
     submit.send_tasks([task], app=make_celery(settings))
     return task

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +21,14 @@ from shared.config import Settings
 from shared.db import ModelVersion, session_scope, upgrade_database
 from shared.storage import open_object_store, upload_folder
 from tests import servers
-from tests.services.web.tiny_models import TinyModel, build_tiny_model
+from tests.services.inference.explainable import ExplainableModel
+from tests.services.web.tiny_models import GENRES, TinyModel, build_tiny_model
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+# Validation thresholds of the web stack's versions (genre-2001 v2 has none, as a version trained
+# before they were recorded): a spread so that some of the best genres are likely and some are not.
+TINY_THRESHOLDS = {key: {genre: round(0.3 + 0.1 * index, 2) for index, genre in enumerate(GENRES)}
+                   for key in ("genre-2000/1", "genre-shared/1")}
 # Celery messages of these tests go to their own Redis database, so no other test's worker takes them.
 BROKER_DB = 13
 
@@ -59,8 +64,11 @@ def stack_settings_for(home: Path, database_url: str, redis_url: str, s3_endpoin
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def register_models(settings: Settings, models: list[TinyModel], retired: set[str]) -> None:
-    """Put each SavedModel in the object store and its row in the registry (blessed unless retired)."""
+def register_models(settings: Settings, models: Sequence[TinyModel | ExplainableModel], retired: set[str],
+                    thresholds: dict[str, dict[str, float]] | None = None) -> None:
+    """Put each SavedModel in the object store and its row in the registry (blessed unless retired);
+    ``thresholds`` ("<name>/<version>" -> genre -> threshold) go into those rows' ``metrics``, as the
+    trainer records the ones it tunes on validation."""
     upgrade_database(settings.effective_database_url)
     store = open_object_store(settings.effective_object_store, settings.s3_endpoint, settings.s3_access_key,
                               settings.s3_secret_key)
@@ -74,7 +82,8 @@ def register_models(settings: Settings, models: list[TinyModel], retired: set[st
                 years=model.years or [int(model.name.rsplit("-", 1)[1])],
                 year=None if model.years else int(model.name.rsplit("-", 1)[1]),
                 layout="shared" if model.years else "independent", dataset_version="ds-test",
-                metrics={"micro_f1": 0.5 + index / 100, "per_genre": {"Drama": 0.4}},
+                metrics={"micro_f1": 0.5 + index / 100, "per_genre": {"Drama": 0.4}}
+                | ({"thresholds": (thresholds or {})[key]} if key in (thresholds or {}) else {}),
                 status="retired" if key in retired else "blessed",
                 status_reason="was blessed; superseded" if key in retired else "blessed: test",
                 exports={"savedmodel": f"models/{key}"},
@@ -97,7 +106,7 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: list[TinyMo
     home = tmp_path_factory.mktemp("web-home")
     database_url = servers.create_database(postgres_admin_url, prefix="webtest")
     settings = stack_settings_for(home, database_url, redis_url, s3_endpoint, f"web-{uuid.uuid4().hex[:12]}")
-    register_models(settings, tiny_models, retired={"genre-2001/1"})
+    register_models(settings, tiny_models, retired={"genre-2001/1"}, thresholds=TINY_THRESHOLDS)
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
             wait_until_ready(client)

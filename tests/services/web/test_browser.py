@@ -10,6 +10,7 @@ come from the trainer's converter (``services.trainer.export.export_tfjs``). Set
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,10 @@ SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "screenshot.png"
 GENRES = ["Action", "Adventure", "Animation", "Comedy", "Crime", "Drama", "Family", "Horror", "Romance",
           "Sci-Fi", "Thriller"]
 YEARS = "2000-2019"
+# The site's validation thresholds (genre-shared has none: its rows say "no thresholds").
+SITE_THRESHOLDS = {"genre-2000/1": {genre: round(0.2 + 0.06 * index, 2)
+                                    for index, genre in enumerate(GENRES)}}
+PAGE_SHOT = Path("/tmp/likely/page.png")
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +99,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str, redi
     database_url = servers.create_database(postgres_admin_url, prefix="webbrowser")
     settings = stack_settings_for(home, database_url, redis_url, s3_endpoint, f"browser-{home.name[-1]}-"
                                   f"{os.getpid()}")
-    register_models(settings, models, retired=set())
+    register_models(settings, models, retired=set(), thresholds=SITE_THRESHOLDS)
     try:
         tfjs_converter_path()
     except TfjsConverterMissing:
@@ -295,3 +300,155 @@ def test_admin_page_shows_live_job_progress_and_models(browser: Any, site: tuple
     page.wait_for_selector("#banner:not([hidden])", timeout=30_000)
     assert "wrong admin token" in page.locator("#banner").inner_text()
     page.close()
+
+
+# --- likely genres, departures, the not-a-poster warning, in-browser only with TF.js (issue 16) ---------
+
+
+def noise_poster(path: Path) -> Path:
+    """A 900x300 image of random noise: what the not-a-poster warning is for."""
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 900, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_the_page_marks_likely_genres_departures_and_a_non_poster(browser: Any, site: tuple[str, Settings],
+                                                                 tmp_path: Path) -> None:
+    url, _ = site
+    image = noise_poster(tmp_path / "noise.png")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url)
+        upload_poster(page, image, "server")
+        api = httpx.post(f"{url}/api/v1/predictions", params={"years": YEARS, "scores": "true"},
+                         files={"file": ("noise.png", image.read_bytes(), "image/png")}, timeout=60).json()
+        # Likely: the same genres as the API, said in words (a "likely" mark), not by colour alone.
+        marks = page.eval_on_selector_all("#prediction-table td.genre", """cells => cells.map(td => [
+            td.closest('tr').dataset.year, td.dataset.genre, td.dataset.likely ?? null,
+            td.querySelector('.likely-mark') ? td.querySelector('.likely-mark').textContent : null])""")
+        expected = {(str(row["year"]), entry["genre"]): entry.get("likely") for row in api["years"]
+                    for entry in row["top"]}
+        assert len(marks) == len(expected)
+        for year, genre, likely, mark in marks:
+            wanted = expected[year, genre]
+            assert likely == (None if wanted is None else str(wanted).lower()), (year, genre)
+            assert mark == ("likely" if wanted else None), (year, genre)
+        assert {True, False} <= set(expected.values())  # genre-2000 has thresholds: some of each
+        assert page.locator("#prediction-table tr[data-model=genre-shared] .no-thresholds").count() == 18
+        # Departures: the heatmap marks exactly the API's departing (year, genre) cells, with an arrow.
+        departing = page.eval_on_selector_all("#heatmap td.departs", """cells => cells.map(td => [
+            td.closest('tr').querySelector('th').textContent,
+            td.closest('table').tHead.rows[0].cells[td.cellIndex].textContent,
+            td.querySelector('.departure-mark').textContent, td.getAttribute('aria-label')])""")
+        wanted_departs = {(genre, str(row["year"])): delta for row in api["years"]
+                          for genre, delta in row["departs"].items()}
+        assert wanted_departs and {(g, y) for g, y, _, _ in departing} == set(wanted_departs)
+        for genre, year, arrow, label in departing:
+            assert arrow == ("▲" if wanted_departs[genre, year] > 0 else "▼")
+            assert ("above" if wanted_departs[genre, year] > 0 else "below") in label
+        help_text = page.locator("#heatmap-help").inner_text()
+        assert "▲" in help_text and "departs" in help_text and "0.10" in help_text
+        assert "likely" in page.locator("#likely-help").inner_text()
+        # The not-a-poster warning is visible, and the table is there all the same.
+        warning = page.locator("#warnings")
+        assert warning.is_visible() and "may not be a movie poster" in warning.inner_text()
+        assert page.locator("#banner").is_hidden()
+        # The heatmap's text colour is computed per cell: AA contrast on the cell's own background.
+        ratios = page.eval_on_selector_all("#heatmap td[data-score]", """cells => cells.map(td => {
+            const parse = (c) => c.match(/\\d+/g).slice(0, 3).map(Number);
+            return PosterReadings.contrast(parse(getComputedStyle(td).color),
+                                           parse(getComputedStyle(td).backgroundColor)); })""")
+        assert ratios and min(ratios) >= 4.5
+        PAGE_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(PAGE_SHOT), full_page=True)
+        # A real poster gets no warning.
+        real = SHARED_POSTERS / "images" / "tt0211915.jpg"
+        if real.is_file():
+            page.set_input_files("#poster-file", str(real))
+            # The results are already shown: wait for this poster's own (its sha256 in the caption).
+            page.wait_for_function("sha => document.getElementById('poster-id').textContent.includes(sha)",
+                                   arg=hashlib.sha256(real.read_bytes()).hexdigest()[:12], timeout=60_000)
+            assert page.locator("#warnings").is_hidden() and page.locator("#banner").is_hidden()
+    finally:
+        page.close()
+
+
+def test_without_any_tfjs_export_the_page_says_why_and_offers_the_server(
+        browser: Any, tmp_path: Path, postgres_url: str, redis_url: str, s3_endpoint: str,
+        s3_bucket_url: str) -> None:
+    """The demo's case: its models have no TF.js export. The in-browser switch is off and says why
+    (the models' listing alone decides it, so no inference server is started here)."""
+    settings = stack_settings_for(tmp_path, postgres_url, redis_url, s3_endpoint, s3_bucket_url[5:],
+                                  inference_url=f"grpc://127.0.0.1:{servers.free_port()}",
+                                  inference_timeout_s=1.0)
+    model = build_tiny_model(tmp_path / "models", "genre-2000", 1, 16, seed=6)
+    register_models(settings, [model], retired=set())
+    with serve(settings) as url:
+        assert [m["tfjs"] for m in httpx.get(f"{url}/api/v1/models", timeout=30).json()["models"]] == [False]
+        page = browser.new_page()
+        try:
+            page.goto(url)
+            page.wait_for_selector("#poster-form[data-tfjs-checked]", timeout=30_000)
+            assert page.locator("input[name=mode][value=browser]").is_disabled()
+            assert page.locator("input[name=mode][value=server]").is_checked()
+            note = page.locator("#mode-note")
+            assert note.is_visible() and "TF.js export" in note.inner_text() and "server" in note.inner_text()
+        finally:
+            page.close()
+
+
+@pytest.fixture(scope="module")
+def site_with_one_tfjs_export(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str,
+                              redis_url: str, s3_endpoint: str) -> Iterator[str]:
+    """genre-2000 without a TF.js export, genre-2001 with one."""
+    from services.trainer.export import TfjsConverterMissing, tfjs_converter_path
+    from services.web.vendor import VendorError, ensure_tfjs
+
+    try:
+        tfjs_converter_path()
+        ensure_tfjs()
+    except (TfjsConverterMissing, VendorError) as exc:
+        pytest.skip(f"in-browser mode needs the TF.js converter and tf.min.js: {exc}")
+    root = tmp_path_factory.mktemp("one-tfjs-models")
+    models = [build_tiny_model(root, "genre-2000", 1, 16, seed=31, genres=GENRES),
+              build_tiny_model(root, "genre-2001", 1, 16, seed=32, genres=GENRES)]
+    home = tmp_path_factory.mktemp("one-tfjs-home")
+    database_url = servers.create_database(postgres_admin_url, prefix="webonetfjs")
+    settings = stack_settings_for(home, database_url, redis_url, s3_endpoint, f"onetfjs-{os.getpid()}")
+    register_models(settings, models, retired=set())
+    store = open_object_store(settings.effective_object_store, settings.s3_endpoint,
+                              settings.s3_access_key, settings.s3_secret_key)
+    with_tfjs_export(models[1], store)
+    try:
+        with serve(settings) as url:
+            yield url
+    finally:
+        servers.drop_database(postgres_admin_url, database_url)
+
+
+def test_years_whose_model_has_no_tfjs_export_are_read_on_the_server_and_the_page_says_why(
+        browser: Any, site_with_one_tfjs_export: str, poster: Path) -> None:
+    url = site_with_one_tfjs_export
+    listing = {m["name"]: m for m in httpx.get(f"{url}/api/v1/models", timeout=30).json()["models"]}
+    assert (listing["genre-2000"]["tfjs"], listing["genre-2001"]["tfjs"]) == (False, True)
+    page = browser.new_page()
+    try:
+        page.goto(f"{url}/?backend=cpu")
+        page.wait_for_selector("#poster-form[data-tfjs-checked]", timeout=30_000)
+        assert page.locator("input[name=mode][value=browser]").is_enabled()
+        assert page.locator("#mode-note").is_hidden()
+        page.fill("#years", "2000-2001")
+        page.check("input[name=mode][value=browser]")
+        page.set_input_files("#poster-file", str(poster))
+        table = wait_for_results(page, "server")
+        assert [row["year"] for row in table if not row["unavailable"]] == [2000, 2001]
+        note = page.locator("#mode-note").inner_text()
+        assert "genre-2000" in note and "TF.js export" in note and "on the server" in note
+        # Years whose models all have an export run in the browser, and the note goes.
+        page.fill("#years", "2001")
+        page.locator("#years").dispatch_event("change")
+        table = wait_for_results(page, "browser")
+        assert [row["year"] for row in table] == [2001] and page.locator("#mode-note").is_hidden()
+    finally:
+        page.close()

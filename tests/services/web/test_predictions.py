@@ -37,7 +37,7 @@ def test_prediction_per_year_with_the_served_versions(web_stack: WebStack) -> No
     response = upload(web_stack, poster, years="2000-2004")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"poster_sha256", "k", "years", "unavailable_years"}
+    assert set(body) == {"poster_sha256", "k", "years", "unavailable_years", "departures", "warnings"}
     assert body["poster_sha256"] == sha256_hex(poster)
     assert body["k"] == 6
     assert [row["year"] for row in body["years"]] == [2000, 2001, 2002, 2003]

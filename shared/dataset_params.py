@@ -9,9 +9,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import func, select
 
 from shared import years as year_spec
+from shared.config import get_settings
+from shared.db import Movie, session_scope
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sqlalchemy.orm import Session
 
 Window = Literal["year", "decade", "rolling"]
 WINDOWS: tuple[Window, ...] = ("year", "decade", "rolling")
@@ -175,3 +184,54 @@ def window_targets(window: Window, years: range) -> dict[str, list[int]]:
         else:
             targets[name] = list(range(year - ROLLING_BEFORE, year + ROLLING_AFTER + 1))
     return targets
+
+
+def count_movies(session: Session, years: Iterable[int]) -> int:
+    """Movies with a poster released in ``years`` (a cheap check before queueing a build)."""
+    wanted = sorted(set(years))
+    if not wanted:
+        return 0
+    query = (
+        select(func.count())
+        .select_from(Movie)
+        .where(Movie.year.in_(wanted), Movie.poster_key.is_not(None), Movie.poster_sha256.is_not(None))
+    )
+    return int(session.scalar(query) or 0)
+
+
+def database_years(session: Session) -> tuple[int, int] | None:
+    """First and last release year of the movies with a poster, or None when there are none."""
+    first, last = session.execute(
+        select(func.min(Movie.year), func.max(Movie.year)).where(Movie.poster_key.is_not(None))
+    ).one()
+    return None if first is None else (int(first), int(last))
+
+
+def empty_selection(
+    params: BuildParams, all_years: list[int], known: tuple[int, int] | None
+) -> DatasetInputError:
+    """The error for a request whose windows hold no movie, saying which years the database has."""
+    where = (
+        f"the database has posters from {known[0]} to {known[1]}" if known else "the database has no posters"
+    )
+    return DatasetInputError(
+        f"unknown years: no movie with a poster in {all_years[0]}-{all_years[-1]} "
+        f"({params.window} windows of {params.first_year}-{params.last_year}); {where}"
+    )
+
+
+def check_build_request(values: Mapping[str, Any], database_url: str | None = None) -> BuildParams:
+    """Parameters of a build request, or :class:`DatasetInputError` (unknown years, empty selection...).
+
+    ``image_size`` defaults to ``settings.image_size``. Checks that the database has movies in the
+    requested windows; the rest (genres, --min-posters) is checked by the build itself.
+    """
+    values = dict(values)
+    if values.get("image_size") is None:
+        values["image_size"] = get_settings().image_size
+    params = BuildParams.from_mapping(values)
+    years = sorted({y for ys in window_targets(params.window, params.years).values() for y in ys})
+    with session_scope(database_url) as session:
+        if count_movies(session, years) == 0:
+            raise empty_selection(params, years, database_years(session))
+    return params

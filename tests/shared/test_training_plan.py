@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer import submit
+from shared import training_plan
 from shared.hyperparameters import default_hyperparameters
 
 
@@ -19,7 +19,7 @@ HP = default_hyperparameters("smallcnn", epochs=1)
 
 
 def test_independent_is_one_task_per_year_in_the_range() -> None:
-    tasks = submit.plan_tasks(YEARS, range(2000, 2002), "independent", HP, "genre")
+    tasks = training_plan.plan_tasks(YEARS, range(2000, 2002), "independent", HP, "genre")
     assert [t.model_name for t in tasks] == ["genre-2000", "genre-2001"]
     assert [t.params["targets"] for t in tasks] == [["2000"], ["2001"]]
     assert len({t.task_id for t in tasks}) == 2
@@ -27,12 +27,12 @@ def test_independent_is_one_task_per_year_in_the_range() -> None:
 
 
 def test_shared_is_one_task_for_every_year() -> None:
-    [task] = submit.plan_tasks(YEARS, range(1990, 2030), "shared", HP, "genre")
+    [task] = training_plan.plan_tasks(YEARS, range(1990, 2030), "shared", HP, "genre")
     assert task.model_name == "genre-shared" and task.params["targets"] == ["1999", "2000", "2001"]
 
 
 def test_window_is_one_task_per_decade_overlapping_the_range() -> None:
-    tasks = submit.plan_tasks(DECADES, range(1998, 2002), "window", HP, "genre")
+    tasks = training_plan.plan_tasks(DECADES, range(1998, 2002), "window", HP, "genre")
     assert [t.model_name for t in tasks] == ["genre-1990s", "genre-2000s"]
 
 
@@ -43,10 +43,10 @@ def test_window_is_one_task_per_decade_overlapping_the_range() -> None:
     (YEARS, "stacked", "unknown layout"),
 ])
 def test_layouts_that_do_not_fit_the_dataset_are_refused(dataset: dict, layout: str, message: str) -> None:
-    with pytest.raises(submit.TrainInputError, match=message):
-        submit.plan_tasks(dataset, range(1990, 2010), layout, HP, "genre")
+    with pytest.raises(training_plan.TrainInputError, match=message):
+        training_plan.plan_tasks(dataset, range(1990, 2010), layout, HP, "genre")
 
 
 def test_years_outside_the_dataset_are_refused() -> None:
-    with pytest.raises(submit.TrainInputError, match="no target in 1980-1985"):
-        submit.plan_tasks(YEARS, range(1980, 1986), "independent", HP, "genre")
+    with pytest.raises(training_plan.TrainInputError, match="no target in 1980-1985"):
+        training_plan.plan_tasks(YEARS, range(1980, 1986), "independent", HP, "genre")
