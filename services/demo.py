@@ -130,7 +130,7 @@ def demo(args: argparse.Namespace) -> int:
         run_step(f"train the {args.layout} model", "train", "--dataset", dataset_id, "--years", args.years,
                  "--layout", args.layout, "--arch", DEMO_ARCH, "--weights", "package",
                  "--resolution", str(args.image_size), "--strategy", "features", "--views", args.views,
-                 "--batch-size", "64", "--head-epochs", "100", "--head-patience", "15",
+                 "--dropout", "0.5", "--batch-size", "64", "--head-epochs", "100", "--head-patience", "15",
                  "--epochs", str(args.epochs), *finetune, "--formats", formats, timings=timings)
         print_timings(timings, settings.model_prefix)
     else:
