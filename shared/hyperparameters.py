@@ -11,6 +11,8 @@ from typing import Any
 ARCHITECTURES: tuple[str, ...] = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small",
                                   "efficientnet-lite0")
 LAYOUTS: tuple[str, ...] = ("independent", "shared", "window")
+STRATEGIES: tuple[str, ...] = ("end-to-end", "features")
+FEATURE_VIEWS: tuple[str, ...] = ("plain", "flip", "degraded")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,15 @@ class Hyperparameters:
     label_smoothing: float = 0.0
     balanced: bool = False  # train on the dataset's genre-balanced sampling
     seed: int = 0
+    # "end-to-end" trains the whole network on pixels for `epochs`; "features" trains the heads on the
+    # frozen backbone's cached features (services.trainer.features) for up to `head_epochs`, then
+    # fine-tunes the backbone's top `finetune_blocks` blocks end to end for `epochs` (0: heads only).
+    strategy: str = "end-to-end"
+    views: str = "plain,flip"  # features: the train views whose features are cached and trained on
+    head_epochs: int = 60
+    head_patience: int = 10  # features: early stop of the heads on val_auc (best epoch kept)
+    finetune_blocks: int = 0
+    finetune_learning_rate: float = 1e-4
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def _num(values: dict[str, Any], name: str) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from services.trainer import submit
+    from services.trainer.training import TrainingInputError, check_strategy
     from shared.config import get_settings
     from shared.dataset_manifest import DatasetNotFoundError, load_manifest
     from shared.db import require_current_schema
@@ -57,10 +59,18 @@ def _train(args: argparse.Namespace) -> int:
             monitor=args.monitor, width=args.width, dropout=args.dropout, head_l2=args.head_l2,
             augment=None if args.augment is None else args.augment == "on",
             augment_strength=args.augment_strength, balanced=args.balanced, seed=args.seed,
-            optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule)
+            optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
+            strategy=args.strategy, views=args.views, head_epochs=args.head_epochs,
+            head_patience=args.head_patience, finetune_blocks=args.finetune_blocks,
+            finetune_learning_rate=args.finetune_learning_rate)
+        if hp.strategy == "features":
+            # The heads are chosen on validation ROC-AUC; a fine-tune epoch must beat them on the same.
+            hp = replace(hp, monitor=args.monitor or "val_auc",
+                         epochs=args.epochs if args.epochs is not None else 0)
+        check_strategy(hp)
         tasks = plan_tasks(manifest, args.years, args.layout, hp, args.prefix or settings.model_prefix,
-                                  formats=args.formats, bless=not args.no_bless, tolerance=args.tolerance)
-    except (DatasetNotFoundError, TrainInputError, ValueError) as exc:
+                           formats=args.formats, bless=not args.no_bless, tolerance=args.tolerance)
+    except (DatasetNotFoundError, TrainInputError, TrainingInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.wait:
@@ -206,6 +216,17 @@ def register(commands: Any) -> None:
     train.add_argument("--balanced", action="store_true", default=None,
                        help="train on the dataset's genre-balanced sampling")
     train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--strategy", choices=["end-to-end", "features"], default=None,
+                       help="end-to-end on pixels, or heads on the frozen backbone's cached features "
+                            "then --epochs of fine-tune (default for features: 0, heads only)")
+    train.add_argument("--views", default=None,
+                       help="features: train views to cache, a comma list of plain,flip,degraded")
+    train.add_argument("--head-epochs", type=int, default=None, help="features: most epochs of the heads")
+    train.add_argument("--head-patience", type=int, default=None,
+                       help="features: stop the heads after this many epochs without a better val_auc")
+    train.add_argument("--finetune-blocks", type=int, default=None,
+                       help="features: backbone blocks (from the top) trained in the fine-tune")
+    train.add_argument("--finetune-learning-rate", type=float, default=None)
     train.add_argument("--formats", type=_formats, default=None,
                        help="exports, e.g. savedmodel,tflite (default: all, tfjs where its converter exists)")
     train.add_argument("--prefix", default="", help="model names are <prefix>-<year> (default: settings)")

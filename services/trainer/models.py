@@ -176,12 +176,33 @@ def _features(pixels: Any, image_size: int, hp: Hyperparameters) -> Any:
     return layers.Dropout(hp.dropout, name="dropout")(x) if hp.dropout > 0 else x
 
 
+def independent_head(features: Any, genres: int) -> Any:
+    """Features -> scores ``[None, G]`` (one sigmoid layer)."""
+    # float32 output even under mixed precision: sigmoid scores and the loss stay exact.
+    return layers.Dense(genres, activation="sigmoid", dtype="float32", name=SCORES_LAYER)(features)
+
+
+def shared_heads(features: Any, genres: int, years: int, hp: Hyperparameters) -> Any:
+    """Features -> scores ``[None, Y, G]``: a common head plus a per-year correction per year.
+
+    The layer names are fixed, so heads trained on cached features (``services.trainer.features``)
+    load into the full model by name.
+    """
+    common = layers.Dense(genres, dtype="float32", name="common_logits")(features)
+    # Only the per-year *weights* are pulled towards the common head: the per-year bias is left free,
+    # since a year's genre base rates are exactly what its own posters can estimate.
+    per_year = layers.Dense(years * genres, dtype="float32", name="year_logits",
+                            kernel_regularizer=keras.regularizers.L2(hp.head_l2),
+                            kernel_initializer="zeros")(features)
+    logits = layers.Add(name="logits")([layers.Reshape((1, genres), name="common_row")(common),
+                                        layers.Reshape((years, genres), name="year_rows")(per_year)])
+    return layers.Activation("sigmoid", dtype="float32", name=SCORES_LAYER)(logits)
+
+
 def build_independent_model(image_size: int, genres: int, hp: Hyperparameters) -> keras.Model:
     """One network, one sigmoid head: pixels ``[None, S, S, 3]`` -> scores ``[None, G]``."""
     pixels = keras.Input((image_size, image_size, 3), name="pixels", dtype="float32")
-    features = _features(pixels, image_size, hp)
-    # float32 output even under mixed precision: sigmoid scores and the loss stay exact.
-    scores = layers.Dense(genres, activation="sigmoid", dtype="float32", name=SCORES_LAYER)(features)
+    scores = independent_head(_features(pixels, image_size, hp), genres)
     return keras.Model(pixels, scores, name=f"genre_{hp.architecture}")
 
 
@@ -195,20 +216,76 @@ def build_shared_model(image_size: int, genres: int, years: int, hp: Hyperparame
     """
     pixels = keras.Input((image_size, image_size, 3), name="pixels", dtype="float32")
     head = keras.Input((), name="head", dtype="int32")
-    features = _features(pixels, image_size, hp)
-    common = layers.Dense(genres, dtype="float32", name="common_logits")(features)
-    # Only the per-year *weights* are pulled towards the common head: the per-year bias is left free,
-    # since a year's genre base rates are exactly what its own posters can estimate.
-    per_year = layers.Dense(years * genres, dtype="float32", name="year_logits",
-                            kernel_regularizer=keras.regularizers.L2(hp.head_l2),
-                            kernel_initializer="zeros")(features)
-    logits = layers.Add(name="logits")([layers.Reshape((1, genres))(common),
-                                        layers.Reshape((years, genres))(per_year)])
-    scores = layers.Activation("sigmoid", dtype="float32", name=SCORES_LAYER)(logits)
+    scores = shared_heads(_features(pixels, image_size, hp), genres, years, hp)
     selected = SelectHead(name="own_head")(scores, head)
     training = keras.Model([pixels, head], selected, name=f"genre_shared_{hp.architecture}")
     serving = keras.Model(pixels, scores, name=f"genre_shared_{hp.architecture}_serving")
     return training, serving
+
+
+def feature_extractor(model: keras.Model, image_size: int) -> keras.Model:
+    """Pixels -> the pooled backbone features of ``model`` (its resize and backbone, no augmentation,
+    no dropout): what the heads of ``model`` see when it scores a poster."""
+    pixels = keras.Input((image_size, image_size, 3), name="pixels", dtype="float32")
+    x = pixels
+    names = {layer.name for layer in model.layers}
+    if "resize" in names:
+        x = model.get_layer("resize")(x)
+    return keras.Model(pixels, model.get_layer("backbone")(x), name="feature_extractor")
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every leaf layer of ``model``'s backbone, in order (nested models flattened)."""
+    def leaves(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+        if isinstance(layer, keras.Model):
+            return [leaf for inner in layer.layers for leaf in leaves(inner)]
+        return [layer]
+
+    return leaves(model.get_layer("backbone"))
+
+
+def block_name(layer_name: str) -> str:
+    """The block a backbone layer belongs to: its name up to its last part with a digit
+    (``block6a_expand_conv`` -> ``block6a``, ``blocks_15_project_conv`` -> ``blocks_15``,
+    ``conv2d_3`` -> ``conv2d_3``), else its first two parts (``top_conv``, ``conv_head`` and
+    ``conv_stem`` are blocks of their own; ``expanded_conv_project`` -> ``expanded_conv``)."""
+    parts = layer_name.split("_")
+    numbered = [index for index, part in enumerate(parts) if any(char.isdigit() for char in part)]
+    return "_".join(parts[:numbered[-1] + 1] if numbered else parts[:2])
+
+
+def backbone_blocks(model: keras.Model) -> list[str]:
+    """The blocks of ``model``'s backbone with weights that a fine-tune trains (batch normalisation
+    never is), bottom to top."""
+    blocks: list[str] = []
+    for layer in backbone_layers(model):
+        if layer.weights and not isinstance(layer, layers.BatchNormalization) \
+                and block_name(layer.name) not in blocks:
+            blocks.append(block_name(layer.name))
+    return blocks
+
+
+def freeze_backbone(model: keras.Model, top_blocks: int = 0) -> list[str]:
+    """Freeze ``model``'s backbone except its last ``top_blocks`` blocks; returns the unfrozen blocks.
+
+    Batch normalisation stays frozen everywhere (in inference mode): with ~3,000 training posters its
+    statistics would drift from those the pretrained weights were trained with.
+    """
+    layers_in_order = backbone_layers(model)
+    blocks = backbone_blocks(model)
+    if top_blocks < 0 or top_blocks > len(blocks):
+        raise ValueError(f"--finetune-blocks {top_blocks}: the backbone has {len(blocks)} blocks with "
+                         "weights")
+    unfrozen = blocks[len(blocks) - top_blocks:] if top_blocks else []
+    backbone_model = model.get_layer("backbone")
+    # Keras propagates ``trainable`` from a model to all its layers: set the whole backbone first,
+    # then each leaf.
+    backbone_model.trainable = bool(unfrozen)
+    if unfrozen:
+        for layer in layers_in_order:
+            layer.trainable = (block_name(layer.name) in unfrozen
+                               and not isinstance(layer, layers.BatchNormalization))
+    return unfrozen
 
 
 def serving_model_of(training: keras.Model) -> keras.Model:

@@ -74,8 +74,11 @@ def job_rows(task_ids: list[str], database_url: str | None = None) -> dict[str, 
 
 def describe(job: dict[str, Any]) -> str:
     counts = job.get("counts") or {}
+    if counts.get("stage") == "features":
+        return f"features {counts.get('done', 0)}/{counts.get('total', '?')} cache entries"
     if "epoch" in counts:
-        text = f"epoch {counts['epoch']}/{counts.get('epochs', '?')}"
+        text = f"{'head epoch' if counts.get('stage') == 'heads' else 'epoch'} " \
+               f"{counts['epoch']}/{counts.get('epochs', '?')}"
         if counts.get("batch") and counts.get("batches"):
             text += f" batch {counts['batch']}/{counts['batches']}"
         logs = counts.get("metrics") or {}

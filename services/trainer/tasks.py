@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FORMATS = ("savedmodel", "tflite", "tfjs")
 TRAINING_SHARE = 90.0  # progress percent spent training; the rest is export and registration
+FEATURES_SHARE = 0.3  # features strategy with a fine-tune: share of training before the first epoch
 
 
 @worker_ready.connect
@@ -122,14 +123,31 @@ def sync_served_models(settings: Settings) -> str:
     return f"synced to {path}"
 
 
-def _progress_reporter(job_id: str, epochs: int, resumed_from: int) -> Any:
+def _progress_reporter(job_id: str, epochs: int, resumed_from: int, start: float = 0.0) -> Any:
     def report(epoch: int, batch: int, batches: int, logs: dict[str, float]) -> None:
-        done = (epoch - 1 + (batch / batches if batch else 1.0)) / max(1, epochs)
+        done = start + (1.0 - start) * (epoch - 1 + (batch / batches if batch else 1.0)) / max(1, epochs)
         counts: dict[str, Any] = {"epoch": epoch, "epochs": epochs, "batch": batch or batches,
                                   "batches": batches, "metrics": {k: round(v, 5) for k, v in logs.items()}}
         if resumed_from:
             counts["resumed_from_epoch"] = resumed_from
         update_job(job_id, state="PROGRESS", progress=TRAINING_SHARE * done, counts=counts)
+
+    return report
+
+
+def _stage_reporter(job_id: str, finetune_epochs: int) -> Any:
+    """Progress of the features strategy's steps before any epoch: features, then heads."""
+    # With a fine-tune after the heads, the epochs' reporter takes the share after this one.
+    share = TRAINING_SHARE * (1.0 if finetune_epochs == 0 else FEATURES_SHARE)
+
+    def report(name: str, done: int, total: int, logs: dict[str, float]) -> None:
+        fraction = done / max(1, total)
+        part = 0.8 * fraction if name == "features" else 0.8 + 0.2 * fraction
+        counts: dict[str, Any] = {"stage": name, "done": done, "total": total}
+        if name == "heads":
+            counts.update({"epoch": done, "epochs": total,
+                           "metrics": {k: round(v, 5) for k, v in logs.items()}})
+        update_job(job_id, state="PROGRESS", progress=share * part, counts=counts)
 
     return report
 
@@ -180,9 +198,13 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
     resumed_from = _checkpoint_epoch(store, settings, job_id)
     if resumed_from:
         update_job(job_id, state="PROGRESS", counts={"resumed_from_epoch": resumed_from})
-    progress = _progress_reporter(job_id, request.hp.epochs, resumed_from)
+    features = request.hp.strategy == "features"
+    progress = _progress_reporter(job_id, request.hp.epochs, resumed_from,
+                                  start=FEATURES_SHARE if features else 0.0)
+    stage = _stage_reporter(job_id, request.hp.epochs) if features else None
     with tempfile.TemporaryDirectory(prefix=f"train-{job_id[:8]}-") as tmp:
-        outcome = training.train(request, store, settings.home_dir, Path(tmp) / "work", progress=progress)
+        outcome = training.train(request, store, settings.home_dir, Path(tmp) / "work", progress=progress,
+                                 stage=stage)
         update_job(job_id, progress=TRAINING_SHARE,
                    counts={"epochs_run": outcome.epochs_run, "stage": "export"})
 

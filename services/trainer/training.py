@@ -29,7 +29,7 @@ import numpy as np
 
 from services.trainer import metrics as metric_fns
 from shared.files import replace_atomically, write_bytes_atomically, write_text_atomically
-from shared.hyperparameters import LAYOUTS, Hyperparameters
+from shared.hyperparameters import LAYOUTS, STRATEGIES, Hyperparameters
 from shared.storage import ObjectNotFoundError, ObjectStore
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ CALIBRATION_POSTERS = 256  # training posters that calibrate the full-integer Li
 
 # progress(epoch (1-based), batch (1-based, 0 at an epoch end), batches per epoch, logs)
 ProgressFn = Callable[[int, int, int, dict[str, float]], None]
+# stage(name, done, total, logs): the steps before the epochs of the features strategy
+# ("features": cache entries ready of total; "heads": head epochs run of at most total)
+StageFn = Callable[[str, int, int, dict[str, float]], None]
 
 
 class TrainingInputError(ValueError):
@@ -101,9 +104,12 @@ def checkpoint_key(task_id: str, filename: str) -> str:
 # --- data ----------------------------------------------------------------------------------------------
 
 
-def check_request(manifest: dict[str, Any], targets: list[str], layout: str) -> None:
+def check_request(manifest: dict[str, Any], targets: list[str], layout: str,
+                  hp: Hyperparameters | None = None) -> None:
     if layout not in LAYOUTS:
         raise TrainingInputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if hp is not None:
+        check_strategy(hp)
     if not targets:
         raise TrainingInputError("no target to train")
     missing = [t for t in targets if str(t) not in manifest["targets"]]
@@ -121,6 +127,28 @@ def check_request(manifest: dict[str, Any], targets: list[str], layout: str) -> 
         if empty:
             raise TrainingInputError(f"target {target} of dataset {manifest['id']} has an empty "
                                      f"{' and '.join(empty)} split: build it with more posters")
+
+
+def check_strategy(hp: Hyperparameters) -> None:
+    """The training strategy's own parameters (see ``shared.hyperparameters``)."""
+    from services.trainer.features import parse_views
+
+    if hp.strategy not in STRATEGIES:
+        raise TrainingInputError(f"unknown strategy {hp.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if hp.strategy != "features":
+        return
+    try:
+        parse_views(hp.views)
+    except ValueError as exc:
+        raise TrainingInputError(str(exc)) from None
+    if hp.head_epochs < 1:
+        raise TrainingInputError(f"the features strategy trains the heads for at least 1 epoch, not "
+                                 f"{hp.head_epochs}")
+    if hp.finetune_blocks < 0 or hp.epochs < 0:
+        raise TrainingInputError("finetune blocks and epochs cannot be negative")
+    if hp.epochs > 0 and hp.finetune_blocks == 0:
+        raise TrainingInputError(f"{hp.epochs} fine-tune epochs with no block to fine-tune: "
+                                 "set --finetune-blocks N, or --epochs 0 for the heads only")
 
 
 def batches_per_epoch(manifest: dict[str, Any], targets: list[str], batch_size: int, balanced: bool) -> int:
@@ -363,20 +391,91 @@ def build_or_resume(request: TrainRequest, image_size: int, genre_count: int, fo
         return model, 0
 
 
+def fit_heads_on_features(request: TrainRequest, store: ObjectStore, manifest: dict[str, Any],
+                          model: keras.Model, image_size: int, state: dict[str, Any], folder: Path,
+                          stage: StageFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The features strategy's first step: cached features, heads trained on them, copied into
+    ``model``. Returns the validation and test scores (the full model's, computed from the features).
+
+    ``state`` receives the heads' history and best epoch, ``folder`` the best weights so far (the
+    fine-tune that may follow only replaces them when it does better on validation).
+    """
+    from services.trainer import features, models
+
+    hp = request.hp
+    targets = [str(t) for t in request.targets]
+    views = features.parse_views(hp.views)
+    extractor = models.feature_extractor(model, image_size)
+    fingerprint = features.backbone_fingerprint(extractor, hp, image_size)
+    log = features.CacheLog(total=len(targets) * (len(views) + 2))
+
+    def entry_done(name: str, done: int, total: int) -> None:
+        if stage is not None:
+            stage(name, done, total, {})
+
+    started = time.monotonic()
+    train_set = features.feature_set(store, manifest, extractor, fingerprint, targets, "train", views, log,
+                                     entry_done)
+    validation = features.feature_set(store, manifest, extractor, fingerprint, targets, "validation",
+                                      ["plain"], log, entry_done)
+    test = features.feature_set(store, manifest, extractor, fingerprint, targets, "test", ["plain"], log,
+                                entry_done)
+    features_s = time.monotonic() - started
+    logger.info("features %s: %d entries computed, %d reused, in %.1f s", fingerprint, len(log.computed),
+                len(log.reused), features_s)
+
+    def head_epoch(epoch: int, logs: dict[str, float]) -> None:
+        if stage is not None:
+            stage("heads", epoch, hp.head_epochs, logs)
+
+    started = time.monotonic()
+    heads, scoring, history = features.train_heads(train_set, validation, len(manifest["genres"]),
+                                                   len(targets), request.layout, hp, head_epoch)
+    features.copy_head_weights(heads, model)
+    best = int(np.argmax(history.get("val_auc", [0.0])))
+    state["heads"] = {
+        "fingerprint": fingerprint, "views": views, "computed": len(log.computed), "reused": len(log.reused),
+        "features_s": round(features_s, 2), "heads_s": round(time.monotonic() - started, 2),
+        "epochs_run": len(history.get("loss", [])), "best_epoch": best + 1,
+        "val_auc": history.get("val_auc", [None])[best], "train_examples": len(train_set.labels),
+    }
+    state["heads_history"] = history
+    # The heads alone are the first candidate for "best": a fine-tune epoch must beat them on validation.
+    state["best_value"] = history.get(hp.monitor, [None])[best] if hp.monitor in history else None
+    state["best_epoch"] = 0
+    replace_atomically(folder / BEST_WEIGHTS, model.save_weights)
+    return features.head_scores(scoring, validation), features.head_scores(scoring, test)
+
+
+def prepare_finetune(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int) -> list[str]:
+    """Unfreeze the backbone's top ``finetune_blocks`` blocks and compile for the fine-tune."""
+    from dataclasses import replace
+
+    from services.trainer import models
+
+    with models.configure_devices().scope():
+        try:
+            unfrozen = models.freeze_backbone(model, hp.finetune_blocks)
+        except ValueError as exc:
+            raise TrainingInputError(str(exc)) from None
+        models.compile_model(model, replace(hp, learning_rate=hp.finetune_learning_rate), steps_per_epoch)
+    return unfrozen
+
+
 def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
-          progress: ProgressFn | None = None) -> TrainOutcome:
+          progress: ProgressFn | None = None, stage: StageFn | None = None) -> TrainOutcome:
     """Train (or resume) one model and evaluate it. ``work_dir`` receives history, metrics and plots."""
     import keras
 
-    from services.trainer.models import serving_model_of
+    from services.trainer import models
     from shared.dataset_manifest import load_manifest
 
     manifest = load_manifest(store, request.dataset_id)
     targets = [str(t) for t in request.targets]
-    check_request(manifest, targets, request.layout)
+    hp = request.hp
+    check_request(manifest, targets, request.layout, hp)
     genres = [str(g) for g in manifest["genres"]]
     image_size = int(manifest["image_size"])
-    hp = request.hp
 
     folder = checkpoint_dir(home, request.task_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -387,6 +486,17 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
         state.setdefault("resumed_from", []).append(initial_epoch)
     else:
         state = {"request": request.as_dict()}
+
+    precomputed: tuple[np.ndarray, np.ndarray] | None = None
+    if hp.strategy == "features" and initial_epoch == 0:
+        if hp.epochs > 0:  # refused before the features are computed, not after
+            blocks = models.backbone_blocks(model)
+            if hp.finetune_blocks > len(blocks):
+                raise TrainingInputError(f"--finetune-blocks {hp.finetune_blocks}: the {hp.architecture} "
+                                         f"backbone has {len(blocks)} blocks with weights")
+        precomputed = fit_heads_on_features(request, store, manifest, model, image_size, state, folder, stage)
+        if hp.epochs > 0:
+            state["finetune_blocks"] = prepare_finetune(model, hp, batches)
 
     work_dir.mkdir(parents=True, exist_ok=True)
     callbacks: list[Any] = [
@@ -402,18 +512,26 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
                   callbacks=callbacks, verbose=0)
     if (folder / BEST_WEIGHTS).is_file():
         model.load_weights(folder / BEST_WEIGHTS)
-    serving = serving_model_of(model)
+    serving = models.serving_model_of(model)
 
     years = [int(t) for t in targets] if request.layout == "shared" else \
         [int(y) for y in manifest["targets"][targets[0]]["years"]]
     history = {key: list(values) for key, values in state.get("history", {}).items()}
-    evaluation = evaluate_model(serving, store, manifest, targets, hp.batch_size)
+    if not history and state.get("heads_history"):
+        history = {key: list(values) for key, values in state["heads_history"].items()}
+    # Scores from the cached features are the full model's own only while the backbone is the one that
+    # computed them: after a fine-tune whose epoch was kept, score the pixels again.
+    if state.get("best_epoch") != 0:
+        precomputed = None
+    evaluation = evaluate_model(serving, store, manifest, targets, hp.batch_size, precomputed)
     evaluation.update({
         "best_epoch": state.get("best_epoch"), "epochs_run": int(state.get("epoch", 0)),
         "stopped_early": bool(state.get("stopped_early", False)), "monitor": hp.monitor,
         "resumed_from_epochs": list(state.get("resumed_from", [])), "hyperparameters": hp.as_dict(),
         "layout": request.layout, "targets": targets,
     })
+    if "heads" in state:
+        evaluation["heads"] = {**state["heads"], "finetune_blocks": state.get("finetune_blocks", [])}
     test_split = split_arrays(store, manifest, targets, "test")
     samples = (test_split.pixels[:4] if len(test_split.pixels) else np.zeros((1, image_size, image_size, 3)))
     files = write_reports(work_dir, history, evaluation, genres, targets)
@@ -429,14 +547,21 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
 
 
 def evaluate_model(model: keras.Model, store: ObjectStore, manifest: dict[str, Any], targets: list[str],
-                   batch_size: int) -> dict[str, Any]:
-    """Metrics on validation and test (thresholds tuned on validation), the baselines, and per target."""
+                   batch_size: int, scores: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Metrics on validation and test (thresholds tuned on validation), the baselines, and per target.
+
+    ``scores``: the model's validation and test scores when already known (computed from cached
+    features, in split order), so the pixels do not pass the backbone again.
+    """
     genres = [str(g) for g in manifest["genres"]]
     train = split_arrays(store, manifest, targets, "train", with_pixels=False)
-    validation = split_arrays(store, manifest, targets, "validation")
-    test = split_arrays(store, manifest, targets, "test")
-    validation_scores = predict_scores(model, validation, batch_size)
-    test_scores = predict_scores(model, test, batch_size)
+    validation = split_arrays(store, manifest, targets, "validation", with_pixels=scores is None)
+    test = split_arrays(store, manifest, targets, "test", with_pixels=scores is None)
+    if scores is None:
+        validation_scores = predict_scores(model, validation, batch_size)
+        test_scores = predict_scores(model, test, batch_size)
+    else:
+        validation_scores, test_scores = scores
     thresholds = metric_fns.tune_thresholds(validation.labels, validation_scores)
 
     # The year prior of each head is its own target's genre frequencies in train.

@@ -1,0 +1,268 @@
+"""Training on cached backbone features: the ``features`` strategy (``--strategy features``).
+
+A pretrained backbone, frozen, turns each poster into one pooled feature vector; computing it is
+nearly all the cost of an epoch. So the vectors are computed *once* per (dataset version, backbone
+and its weights, working resolution, view) and stored in the object store, under
+
+    features/<dataset id>/<architecture>-<side>px-<weights digest>/<target>/<split>-<view>.npz
+
+(``features``, ``labels`` and ``movie_ids`` arrays). The weights digest hashes the backbone's actual
+weights, so a different weights file, package or random initialisation never reuses another's
+vectors, and a later training on the same dataset with the same backbone reuses them all.
+
+Then the heads (one per year for the ``shared`` layout, one for ``independent``/``window``) are
+trained on the vectors in seconds, and copied by layer name into the ordinary full model (backbone +
+heads, pixels in, scores out), which export, registry and serving take unchanged. An optional short
+fine-tune of the backbone's top blocks follows, end to end on pixels (``services.trainer.training``).
+
+Augmentation has to survive caching, so it is made of *views*, each cached like the plain posters
+(train split only; validation and test are always scored on the plain view, as served):
+
+- ``plain``: the poster as stored;
+- ``flip``: mirrored left-right (posters have no preferred side);
+- ``degraded``: shrunk to half the side, JPEG-recompressed at quality 40 and enlarged back, the kind
+  of copy a poster found elsewhere on the web is; it teaches the heads features that survive it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.hyperparameters import FEATURE_VIEWS, Hyperparameters
+from shared.storage import ObjectNotFoundError, ObjectStore
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+FEATURES_FORMAT = 1  # bumped when the way vectors are computed changes, so old entries are not reused
+DEGRADED_JPEG_QUALITY = 40
+EXTRACT_BATCH = 32
+
+# stage progress: (stage name, done, total)
+StageFn = Callable[[str, int, int], None]
+
+
+class FeatureCacheError(ValueError):
+    """A cache entry that does not belong to the split it is read for (wrong rows or shape)."""
+
+
+@dataclass
+class FeatureSet:
+    """Vectors of one split over several targets (and views): ``heads`` is each row's target index."""
+
+    features: np.ndarray  # float32 [N, D]
+    labels: np.ndarray  # float32 [N, G]
+    heads: np.ndarray  # int32 [N]
+
+
+@dataclass
+class CacheLog:
+    """Which entries this training computed and which it found in the store (keys)."""
+
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    total: int = 0  # entries this training needs, for progress reports
+
+
+def parse_views(text: str) -> list[str]:
+    views = [view.strip() for view in text.split(",") if view.strip()]
+    unknown = [view for view in views if view not in FEATURE_VIEWS]
+    if not views or unknown:
+        raise ValueError(f"views are a comma list of {', '.join(FEATURE_VIEWS)}, not {text!r}")
+    if "plain" not in views:
+        raise ValueError(f"views {text!r} must include plain (the posters as served)")
+    return list(dict.fromkeys(views))
+
+
+def view_pixels(pixels: np.ndarray, view: str) -> np.ndarray:
+    """The ``view`` of uint8 posters ``[N, S, S, 3]``, as float32 0..255."""
+    if view == "plain":
+        return pixels.astype(np.float32)
+    if view == "flip":
+        return pixels[:, :, ::-1, :].astype(np.float32)
+    if view == "degraded":
+        return np.stack([_degrade(poster) for poster in pixels]).astype(np.float32) if len(pixels) else \
+            pixels.astype(np.float32)
+    raise ValueError(f"unknown view {view!r}; choose one of {', '.join(FEATURE_VIEWS)}")
+
+
+def _degrade(poster: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    side = poster.shape[0]
+    small = Image.fromarray(poster).resize((max(1, side // 2), max(1, side // 2)), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=DEGRADED_JPEG_QUALITY)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB").resize((side, side), Image.Resampling.BILINEAR))
+
+
+def backbone_fingerprint(extractor: keras.Model, hp: Hyperparameters, image_size: int) -> str:
+    """``<architecture>-<side>px-<digest>``: the digest covers every weight of the extractor."""
+    digest = hashlib.sha256(f"{FEATURES_FORMAT}:{hp.architecture}:{image_size}".encode())
+    # Values and shapes, not names: Keras numbers unnamed layers per process, the weights are the same.
+    for weight in extractor.weights:
+        value = np.ascontiguousarray(np.asarray(weight.numpy()))
+        digest.update(f"{value.shape}:{value.dtype}".encode())
+        digest.update(value.tobytes())
+    side = hp.resolution or image_size
+    return f"{hp.architecture}-{side}px-{digest.hexdigest()[:16]}"
+
+
+def features_key(dataset_id: str, fingerprint: str, target: str, split: str, view: str) -> str:
+    return f"features/{dataset_id}/{fingerprint}/{target}/{split}-{view}.npz"
+
+
+def _encode(features: np.ndarray, labels: np.ndarray, movie_ids: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, features=features, labels=labels, movie_ids=movie_ids)
+    return buffer.getvalue()
+
+
+def _decode(data: bytes, key: str, expected_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(io.BytesIO(data)) as stored:
+        features, labels, ids = stored["features"], stored["labels"], stored["movie_ids"]
+    # The manifest lists each split's movies; a cache entry for other rows is not this split's.
+    if sorted(int(i) for i in ids) != sorted(expected_ids) or len(features) != len(ids):
+        raise FeatureCacheError(f"feature cache {key} does not hold the split's {len(expected_ids)} posters "
+                                f"(it holds {len(ids)}); delete it to recompute")
+    return features.astype(np.float32), labels.astype(np.float32)
+
+
+def split_features(store: ObjectStore, manifest: dict[str, Any], extractor: keras.Model, fingerprint: str,
+                   target: str, split: str, view: str, log: CacheLog,
+                   stage: StageFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(features [N, D], labels [N, G])`` of one split of one target in one view, cached."""
+    from services.dataset.reader import load_arrays
+
+    key = features_key(str(manifest["id"]), fingerprint, target, split, view)
+    expected = [int(i) for i in manifest["targets"][target]["splits"][split]]
+    try:
+        data = store.get(key)
+    except ObjectNotFoundError:
+        data = None
+    if data is not None:
+        features, labels = _decode(data, key, expected)
+        log.reused.append(key)
+    else:
+        pixels, labels, movie_ids, _years = load_arrays(store, manifest, target, split)
+        inputs = view_pixels(pixels, view)
+        if len(inputs):
+            features = np.asarray(extractor.predict(inputs, batch_size=EXTRACT_BATCH, verbose=0), np.float32)
+        else:
+            features = np.zeros((0, int(extractor.outputs[0].shape[-1])), np.float32)
+        # Another worker may have written it meanwhile: the same backbone on the same posters gives the
+        # same vectors, so either copy will do.
+        store.put(key, _encode(features, labels, movie_ids), content_type="application/octet-stream")
+        log.computed.append(key)
+    if stage is not None:
+        stage("features", len(log.computed) + len(log.reused), log.total)
+    return features, labels
+
+
+def feature_set(store: ObjectStore, manifest: dict[str, Any], extractor: keras.Model, fingerprint: str,
+                targets: list[str], split: str, views: list[str], log: CacheLog,
+                stage: StageFn | None = None) -> FeatureSet:
+    """Vectors of ``split`` for every target (head index = position in ``targets``) and view."""
+    features, labels, heads = [], [], []
+    for view in views:
+        for head, target in enumerate(targets):
+            part_features, part_labels = split_features(store, manifest, extractor, fingerprint, target,
+                                                        split, view, log, stage)
+            features.append(part_features)
+            labels.append(part_labels)
+            heads.append(np.full(len(part_labels), head, np.int32))
+    return FeatureSet(np.concatenate(features), np.concatenate(labels), np.concatenate(heads))
+
+
+def head_models(feature_dim: int, genres: int, years: int, layout: str, hp: Hyperparameters
+                ) -> tuple[keras.Model, keras.Model]:
+    """``(training, scoring)`` head-only models on feature vectors, with the full model's layer names.
+
+    For the shared layout the training model also takes the head index and returns that head's
+    scores (as the full training model does); the scoring model returns ``[N, Y, G]``.
+    """
+    import keras
+    from keras import layers
+
+    from services.trainer.models import SelectHead, independent_head, shared_heads
+
+    vectors = keras.Input((feature_dim,), name="features", dtype="float32")
+    x = layers.Dropout(hp.dropout, name="dropout")(vectors) if hp.dropout > 0 else vectors
+    if layout != "shared":
+        scores = independent_head(x, genres)
+        model = keras.Model(vectors, scores, name="heads")
+        return model, model
+    head = keras.Input((), name="head", dtype="int32")
+    scores = shared_heads(x, genres, years, hp)
+    selected = SelectHead(name="own_head")(scores, head)
+    training = keras.Model([vectors, head], selected, name="heads")
+    return training, keras.Model(vectors, scores, name="heads_scores")
+
+
+def head_scores(scoring: keras.Model, data: FeatureSet) -> np.ndarray:
+    """Each row's scores under its own head, ``[N, G]``."""
+    if len(data.labels) == 0:
+        return np.zeros_like(data.labels)
+    scores = np.asarray(scoring.predict(data.features, batch_size=1024, verbose=0))
+    if scores.ndim == 3:
+        scores = scores[np.arange(len(scores)), data.heads]
+    return scores
+
+
+def train_heads(train: FeatureSet, validation: FeatureSet, genres: int, years: int, layout: str,
+                hp: Hyperparameters, progress: Callable[[int, dict[str, float]], None] | None = None
+                ) -> tuple[keras.Model, keras.Model, dict[str, list[float]]]:
+    """Train the heads on feature vectors; keeps the epoch with the best validation ROC-AUC.
+
+    Returns ``(training, scoring, history)``.
+    """
+    from dataclasses import replace
+
+    import keras
+
+    from services.trainer.models import compile_model
+
+    keras.utils.set_random_seed(hp.seed)
+    training, scoring = head_models(train.features.shape[1], genres, years, layout, hp)
+    # hp.epochs counts the fine-tune's epochs; the heads' learning-rate schedule spans head_epochs.
+    steps = max(1, -(-len(train.labels) // hp.batch_size))
+    compile_model(training, replace(hp, epochs=hp.head_epochs), steps_per_epoch=steps)
+
+    def inputs(data: FeatureSet) -> Any:
+        return [data.features, data.heads] if layout == "shared" else data.features
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if progress is not None:
+                progress(epoch + 1, {key: float(value) for key, value in (logs or {}).items()})
+
+    stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=hp.head_patience,
+                                         restore_best_weights=True)
+    fitted = training.fit(inputs(train), train.labels, batch_size=hp.batch_size, epochs=hp.head_epochs,
+                          validation_data=(inputs(validation), validation.labels), shuffle=True,
+                          callbacks=[stop, Report()], verbose=0)
+    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    return training, scoring, history
+
+
+def copy_head_weights(heads: keras.Model, model: keras.Model) -> list[str]:
+    """Load the head layers' weights into the full model, by layer name; returns the names copied."""
+    copied = []
+    for layer in heads.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+            copied.append(layer.name)
+    if not copied:
+        raise ValueError("the head model has no weights to copy")
+    return copied

@@ -1,0 +1,198 @@
+"""The features strategy at toy scale: cached backbone features, heads trained on them, fine-tune."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.dataset.reader import load_arrays
+from services.trainer import features, metrics, models, training
+from shared.dataset_manifest import DatasetNotFoundError, load_manifest
+from shared.hyperparameters import Hyperparameters, default_hyperparameters
+from shared.storage import LocalObjectStore, object_store_from_settings
+from tests.services.trainer.datasets import GENRES, write_dataset
+
+YEARS = ["2000", "2001"]
+
+
+def features_hp(**overrides: object) -> Hyperparameters:
+    # The small CNN, randomly initialised (seeded): quick, and its features vary with the poster.
+    values: dict[str, object] = {"weights": "none", "resolution": 32, "batch_size": 8, "width": 4,
+                                 "strategy": "features", "views": "plain,flip", "head_epochs": 3, "epochs": 0,
+                                 "monitor": "val_auc"}
+    values.update(overrides)
+    return default_hyperparameters("smallcnn", **values)
+
+
+def stamps(store: LocalObjectStore, prefix: str) -> dict[str, int]:
+    return {key: (store.root / key).stat().st_mtime_ns for key in store.list(prefix)}
+
+
+def test_features_are_cached_once_and_reused_by_a_later_training(settings: object, tmp_path: Path) -> None:
+    store = object_store_from_settings()
+    assert isinstance(store, LocalObjectStore)
+    write_dataset(store, "feat1", [2000, 2001], per_year=12)
+    home = settings.home_dir  # type: ignore[attr-defined]
+    first = training.train(training.TrainRequest("f-1", "feat1", YEARS, "shared", "genre-shared",
+                                                 features_hp()), store, home, tmp_path / "w1")
+    # train plain + flip, validation plain, test plain, for each of the two years
+    assert first.metrics["heads"]["computed"] == 8 and first.metrics["heads"]["reused"] == 0
+    written = stamps(store, "features/feat1/")
+    assert len(written) == 8
+
+    second = training.train(training.TrainRequest("f-2", "feat1", YEARS, "shared", "genre-shared",
+                                                  features_hp(head_epochs=2)), store, home, tmp_path / "w2")
+    assert second.metrics["heads"]["computed"] == 0 and second.metrics["heads"]["reused"] == 8
+    assert stamps(store, "features/feat1/") == written  # nothing rewritten
+
+    # A third view is new work for its entries only.
+    third = training.train(training.TrainRequest("f-3", "feat1", YEARS, "shared", "genre-shared",
+                                                 features_hp(views="plain,flip,degraded")),
+                           store, home, tmp_path / "w3")
+    assert third.metrics["heads"]["computed"] == 2 and third.metrics["heads"]["reused"] == 8
+    after = stamps(store, "features/feat1/")
+    assert {key: after[key] for key in written} == written
+    assert sorted(set(after) - set(written)) == [
+        f"features/feat1/{first.metrics['heads']['fingerprint']}/{year}/train-degraded.npz" for year in YEARS]
+
+
+def test_heads_on_features_make_a_full_model_that_scores_pixels_the_same(settings: object, tmp_path: Path
+                                                                         ) -> None:
+    store = object_store_from_settings()
+    manifest = write_dataset(store, "feat2", [2000, 2001], per_year=12)
+    outcome = training.train(training.TrainRequest("f-4", "feat2", YEARS, "shared", "genre-shared",
+                                                   features_hp()), store, settings.home_dir,  # type: ignore[attr-defined]
+                             tmp_path / "work")
+    # The model that comes out is the ordinary full model: pixels in, [N, Y, G] scores out.
+    assert outcome.model.inputs[0].shape[1:] == (32, 32, 3)
+    test = training.split_arrays(store, manifest, YEARS, "test")
+    pixel_scores = np.asarray(outcome.model.predict(test.pixels.astype(np.float32), verbose=0))
+    assert pixel_scores.shape == (len(test.labels), len(YEARS), len(GENRES))
+
+    # ... and its heads are the ones trained on the cached vectors: the same scores from the vectors.
+    fingerprint = outcome.metrics["heads"]["fingerprint"]
+    vectors = []
+    for year in YEARS:
+        data = store.get(features.features_key("feat2", fingerprint, year, "test", "plain"))
+        with np.load(io.BytesIO(data)) as stored:
+            vectors.append(stored["features"])
+    _training, scoring = features.head_models(vectors[0].shape[1], len(GENRES), len(YEARS), "shared",
+                                              features_hp())
+    for layer in scoring.layers:
+        if layer.weights:
+            layer.set_weights(outcome.model.get_layer(layer.name).get_weights())
+    vector_scores = np.asarray(scoring.predict(np.concatenate(vectors), verbose=0))
+    np.testing.assert_allclose(vector_scores, pixel_scores, atol=1e-5)
+
+    # The reported test metrics (computed from the vectors) are those of the exported model on pixels.
+    own = pixel_scores[np.arange(len(pixel_scores)), test.heads]
+    thresholds = [outcome.metrics["thresholds"][genre] for genre in GENRES]
+    on_pixels = metrics.evaluate_scores(test.labels, own, GENRES, np.asarray(thresholds))
+    assert on_pixels["macro_auc"] == pytest.approx(outcome.metrics["test"]["macro_auc"], abs=1e-6)
+    assert on_pixels["macro_map"] == pytest.approx(outcome.metrics["test"]["macro_map"], abs=1e-6)
+    assert outcome.metrics["heads"]["best_epoch"] >= 1 and outcome.epochs_run == 0
+
+
+def test_flipped_view_entry_holds_the_features_of_mirrored_posters(settings: object, tmp_path: Path) -> None:
+    store = object_store_from_settings()
+    write_dataset(store, "feat3", [2000], per_year=12)
+    outcome = training.train(training.TrainRequest("f-5", "feat3", ["2000"], "independent", "genre-2000",
+                                                   features_hp()), store, settings.home_dir,  # type: ignore[attr-defined]
+                             tmp_path / "work")
+    fingerprint = outcome.metrics["heads"]["fingerprint"]
+    manifest = load_manifest(store, "feat3")
+    pixels, labels, _ids, _years = load_arrays(store, manifest, "2000", "train")
+    extractor = models.feature_extractor(outcome.model, 32)
+    cache = features.CacheLog()
+    flipped, flipped_labels = features.split_features(store, manifest, extractor, fingerprint, "2000",
+                                                      "train", "flip", cache)
+    plain, _ = features.split_features(store, manifest, extractor, fingerprint, "2000", "train", "plain",
+                                       cache)
+    assert cache.computed == [] and len(cache.reused) == 2
+    expected = np.asarray(extractor.predict(pixels[:, :, ::-1, :].astype(np.float32), verbose=0))
+    np.testing.assert_allclose(flipped, expected, atol=1e-5)
+    np.testing.assert_array_equal(flipped_labels, labels)
+    assert not np.allclose(flipped, plain, atol=1e-4)
+
+
+def test_degraded_view_is_a_smaller_recompressed_copy_at_the_same_size() -> None:
+    rng = np.random.default_rng(0)
+    posters = rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    degraded = features.view_pixels(posters, "degraded")
+    assert degraded.shape == posters.shape and degraded.dtype == np.float32
+    # Noise does not survive halving and JPEG: the copy is much smoother than the original.
+    smoothness = np.abs(np.diff(degraded, axis=1)).mean()
+    assert smoothness < 0.5 * np.abs(np.diff(posters.astype(float), axis=1)).mean()
+
+
+def test_finetune_trains_only_the_top_blocks_and_keeps_batch_norm_frozen(settings: object, tmp_path: Path
+                                                                         ) -> None:
+    import keras
+
+    store = object_store_from_settings()
+    write_dataset(store, "feat4", [2000], per_year=12)
+    hp = features_hp(epochs=1, finetune_blocks=1, finetune_learning_rate=1e-2, head_epochs=2)
+    outcome = training.train(training.TrainRequest("f-6", "feat4", ["2000"], "independent", "genre-2000", hp),
+                             store, settings.home_dir, tmp_path / "work")  # type: ignore[attr-defined]
+    assert outcome.epochs_run == 1
+    blocks = models.backbone_blocks(outcome.model)
+    assert len(blocks) == 8 and outcome.metrics["heads"]["finetune_blocks"] == blocks[-1:]
+
+    # The same seed builds the same starting backbone: after the fine-tune epoch (its checkpoint; the
+    # model kept is the better of heads-only and fine-tuned on validation) only the top block moved.
+    finetuned = keras.models.load_model(
+        training.checkpoint_dir(settings.home_dir, "f-6") / training.LAST_CHECKPOINT,  # type: ignore[attr-defined]
+        custom_objects=models.CUSTOM_OBJECTS)
+    keras.utils.set_random_seed(hp.seed)
+    start = models.build_independent_model(32, len(GENRES), hp)
+    trained_layers = models.backbone_layers(finetuned)
+    start_layers = models.backbone_layers(start)
+    moved = set()
+    for trained, initial in zip(trained_layers, start_layers, strict=True):
+        for after, before in zip(trained.get_weights(), initial.get_weights(), strict=True):
+            if not np.array_equal(after, before):
+                moved.add(models.block_name(trained.name))
+    assert moved == {blocks[-1]}
+    top = [layer for layer in trained_layers if models.block_name(layer.name) == blocks[-1]]
+    assert all(layer.trainable for layer in top)
+    norms = [layer for layer in trained_layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and not any(layer.trainable for layer in norms)
+
+
+def test_bad_requests_are_refused_with_a_reason(settings: object, tmp_path: Path) -> None:
+    store = object_store_from_settings()
+    write_dataset(store, "feat5", [2000], per_year=8)
+    home = settings.home_dir  # type: ignore[attr-defined]
+
+    def request(dataset: str = "feat5", **overrides: object) -> training.TrainRequest:
+        return training.TrainRequest("bad", dataset, ["2000"], "independent", "genre-2000",
+                                     features_hp(**overrides))
+
+    with pytest.raises(DatasetNotFoundError, match="no-such-version"):
+        training.train(request("no-such-version"), store, home, tmp_path)
+    with pytest.raises(training.TrainingInputError, match="views are a comma list"):
+        training.train(request(views="plain,sepia"), store, home, tmp_path)
+    with pytest.raises(training.TrainingInputError, match="must include plain"):
+        training.train(request(views="flip"), store, home, tmp_path)
+    with pytest.raises(training.TrainingInputError, match="no block to fine-tune"):
+        training.train(request(epochs=2), store, home, tmp_path)
+    with pytest.raises(training.TrainingInputError, match="unknown strategy"):
+        training.train(request(strategy="distil"), store, home, tmp_path)
+    with pytest.raises(training.TrainingInputError, match="has 8 blocks"):
+        training.train(request(epochs=1, finetune_blocks=99), store, home, tmp_path)
+    assert not list(store.list("features/feat5/"))  # refused before any feature was computed
+    training.train(request(), store, home, tmp_path / "ok")
+    # A cache entry that does not hold the split's posters is refused, not trained on.
+    fingerprint = next(iter(store.list("features/feat5/"))).split("/")[2]
+    key = features.features_key("feat5", fingerprint, "2000", "train", "plain")
+    manifest = load_manifest(store, "feat5")
+    ok = store.get(key)
+    with np.load(io.BytesIO(ok)) as stored:
+        short = features._encode(stored["features"][:1], stored["labels"][:1], stored["movie_ids"][:1])
+    store.put(key, short)
+    with pytest.raises(features.FeatureCacheError, match="does not hold the split's 4 posters"):
+        features.split_features(store, manifest, None, fingerprint, "2000", "train", "plain",  # type: ignore[arg-type]
+                                features.CacheLog())
