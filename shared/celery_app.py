@@ -54,7 +54,6 @@ the filesystem broker has a consumer on this machine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -120,11 +119,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A task not acknowledged within this time is redelivered (a killed worker's task).
         config["broker_transport_options"] = {"visibility_timeout": settings.broker_visibility_timeout}
     return config
-
-
-def present_task_modules() -> list[str]:
-    """The task modules that exist: a worker still starts while a service has no tasks yet."""
-    return [name for name in TASK_MODULES if importlib.util.find_spec(name) is not None]
 
 
 def workers_dir(settings: Settings) -> Path:
@@ -204,7 +198,9 @@ install_celery_hooks()
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
-    app = Celery("postergenre", include=present_task_modules())
+    # Every image holds every service's task module; a worker imports them when it starts (the web
+    # process only sends tasks by name and never imports them).
+    app = Celery("postergenre", include=TASK_MODULES)
     app.conf.update(celery_config(settings or get_settings()))
     return app
 

@@ -17,7 +17,6 @@ worker exists (``shared.celery_app.local_workers``).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import mimetypes
@@ -96,13 +95,9 @@ def export_model(model: Any, dest: Path, image_size: int, sample_pixels: Any, fo
                  metadata: dict[str, Any], outcome: Any = None) -> dict[str, Any]:
     """Export one version; with the training ``outcome``, the full-integer LiteRT model too,
     calibrated on its training posters and checked on its test posters."""
-    try:
-        from services.trainer.export import AgreementSplit, export_all
-    except ImportError as exc:
-        raise RuntimeError(f"services.trainer.export is not available ({exc}): cannot export models") from exc
-    kwargs: dict[str, Any] = {"sample_pixels": sample_pixels, "formats": tuple(formats)}
-    if "metadata" in inspect.signature(export_all).parameters:
-        kwargs["metadata"] = metadata
+    from services.trainer.export import AgreementSplit, export_all
+
+    kwargs: dict[str, Any] = {"sample_pixels": sample_pixels, "formats": tuple(formats), "metadata": metadata}
     if outcome is not None and outcome.calibration_pixels is not None:
         kwargs["calibration_pixels"] = outcome.calibration_pixels
         test = outcome.test_split
