@@ -47,8 +47,11 @@ class ExplanationParts:
     genres: int
 
 
-def _only_call(layer: keras.layers.Layer) -> Any:
-    nodes = layer._inbound_nodes  # noqa: SLF001 (Keras keeps a layer's calls only here)
+def _only_call(layer: keras.layers.Layer, model: keras.Model) -> Any:
+    # A layer keeps every call made on it, also those of other models built on it (the feature
+    # extractor of ``--strategy features`` calls the backbone again): only this model's count.
+    own = {node for depth in model._nodes_by_depth.values() for node in depth}  # noqa: SLF001
+    nodes = [node for node in layer._inbound_nodes if node in own]  # noqa: SLF001
     if len(nodes) != 1:
         raise NotExplainable(f"layer {layer.name!r} is called {len(nodes)} times in the model; expected once")
     return nodes[0]
@@ -66,7 +69,7 @@ def explanation_parts(model: keras.Model) -> ExplanationParts:
             "block): it was built before explanations existed or not by services.trainer.models") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise NotExplainable("explanations need the serving model: one pixels input, one scores output")
-    call = _only_call(backbone)
+    call = _only_call(backbone, model)
     pixels = model.inputs[0]
     backbone_input, backbone_output = call.input_tensors[0], call.output_tensors[0]
     # Backbone input up to its feature map, after whatever the model does first (resizing).

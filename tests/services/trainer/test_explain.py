@@ -41,3 +41,22 @@ def test_a_model_without_the_mark_is_not_explainable():
     model = keras.Model(pixels, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(pixels)))
     with pytest.raises(NotExplainable, match="last_conv_block"):
         explanation_parts(model)
+
+
+def test_a_model_whose_backbone_also_feeds_a_feature_extractor_is_explainable():
+    """``--strategy features`` calls the model's backbone again in its feature extractor: the serving
+    model still has one call of it, so its explain signature is exported (the demo's model had none)."""
+    import keras
+
+    from services.trainer.explain import explanation_parts
+    from services.trainer.models import build_shared_model, feature_extractor
+
+    keras.utils.set_random_seed(0)
+    hp = Hyperparameters(architecture="smallcnn", augment=False, dropout=0.0, width=4)
+    training, serving = build_shared_model(32, 5, 3, hp)
+    extractor = feature_extractor(serving, 32)
+    parts = explanation_parts(serving)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    rebuilt = parts.from_feature_map(parts.to_feature_map(pixels, training=False), training=False)
+    np.testing.assert_allclose(rebuilt, serving(pixels, training=False), atol=1e-5)
+    assert extractor(pixels, training=False).shape == (2, 32)
