@@ -31,6 +31,8 @@ def take(url: str, poster: Path, years: str, out: Path, width: int, height: int)
         page.wait_for_selector("#prediction-table td[data-genre]", timeout=180_000)
         page.click("#prediction-table td[data-genre] >> nth=0")
         page.wait_for_selector("#explanation[data-state=shown]", timeout=180_000)
+        # The poster, its overlay and the first rows of the table in one picture.
+        page.eval_on_selector("#results", "section => window.scrollTo(0, section.offsetTop - 8)")
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out), full_page=False)
         browser.close()
@@ -45,7 +47,7 @@ def main() -> None:
     parser.add_argument("--years", default="1996-2015")
     parser.add_argument("--out", type=Path, default=Path("docs/screenshot.png"))
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--height", type=int, default=1000)
     args = parser.parse_args()
     take(args.url, args.poster, args.years, args.out, args.width, args.height)
 
