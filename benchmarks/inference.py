@@ -525,17 +525,25 @@ def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats:
     return report
 
 
-def run_benchmark(config: BenchConfig) -> dict[str, Any]:
-    """Run the benchmark; the settings point at its work folder through the environment until it ends."""
+@contextmanager
+def restored_environment() -> Iterator[None]:
+    """A benchmark points the settings at its work folder through the environment; afterwards the
+    environment and the settings are as they were."""
     from shared.config import get_settings
 
     saved = dict(os.environ)
     try:
-        return _run_benchmark(config)
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
         get_settings.cache_clear()
+
+
+def run_benchmark(config: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark; the settings point at its work folder through the environment until it ends."""
+    with restored_environment():
+        return _run_benchmark(config)
 
 
 def _run_benchmark(config: BenchConfig) -> dict[str, Any]:

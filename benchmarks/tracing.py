@@ -138,15 +138,10 @@ def bench_check(answer: dict[str, Any], years: int) -> None:
 
 
 def run_trace_bench(config: TraceBenchConfig) -> dict[str, Any]:
-    from shared.config import get_settings
+    from benchmarks.inference import restored_environment
 
-    saved = dict(os.environ)
-    try:
+    with restored_environment():
         return _run(config)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
 
 
 def _run(config: TraceBenchConfig) -> dict[str, Any]:
