@@ -5,6 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= $(shell [ -d ../shared/data/posters-imdb ] && echo ../shared/data/posters-imdb)
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, a test file each at a time: most tests wait on servers and subprocesses,
+# so two share 2 cores well (tests/servers.py gives each its own Redis databases). PYTEST_WORKERS= runs
+# the suite in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
@@ -62,7 +66,7 @@ test: test-deps
 	$(BIN)/ruff check shared services benchmarks tests
 	$(BIN)/mypy shared services benchmarks tests
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The Compose system for real: images built here, containers started, faults injected (docs/deploy.md).
 stack-test: $(VENV)/.test-deps

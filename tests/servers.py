@@ -29,9 +29,27 @@ from benchmarks.fakes.servers import (
 
 __all__ = [
     "RestartableS3Server", "ThrowawayPostgres", "ThrowawayRedis", "create_database", "drop_database",
-    "free_port", "port_answers", "postgres_server", "redis_server", "s3_server", "stop_process",
+    "free_port", "port_answers", "postgres_server", "redis_db", "redis_server", "s3_server", "stop_process",
     "wait_for_port",
 ]
+
+
+# `make test` runs the suite in two pytest-xdist workers. Tests that start Celery workers give them a
+# Redis database of their own (11-15), so that no other test's worker takes their messages and a
+# "no worker consumes this queue" check sees only its own; the second xdist worker takes another set
+# of databases (Redis has 16), so the two never meet on one.
+_SECOND_WORKER_DB = {0: 6, 11: 1, 12: 2, 13: 3, 14: 4, 15: 5}
+
+
+def redis_db(db: int) -> int:
+    """The Redis database number ``db`` of this test process (see ``_SECOND_WORKER_DB``)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    if worker == "gw0":
+        return db
+    if worker != "gw1" or db not in _SECOND_WORKER_DB:
+        raise RuntimeError(f"no Redis database for test database {db} in xdist worker {worker}: "
+                           "run at most two workers (make test runs -n 2)")
+    return _SECOND_WORKER_DB[db]
 
 
 @contextmanager
@@ -41,7 +59,7 @@ def redis_server() -> Iterator[str]:
         yield url
         return
     if port_answers("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/0"
+        yield f"redis://127.0.0.1:6379/{redis_db(0)}"
         return
     if shutil.which("redis-server") is None:
         raise RuntimeError("no Redis answers on 127.0.0.1:6379 and redis-server is not installed")
@@ -59,7 +77,7 @@ class ThrowawayRedis:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://127.0.0.1:{self.port}/{redis_db(0)}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:

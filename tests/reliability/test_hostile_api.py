@@ -58,7 +58,7 @@ def hostile_stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: 
                   s3_endpoint: str, reliability_models: list[TinyModel]) -> Iterator[HostileStack]:
     home = tmp_path_factory.mktemp("hostile-home")
     database_url = servers.create_database(postgres_admin_url, prefix="hostile")
-    broker = redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = redis_url.rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     settings = web_settings(home, database_url, redis_url, s3_endpoint, reliability_models,
                             broker_url=broker, result_backend=broker)
     upgrade_database(database_url)

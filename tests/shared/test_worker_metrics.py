@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from shared.worker_metrics import QUEUE_LENGTH_FAMILY, QueueLengthCollector
+from tests import servers
 
 # Celery messages of this test go to their own Redis database, so no other test's worker takes them.
 BROKER_DB = 15
@@ -26,7 +27,7 @@ def test_queue_lengths_come_from_the_broker_and_an_unreachable_one_fails_no_scra
     from shared.celery_app import make_celery
     from shared.config import get_settings
 
-    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     get_settings.cache_clear()
     app = make_celery(get_settings())
@@ -55,7 +56,7 @@ def test_a_worker_whose_metrics_port_is_taken_still_runs_its_tasks(
     from shared.config import get_settings
     from shared.db import upgrade_database
 
-    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", broker)
     get_settings.cache_clear()

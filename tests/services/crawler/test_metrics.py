@@ -12,6 +12,7 @@ import pytest
 from benchmarks.fakes.tmdb_site import Fault, TmdbSite
 from shared.config import Settings, get_settings
 from shared.jobs import create_job
+from tests import servers
 from tests.prometheus import metered_worker, scrape, value
 from tests.services.crawler.conftest import RunningSite
 
@@ -30,7 +31,7 @@ def test_a_crawl_worker_exports_movies_seen_stored_refused_retries_and_429s(
     make_site(TmdbSite.generated({2010: 12}, missing_posters={20100003}, corrupt_posters={20100004},
                                  faults=[Fault("429", "/3/discover/movie", count=1, retry_after="1"),
                                          Fault("500", "/t/p/", count=1)]))
-    broker = (stack_settings.redis_url or "").rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = (stack_settings.redis_url or "").rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", broker)
     get_settings.cache_clear()

@@ -13,6 +13,7 @@ from services.crawler.tasks import CrawlFailed, crawl_arguments
 from shared.config import Settings, get_settings
 from shared.db import Job, Movie, session_scope, upgrade_database
 from shared.jobs import create_job
+from tests import servers
 from tests.services.crawler.conftest import RunningSite
 
 # Celery messages of this test go to their own Redis database, so no other test's worker takes them.
@@ -34,7 +35,7 @@ def test_crawl_task_through_a_real_worker_reports_progress_in_the_job(
     from shared.celery_app import make_celery
 
     make_site(TmdbSite.generated({2010: 12, 2012: 8}))
-    broker = (stack_settings.redis_url or "").rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = (stack_settings.redis_url or "").rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", broker)
     get_settings.cache_clear()

@@ -16,6 +16,7 @@ from shared.dataset_manifest import load_manifest
 from shared.dataset_params import DatasetInputError, check_build_request
 from shared.db import Job, Movie, session_scope, upgrade_database
 from shared.storage import object_store_from_settings
+from tests import servers
 
 SMALL = ["--min-posters", "5", "--image-size", "16"]
 
@@ -123,7 +124,7 @@ def test_task_through_a_real_worker_in_stack_mode(
     from shared.celery_app import make_celery
     from shared.config import get_settings
 
-    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", broker)
     get_settings.cache_clear()

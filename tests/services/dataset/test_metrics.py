@@ -13,6 +13,7 @@ import pytest
 from services.crawler.importer import import_folder
 from shared.db import upgrade_database
 from shared.storage import object_store_from_settings
+from tests import servers
 from tests.prometheus import metered_worker, scrape, value
 
 # Celery messages of this test go to their own Redis database, so no other test's worker takes them.
@@ -30,7 +31,7 @@ def test_a_dataset_worker_exports_its_tasks_queue_and_builds(
     from shared.celery_app import make_celery
     from shared.config import get_settings
 
-    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", broker)
     get_settings.cache_clear()

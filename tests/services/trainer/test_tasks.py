@@ -20,7 +20,7 @@ from shared.config import Settings, get_settings
 from shared.db import Job, session_scope, upgrade_database
 from shared.hyperparameters import default_hyperparameters
 from shared.storage import object_store_from_settings
-from tests.servers import stop_process
+from tests.servers import redis_db, stop_process
 from tests.services.trainer.datasets import write_dataset
 
 REPO = Path(__file__).resolve().parents[3]
@@ -58,7 +58,7 @@ def wait_for(job_id: str, done: object, timeout: float, log: Path, what: str) ->
 @pytest.fixture
 def redis_stack(stack_settings: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
                 ) -> Iterator[Settings]:
-    broker = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    broker = redis_url.rsplit("/", 1)[0] + f"/{redis_db(REDIS_DB)}"
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     monkeypatch.setenv("POSTERGENRE_RESULT_BACKEND", broker)
     get_settings.cache_clear()

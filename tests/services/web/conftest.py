@@ -55,7 +55,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> list[TinyModel]:
 
 def stack_settings_for(home: Path, database_url: str, redis_url: str, s3_endpoint: str, bucket: str,
                        **overrides: object) -> Settings:
-    broker = redis_url.rsplit("/", 1)[0] + f"/{BROKER_DB}"
+    broker = redis_url.rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
     values: dict[str, object] = dict(
         home=home, database_url=database_url, object_store=f"s3://{bucket}", s3_endpoint=s3_endpoint,
         s3_access_key="test-access", s3_secret_key="test-secret", broker_url=broker, result_backend=broker,
