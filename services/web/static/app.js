@@ -399,15 +399,16 @@
   });
 
   /* The years asked for by default: the latest twenty that have a model (the models may end before
-     2019, as the demo's, trained on posters up to 2015), unless the visitor has typed their own or
-     already has a table for the years shown. */
+     2019, as the demo's, trained on posters up to 2015), unless the visitor has typed their own, is
+     in the field now (a default landing mid-typing would be spliced into what they type) or already
+     has a table for the years shown. */
   let yearsEdited = false;
   yearsInput.addEventListener("input", () => { yearsEdited = true; });
   listingPromise
     .then((listing) => {
       const covered = Object.keys((listing && listing.by_year) || {}).map(Number)
         .filter(Number.isInteger).sort((a, b) => a - b);
-      if (yearsEdited || yearsAsked || covered.length === 0) return;
+      if (yearsEdited || yearsAsked || document.activeElement === yearsInput || covered.length === 0) return;
       const last = covered[covered.length - 1];
       const first = Math.max(covered[0], last - 19);
       yearsInput.value = first === last ? String(last) : `${first}-${last}`;
