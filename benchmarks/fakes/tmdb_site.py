@@ -114,6 +114,9 @@ class TmdbSite:
     malformed_movies: set[int] = field(default_factory=set)
     extra_genre_ids: dict[int, list[int]] = field(default_factory=dict)
     poster_delay: float = 0.0
+    # Posters past this many wait until ``release_posters()``: a test can act (cut the store) at a known
+    # point of a crawl, however fast or slow the machine is.
+    hold_posters_after: int | None = None
     faults: list[Fault] = field(default_factory=list)
     log: list[LoggedRequest] = field(default_factory=list)
     url: str = ""
@@ -122,6 +125,11 @@ class TmdbSite:
         self.lock = threading.Lock()
         self.by_id = {movie.id: movie for movie in self.movies}
         self._posters: dict[tuple[int, int], bytes] = {}
+        self.posters_served = 0
+        self.posters_released = threading.Event()
+
+    def release_posters(self) -> None:
+        self.posters_released.set()
 
     # --- catalogue ------------------------------------------------------------------------------
 
@@ -301,6 +309,11 @@ class TmdbSite:
         movie = self.by_id.get(int(movie_id)) if movie_id.isdigit() else None
         if movie is None or movie.poster_path != "/" + parts[4] or movie.id in self.missing_posters:
             return 404, "text/plain", b"not found"
+        with self.lock:
+            self.posters_served += 1
+            held = self.hold_posters_after is not None and self.posters_served > self.hold_posters_after
+        if held:
+            self.posters_released.wait(timeout=300)
         if self.poster_delay:
             time.sleep(self.poster_delay)
         if movie.id in self.corrupt_posters:

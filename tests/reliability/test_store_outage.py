@@ -144,18 +144,24 @@ def wait_for_rows(database_url: str, count: int, process: object, timeout: float
 def test_crawl_waits_out_a_10_second_store_outage(stack_settings: Settings, s3_link: CuttableLink,
                                                   make_site: Callable[..., RunningSite],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    site = TmdbSite.generated({2009: 40}, poster_delay=0.1)
+    # Five posters, then the site holds the rest until the store is cut: the outage always lands
+    # mid-crawl (under two test workers a free-running crawl once stored all 40 before the cut).
+    site = TmdbSite.generated({2009: 40}, poster_delay=0.1, hold_posters_after=5)
     make_site(site)
     monkeypatch.setenv("POSTERGENRE_CRAWL_CONCURRENCY", "2")
-    env = {"POSTERGENRE_S3_ENDPOINT": s3_link.endpoint, "POSTERGENRE_S3_RETRY_SECONDS": "60"}
+    # A held poster request must not time out while the test waits for the first rows.
+    env = {"POSTERGENRE_S3_ENDPOINT": s3_link.endpoint, "POSTERGENRE_S3_RETRY_SECONDS": "60",
+           "POSTERGENRE_CRAWL_TIMEOUT": "60"}
     process = start_crawl_process("--years", "2009", "--job-id", "s3-outage", env=env)
     try:
         wait_for_rows(stack_settings.effective_database_url, 5, process)
         s3_link.cut()
+        site.release_posters()
         time.sleep(OUTAGE_S)
         s3_link.restore()
         output = process.communicate(timeout=180)[0]
     finally:
+        site.release_posters()
         if process.poll() is None:
             process.kill()
             process.communicate()
