@@ -91,8 +91,8 @@ class LocalModels:
 
 def train_priors(store: ObjectStore, row: dict[str, Any]) -> list[np.ndarray] | None:
     """Genre frequencies of each target's train split (one per head), or ``None`` if the dataset is gone."""
-    from services.dataset.reader import load_arrays
     from shared.dataset_manifest import DatasetNotFoundError, load_manifest
+    from shared.dataset_reader import load_arrays
 
     try:
         manifest = load_manifest(store, str(row["dataset_version"]))

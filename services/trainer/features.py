@@ -143,7 +143,7 @@ def split_features(store: ObjectStore, manifest: dict[str, Any], extractor: kera
                    target: str, split: str, view: str, log: CacheLog,
                    stage: StageFn | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(features [N, D], labels [N, G])`` of one split of one target in one view, cached."""
-    from services.dataset.reader import load_arrays
+    from shared.dataset_reader import load_arrays
 
     key = features_key(str(manifest["id"]), fingerprint, target, split, view)
     expected = [int(i) for i in manifest["targets"][target]["splits"][split]]

@@ -2,8 +2,8 @@
 
 The recipe, step by step:
 
-1. Read the dataset version's manifest and stream its TFRecord shards with ``tf.data`` (the dataset
-   service's reader; shuffled, optionally genre-balanced, prefetched).
+1. Read the dataset version's manifest and stream its TFRecord shards with ``tf.data`` (the shared
+   dataset reader, ``shared.dataset_reader``; shuffled, optionally genre-balanced, prefetched).
 2. Build the network (:mod:`services.trainer.models`) or, when a checkpoint of this task exists, locally
    or in the object store, reload it with its optimizer state and continue from the next epoch.
 3. After every epoch: write ``last.keras`` (weights + optimizer), keep ``best.weights.h5`` (by the
@@ -164,7 +164,7 @@ def training_datasets(store: ObjectStore, manifest: dict[str, Any], targets: lis
     """``(train, validation)`` pipelines; for the shared layout each example carries its head index."""
     import tensorflow as tf
 
-    from services.dataset.reader import split_dataset
+    from shared.dataset_reader import split_dataset
 
     if layout != "shared":
         target = targets[0]
@@ -199,7 +199,7 @@ class SplitArrays:
 
 def split_arrays(store: ObjectStore, manifest: dict[str, Any], targets: list[str], split: str,
                  with_pixels: bool = True) -> SplitArrays:
-    from services.dataset.reader import load_arrays
+    from shared.dataset_reader import load_arrays
 
     pixels, labels, heads = [], [], []
     for head, target in enumerate(targets):
@@ -222,7 +222,7 @@ def calibration_pixels(store: ObjectStore, manifest: dict[str, Any], targets: li
     One target's training split is in memory at a time (the whole split of a shared model would be
     hundreds of MB at 256 px), and only the drawn posters are kept.
     """
-    from services.dataset.reader import load_arrays
+    from shared.dataset_reader import load_arrays
 
     rng = np.random.default_rng(seed)
     share = max(1, -(-limit // max(1, len(targets))))

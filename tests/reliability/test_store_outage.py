@@ -19,10 +19,10 @@ from sqlalchemy import select
 from benchmarks.fakes.tmdb_site import TmdbSite
 from services.crawler.importer import import_folder
 from services.dataset.pipeline import BuildResult, build_dataset
-from services.dataset.reader import load_arrays
 from shared.config import Settings, get_settings
 from shared.dataset_manifest import DatasetNotFoundError, load_manifest
 from shared.dataset_params import BuildParams
+from shared.dataset_reader import load_arrays
 from shared.db import DatasetVersion, Movie, session_scope, upgrade_database
 from shared.storage import ObjectStore, ObjectStoreError, open_object_store
 from tests.conftest import write_poster_folder

@@ -14,10 +14,10 @@ from sqlalchemy import select
 from services.crawler.importer import import_folder
 from services.dataset.balance import bound_violations, composite_bounds
 from services.dataset.pipeline import build_dataset
-from services.dataset.reader import load_arrays, split_dataset
 from services.dataset.report import load_report, load_report_png
 from shared.dataset_manifest import load_manifest
 from shared.dataset_params import SPLITS, BuildParams
+from shared.dataset_reader import load_arrays, split_dataset
 from shared.db import DatasetVersion, Movie, session_scope, upgrade_database
 from shared.images import hamming_distance
 from shared.storage import ObjectStore, object_store_from_settings

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.dataset.reader import load_arrays
 from services.trainer import features, metrics, models, training
 from shared.dataset_manifest import DatasetNotFoundError, load_manifest
+from shared.dataset_reader import load_arrays
 from shared.hyperparameters import Hyperparameters, default_hyperparameters
 from shared.storage import LocalObjectStore, object_store_from_settings
 from tests.services.trainer.datasets import GENRES, write_dataset

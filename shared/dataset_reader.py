@@ -1,4 +1,8 @@
-"""Reading a dataset version for training: the manifest, ``tf.data`` pipelines and numpy arrays.
+"""Reading a dataset version for training: ``tf.data`` pipelines and numpy arrays of its shards.
+
+The other half of the dataset contract (the manifest is read by ``shared.dataset_manifest``): the
+dataset service writes the shards, the trainer and ``evaluate`` read them here, so neither imports
+the other.
 
 The shards of a version are immutable, so they are fetched once from the object store into
 ``settings.home_dir/cache/<key>`` and read from there afterwards (a second epoch, a second model
