@@ -13,9 +13,10 @@ from shared.years import year_span_argument, years_argument
 
 def _import(args: argparse.Namespace) -> int:
     from services.cli_support import print_json, progress_bar
-    from services.crawler.importer import ImportFolderError, import_folder, read_labels
+    from services.crawler.importer import import_folder
     from shared.config import get_settings
     from shared.db import require_current_schema
+    from shared.poster_folder import ImportFolderError, read_labels
     from shared.storage import object_store_from_settings
 
     folder: Path = args.source

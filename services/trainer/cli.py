@@ -109,11 +109,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from services.cli_support import print_json, progress_bar
-    from services.crawler.importer import ImportFolderError
     from services.trainer.evaluation import evaluate_folder
     from services.trainer.training import _finite
     from shared import registry
     from shared.config import get_settings
+    from shared.poster_folder import ImportFolderError
     from shared.storage import object_store_from_settings
 
     settings = get_settings()

@@ -43,7 +43,7 @@ class ServedYear:
 
 def read_folder(folder: Path) -> tuple[list[LabelledPoster], list[str]]:
     """Good rows of ``labels.csv`` (import layout) and the reasons of the rows left out."""
-    from services.crawler.importer import parse_row, read_labels
+    from shared.poster_folder import parse_row, read_labels
 
     posters, problems = [], []
     for row in read_labels(folder):
