@@ -110,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from services.cli_support import print_json, progress_bar
     from services.trainer.evaluation import evaluate_folder
-    from services.trainer.training import _finite
+    from services.trainer.reports import json_safe
     from shared import registry
     from shared.config import get_settings
     from shared.poster_folder import ImportFolderError
@@ -132,9 +132,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(result), indent=1))
+    out.write_text(json.dumps(json_safe(result), indent=1))
     if args.json:
-        print_json(_finite(result))
+        print_json(json_safe(result))
         return 0
     overall, prior = result["overall"], result["baselines"]["year_prior"]
     print(f"{result['posters']} posters ({result['skipped_no_model']} without a model): macro_map "

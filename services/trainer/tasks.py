@@ -174,7 +174,7 @@ def claim_version_prefix(store: ObjectStore, prefix: str, job_id: str) -> None:
 
 def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Train, export, upload, register and (maybe) bless one model. Safe to run again for ``job_id``."""
-    from services.trainer import training
+    from services.trainer import checkpoints, training
     from shared import registry
     from shared.hyperparameters import Hyperparameters
     from shared.storage import object_store_from_settings
@@ -233,7 +233,7 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
         metrics = {**(row.get("metrics") or {}), "int8_check": exports["full_int8"]} \
             if "full_int8" in exports else None
         row = registry.update(name, version, exports=exports, metrics=metrics, status_reason="exported")
-        training.delete_checkpoint(store, training.checkpoint_dir(settings.home_dir, job_id), job_id)
+        checkpoints.delete_checkpoint(store, checkpoints.checkpoint_dir(settings.home_dir, job_id), job_id)
     return finish(job_id, row, params, settings)
 
 
@@ -262,16 +262,16 @@ def finish(job_id: str, row: dict[str, Any], params: dict[str, Any], settings: S
 
 
 def _checkpoint_epoch(store: Any, settings: Settings, job_id: str) -> int:
-    from services.trainer import training
+    from services.trainer import checkpoints
 
-    state = training.fetch_checkpoint(store, training.checkpoint_dir(settings.home_dir, job_id), job_id)
+    state = checkpoints.fetch_checkpoint(store, checkpoints.checkpoint_dir(settings.home_dir, job_id), job_id)
     return int((state or {}).get("epoch", 0))
 
 
 def _json_safe(value: Any) -> Any:
-    from services.trainer.training import _finite
+    from services.trainer.reports import json_safe
 
-    return json.loads(json.dumps(_finite(value), default=str))
+    return json.loads(json.dumps(json_safe(value), default=str))
 
 
 @celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)

@@ -8,17 +8,17 @@ The recipe, step by step:
    or in the object store, reload it with its optimizer state and continue from the next epoch.
 3. After every epoch: write ``last.keras`` (weights + optimizer), keep ``best.weights.h5`` (by the
    monitored metric), apply early stopping on ``val_loss``, and upload the checkpoint under
-   ``checkpoints/<task_id>/`` so that another worker can resume if this one dies.
+   ``checkpoints/<task_id>/`` so that another worker can resume if this one dies
+   (:mod:`services.trainer.checkpoints`).
 4. Reload the best weights and compute every metric of :mod:`services.trainer.metrics` on validation
    and test, next to the two baselines on the same splits. F1 thresholds are tuned on validation only.
-5. Write ``history.json``, ``metrics.json``, PNG plots and TensorBoard logs in the work folder.
+5. Write ``history.json``, ``metrics.json``, PNG plots (:mod:`services.trainer.reports`) and
+   TensorBoard logs in the work folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +28,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from services.trainer import metrics as metric_fns
-from shared.files import replace_atomically, write_bytes_atomically, write_text_atomically
+from services.trainer.checkpoints import (
+    BEST_WEIGHTS,
+    LAST_CHECKPOINT,
+    checkpoint_dir,
+    fetch_checkpoint,
+    make_epoch_checkpoint,
+)
+from services.trainer.reports import write_reports
+from shared.files import replace_atomically
 from shared.hyperparameters import LAYOUTS, STRATEGIES, Hyperparameters
-from shared.storage import ObjectNotFoundError, ObjectStore
+from shared.storage import ObjectStore
 
 if TYPE_CHECKING:
     import keras
@@ -38,10 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last.keras"
-BEST_WEIGHTS = "best.weights.h5"
-STATE_FILE = "state.json"
-CHECKPOINT_FILES = (LAST_CHECKPOINT, BEST_WEIGHTS, STATE_FILE)
 SHARED_SHUFFLE_BUFFER = 4096
 CALIBRATION_POSTERS = 256  # training posters that calibrate the full-integer LiteRT export
 
@@ -91,14 +95,6 @@ class TrainOutcome:
     # For the full-integer LiteRT export: training posters to calibrate on, test posters to check on.
     calibration_pixels: np.ndarray | None = None
     test_split: SplitArrays | None = None
-
-
-def checkpoint_dir(home: Path, task_id: str) -> Path:
-    return home / "checkpoints" / task_id
-
-
-def checkpoint_key(task_id: str, filename: str) -> str:
-    return f"checkpoints/{task_id}/{filename}"
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -246,97 +242,7 @@ def predict_scores(model: keras.Model, arrays: SplitArrays, batch_size: int) -> 
     return scores
 
 
-# --- checkpoints ---------------------------------------------------------------------------------------
-
-
-def upload_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> None:
-    # state.json last: a reader that sees the new state also finds the files it names.
-    for name in CHECKPOINT_FILES:
-        path = folder / name
-        if path.is_file():
-            content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
-            store.put(checkpoint_key(task_id, name), path.read_bytes(), content_type=content_type)
-
-
-def fetch_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> dict[str, Any] | None:
-    """The newest checkpoint state of ``task_id``: the local one, else the object store's (downloaded).
-
-    The local copy wins only when it is at least as far as the stored one (another worker may have
-    gone further since this machine last ran the task).
-    """
-    local = _read_state(folder / STATE_FILE)
-    try:
-        remote = json.loads(store.get(checkpoint_key(task_id, STATE_FILE)))
-    except ObjectNotFoundError:
-        remote = None
-    if remote is not None and (local is None or remote.get("epoch", 0) > local.get("epoch", 0)):
-        for name in (LAST_CHECKPOINT, BEST_WEIGHTS):
-            try:
-                write_bytes_atomically(folder / name, store.get(checkpoint_key(task_id, name)))
-            except ObjectNotFoundError:
-                pass
-        write_text_atomically(folder / STATE_FILE, json.dumps(remote))
-        return dict(remote)
-    return local
-
-
-def _read_state(path: Path) -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def delete_checkpoint(store: ObjectStore, folder: Path, task_id: str) -> None:
-    """Drop a finished task's checkpoint (its model version now lives in the registry)."""
-    for name in CHECKPOINT_FILES:
-        store.delete(checkpoint_key(task_id, name))
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _make_epoch_checkpoint(store: ObjectStore, folder: Path, task_id: str, hp: Hyperparameters,
-                           state: dict[str, Any]) -> Any:
-    import keras
-
-    class EpochCheckpoint(keras.callbacks.Callback):
-        """Checkpoint, best-model tracking and early stopping, with state that survives a restart.
-
-        Keras' own ModelCheckpoint/EarlyStopping forget their counters when a new process resumes;
-        this keeps them in ``state.json`` next to the weights.
-        """
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            logs = {key: float(value) for key, value in (logs or {}).items()}
-            history = state.setdefault("history", {})
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            monitored = logs.get(hp.monitor)
-            higher_is_better = not hp.monitor.endswith("loss")
-            best = state.get("best_value")
-            improved = monitored is not None and (
-                best is None or (monitored > best if higher_is_better else monitored < best))
-            if improved or not (folder / BEST_WEIGHTS).is_file():
-                state["best_value"], state["best_epoch"] = monitored, epoch + 1
-                replace_atomically(folder / BEST_WEIGHTS, self.model.save_weights)
-            val_loss = logs.get("val_loss")
-            best_loss = state.get("best_val_loss")
-            if val_loss is not None and (best_loss is None or val_loss < best_loss):
-                state["best_val_loss"], state["wait"] = val_loss, 0
-            else:
-                state["wait"] = int(state.get("wait", 0)) + 1
-            state["epoch"] = epoch + 1
-            if state["wait"] >= hp.patience:
-                logger.info("early stop after epoch %d: val_loss has not improved for %d epochs",
-                            epoch + 1, hp.patience)
-                state["stopped_early"] = True
-                self.model.stop_training = True
-            # Each file replaced whole and state.json last: a worker killed mid-save leaves the previous
-            # epoch's checkpoint loadable, and the state never names an epoch the weights have not reached.
-            replace_atomically(folder / LAST_CHECKPOINT, self.model.save)
-            write_text_atomically(folder / STATE_FILE, json.dumps(state))
-            upload_checkpoint(store, folder, task_id)
-
-    return EpochCheckpoint()
+# --- progress ----------------------------------------------------------------------------------------
 
 
 def _make_progress_callback(progress: ProgressFn, batches: int, min_interval_s: float = 1.0) -> Any:
@@ -500,7 +406,7 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
 
     work_dir.mkdir(parents=True, exist_ok=True)
     callbacks: list[Any] = [
-        _make_epoch_checkpoint(store, folder, request.task_id, hp, state),
+        make_epoch_checkpoint(store, folder, request.task_id, hp, state),
         keras.callbacks.TensorBoard(log_dir=str(work_dir / "tensorboard"), update_freq="epoch"),
     ]
     if progress is not None:
@@ -588,93 +494,3 @@ def evaluate_model(model: keras.Model, store: ObjectStore, manifest: dict[str, A
                     test.labels[mask], test_scores[mask], genres, thresholds, with_per_genre=False))
         result["per_target_test"] = per_target
     return result
-
-
-# --- reports -------------------------------------------------------------------------------------------
-
-
-def write_reports(work_dir: Path, history: dict[str, list[float]], evaluation: dict[str, Any],
-                  genres: list[str], targets: list[str]) -> dict[str, str]:
-    """``history.json``, ``metrics.json`` and PNG plots in ``work_dir``; returns name -> file name."""
-    (work_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (work_dir / "metrics.json").write_text(json.dumps(_finite(evaluation), indent=1))
-    files = {"history": "history.json", "metrics": "metrics.json"}
-    if history:
-        plot_history(history, work_dir / "history.png")
-        files["history_plot"] = "history.png"
-    if "per_target_test" in evaluation:
-        plot_per_target(evaluation["per_target_test"], evaluation["baselines"]["test"],
-                        work_dir / "per_year.png")
-        files["per_year_plot"] = "per_year.png"
-    plot_per_genre(evaluation["test"].get("per_genre", {}), work_dir / "per_genre.png")
-    files["per_genre_plot"] = "per_genre.png"
-    return files
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: undefined metrics become ``null``."""
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, np.floating | np.integer):
-        return _finite(value.item())
-    return value
-
-
-def plot_history(history: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [name for name in ("loss", "auc", "binary_accuracy", "top3_accuracy") if name in history]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for axis, name in zip(axes[0], panels, strict=True):
-        epochs = range(1, len(history[name]) + 1)
-        axis.plot(epochs, history[name], label="train")
-        if f"val_{name}" in history:
-            axis.plot(range(1, len(history[f"val_{name}"]) + 1), history[f"val_{name}"], label="validation")
-        axis.set_title(name)
-        axis.set_xlabel("epoch")
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-
-
-def plot_per_target(per_target: dict[str, Any], baselines: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(per_target)
-    figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(names)), 3.2))
-    axis.bar(names, [per_target[n].get("macro_auc", 0) for n in names], label="model macro ROC-AUC")
-    axis.axhline(0.5, color="grey", linestyle="--", label="chance")
-    axis.set_ylim(0.3, 1.0)
-    axis.tick_params(axis="x", rotation=90)
-    axis.set_title("test macro ROC-AUC per year")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-
-
-def plot_per_genre(per_genre: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(per_genre)
-    figure, axis = plt.subplots(figsize=(max(6, 0.4 * len(names)), 3.2))
-    axis.bar(names, [per_genre[n]["average_precision"] for n in names])
-    axis.tick_params(axis="x", rotation=90)
-    axis.set_title("test average precision per genre")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)

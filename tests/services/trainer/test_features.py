@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer import features, metrics, models, training
+from services.trainer import checkpoints, features, metrics, models, training
 from shared.dataset_manifest import DatasetNotFoundError, load_manifest
 from shared.dataset_reader import load_arrays
 from shared.hyperparameters import Hyperparameters, default_hyperparameters
@@ -144,7 +144,7 @@ def test_finetune_trains_only_the_top_blocks_and_keeps_batch_norm_frozen(setting
     # The same seed builds the same starting backbone: after the fine-tune epoch (its checkpoint; the
     # model kept is the better of heads-only and fine-tuned on validation) only the top block moved.
     finetuned = keras.models.load_model(
-        training.checkpoint_dir(settings.home_dir, "f-6") / training.LAST_CHECKPOINT,  # type: ignore[attr-defined]
+        checkpoints.checkpoint_dir(settings.home_dir, "f-6") / checkpoints.LAST_CHECKPOINT,  # type: ignore[attr-defined]
         custom_objects=models.CUSTOM_OBJECTS)
     keras.utils.set_random_seed(hp.seed)
     start = models.build_independent_model(32, len(GENRES), hp)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer import training
+from services.trainer import checkpoints, training
 from shared.hyperparameters import Hyperparameters, default_hyperparameters
 from shared.storage import object_store_from_settings
 from tests.services.trainer.datasets import GENRES, write_dataset
@@ -29,11 +29,11 @@ def test_independent_model_trains_resumes_from_its_checkpoint_and_reports(settin
     assert outcome.epochs_run == 1 and outcome.resumed_from_epoch == 0
     # The checkpoint is in the object store too, so another worker could resume it.
     keys = set(store.list("checkpoints/task-1/"))
-    assert {f"checkpoints/task-1/{name}" for name in training.CHECKPOINT_FILES} <= keys
+    assert {f"checkpoints/task-1/{name}" for name in checkpoints.CHECKPOINT_FILES} <= keys
 
     # The same task asked for 2 epochs (a redelivery) continues at epoch 2, from the store's copy.
-    (home / "checkpoints" / "task-1" / training.LAST_CHECKPOINT).unlink()
-    (home / "checkpoints" / "task-1" / training.STATE_FILE).unlink()
+    (home / "checkpoints" / "task-1" / checkpoints.LAST_CHECKPOINT).unlink()
+    (home / "checkpoints" / "task-1" / checkpoints.STATE_FILE).unlink()
     second = training.TrainRequest("task-1", "tiny", ["2000"], "independent", "genre-2000", tiny_hp(2))
     progress: list[tuple[int, int]] = []
     outcome = training.train(second, store, home, tmp_path / "work2",
