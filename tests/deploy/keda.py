@@ -13,15 +13,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.deploy.checks import (
-    K8sIndex,
-    container_environment,
-    containers,
-    host_port,
-    k8s_index,
-    pod_spec,
-    postergenre_cli_problems,
-)
+from tests.deploy.checks.common import host_port
+from tests.deploy.checks.k8s_objects import K8sIndex, container_environment, containers, k8s_index, pod_spec
+from tests.deploy.checks.settings import postergenre_cli_problems
 
 SCHEMAS_DIR = Path(__file__).parent / "schemas" / "keda"
 KEDA_VERSION = "2.20.2"

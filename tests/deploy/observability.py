@@ -14,17 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.deploy.checks import (
-    COMPOSE_FILE,
-    REPO,
-    WEB_PORT,
-    as_list,
-    as_mapping,
-    command_flags,
-    compose_mounts,
-    is_celery_worker,
-    load_yaml,
-)
+from tests.deploy.checks.common import REPO, WEB_PORT, as_list, as_mapping, command_flags, load_yaml
+from tests.deploy.checks.compose import COMPOSE_FILE, compose_mounts, is_celery_worker
 
 OBSERVABILITY_DIR = REPO / "docker" / "observability"
 PROMETHEUS_CONFIG = OBSERVABILITY_DIR / "prometheus.yml"

@@ -7,44 +7,44 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy import checks
+from tests.deploy.checks import compose, env_example, settings
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
-    assert checks.check_compose_schema() == []
+    assert compose.check_compose_schema() == []
 
 
 def test_docker_compose_loads_the_file_in_every_profile() -> None:
-    assert checks.check_compose_config() == []
+    assert compose.check_compose_config() == []
 
 
 def test_compose_file_agrees_with_the_code() -> None:
-    assert checks.check_compose_semantics() == []
+    assert compose.check_compose_semantics() == []
 
 
 def test_env_example_documents_exactly_the_settings() -> None:
-    assert checks.check_env_example() == []
+    assert env_example.check_env_example() == []
 
 
 def test_settings_names_come_from_the_settings_class() -> None:
-    names = checks.settings_variables()
+    names = settings.settings_variables()
     assert {"POSTERGENRE_HOME", "POSTERGENRE_DATABASE_URL", "TMDB_API_KEY", "TMDB_API_URL"} <= names
     assert "POSTERGENRE_TMDB_API_KEY" not in names  # an aliased field is read under its alias only
 
 
 def broken_copy(tmp_path: Path, old: str, new: str) -> Path:
     """compose.yaml and .env.example copied to tmp_path, with one text replaced in compose.yaml."""
-    text = checks.COMPOSE_FILE.read_text()
+    text = compose.COMPOSE_FILE.read_text()
     assert old in text, f"the fixture text {old!r} is gone from compose.yaml"
     path = tmp_path / "compose.yaml"
     path.write_text(text.replace(old, new, 1))
-    shutil.copy(checks.ENV_EXAMPLE, tmp_path / ".env.example")
+    shutil.copy(env_example.ENV_EXAMPLE, tmp_path / ".env.example")
     return path
 
 
 def test_a_compose_file_breaking_the_specification_is_caught(tmp_path: Path) -> None:
     path = broken_copy(tmp_path, "  web:\n", "  web:\n    heathcheck: {}\n")
-    problems = checks.check_compose_schema(path)
+    problems = compose.check_compose_schema(path)
     assert len(problems) == 1 and "heathcheck" in problems[0]
 
 
@@ -130,7 +130,7 @@ def test_a_compose_file_disagreeing_with_the_code_is_caught(
     tmp_path: Path, old: str, new: str, expected: str
 ) -> None:
     path = broken_copy(tmp_path, old, new)
-    problems = checks.check_compose_semantics(path, tmp_path / ".env.example")
+    problems = compose.check_compose_semantics(path, tmp_path / ".env.example")
     assert any(expected in problem for problem in problems), problems
 
 
@@ -153,11 +153,11 @@ def test_a_compose_file_disagreeing_with_the_code_is_caught(
 def test_an_env_example_disagreeing_with_settings_is_caught(
     tmp_path: Path, old: str, new: str, expected: str
 ) -> None:
-    text = checks.ENV_EXAMPLE.read_text()
+    text = env_example.ENV_EXAMPLE.read_text()
     assert old in text
     path = tmp_path / ".env.example"
     path.write_text(text.replace(old, new, 1))
-    problems = checks.check_env_example(path)
+    problems = env_example.check_env_example(path)
     assert any(expected in problem for problem in problems), problems
 
 
@@ -179,7 +179,7 @@ def test_an_env_example_disagreeing_with_settings_is_caught(
 )
 def test_docker_compose_refuses_a_broken_file(tmp_path: Path, old: str, new: str, expected: str) -> None:
     path = broken_copy(tmp_path, old, new)
-    problems = checks.check_compose_config(path, tmp_path / ".env.example")
+    problems = compose.check_compose_config(path, tmp_path / ".env.example")
     assert any(expected in problem for problem in problems), problems
 
 
@@ -187,7 +187,7 @@ def test_docker_compose_refuses_to_start_without_a_required_secret(tmp_path: Pat
     path = broken_copy(tmp_path, "x", "x")
     env = tmp_path / ".env.example"
     env.write_text(env.read_text().replace("POSTERGENRE_S3_SECRET_KEY=change-me-too\n", ""))
-    problems = checks.check_compose_config(path, env)
+    problems = compose.check_compose_config(path, env)
     assert any("required variable POSTERGENRE_S3_SECRET_KEY is missing" in problem for problem in problems), (
         problems
     )
@@ -197,5 +197,5 @@ def test_required_secrets_must_be_set_in_env_example(tmp_path: Path) -> None:
     path = broken_copy(tmp_path, "x", "x")
     env = tmp_path / ".env.example"
     env.write_text(env.read_text().replace("POSTGRES_PASSWORD=change-me", "# POSTGRES_PASSWORD=change-me"))
-    problems = checks.check_compose_semantics(path, env)
+    problems = compose.check_compose_semantics(path, env)
     assert any("${POSTGRES_PASSWORD} is required" in problem for problem in problems), problems

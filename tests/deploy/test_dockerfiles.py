@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy import checks
+from tests.deploy.checks import dockerfiles
 
-DOCKERFILES = sorted(checks.DOCKER_DIR.glob("*.Dockerfile"))
+DOCKERFILES = sorted(dockerfiles.DOCKER_DIR.glob("*.Dockerfile"))
 
 
 def test_every_service_has_a_dockerfile() -> None:
@@ -22,15 +22,15 @@ def test_every_service_has_a_dockerfile() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_dockerfile_passes_hadolint_and_the_project_rules(dockerfile: Path) -> None:
-    assert checks.check_dockerfile(dockerfile) == []
+    assert dockerfiles.check_dockerfile(dockerfile) == []
 
 
 def test_trainer_image_carries_the_tfjs_converter_environment() -> None:
-    assert checks.check_trainer_dockerfile() == []
+    assert dockerfiles.check_trainer_dockerfile() == []
 
 
 def test_lock_pins_every_dependency_of_pyproject() -> None:
-    assert checks.check_lock() == []
+    assert dockerfiles.check_lock() == []
 
 
 def test_a_bad_dockerfile_is_caught(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_a_bad_dockerfile_is_caught(tmp_path: Path) -> None:
         'ENTRYPOINT ["postergenre"]\n'
         'CMD ["serve", "webb"]\n'
     )
-    problems = "\n".join(checks.check_dockerfile(dockerfile))
+    problems = "\n".join(dockerfiles.check_dockerfile(dockerfile))
     for expected in (
         "DL3007",  # hadolint: the latest tag
         "DL3013",  # hadolint: unpinned pip package
@@ -61,11 +61,11 @@ def test_a_bad_dockerfile_is_caught(tmp_path: Path) -> None:
 
 
 def test_a_lock_that_misses_or_contradicts_pyproject_is_caught(tmp_path: Path) -> None:
-    lines = checks.LOCK_FILE.read_text().splitlines()
+    lines = dockerfiles.LOCK_FILE.read_text().splitlines()
     lock = tmp_path / "requirements.lock"
     kept = [line for line in lines if not line.startswith(("tensorflow==", "minio=="))]
     lock.write_text("\n".join([*kept, "minio==7.2.19"]) + "\n")
-    problems = checks.check_lock(lock)
+    problems = dockerfiles.check_lock(lock)
     assert any("lacks tensorflow" in problem for problem in problems), problems
     assert any("pins minio==7.2.19" in problem for problem in problems), problems
 
@@ -88,4 +88,4 @@ def test_a_lock_that_misses_or_contradicts_pyproject_is_caught(tmp_path: Path) -
     ],
 )
 def test_dockerignore_keeps_the_context_to_what_the_images_need(path: str, excluded: bool) -> None:
-    assert checks.excluded_from_context(path, checks.dockerignore_patterns()) is excluded
+    assert dockerfiles.excluded_from_context(path, dockerfiles.dockerignore_patterns()) is excluded

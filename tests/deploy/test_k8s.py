@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy import checks
+from tests.deploy.checks import common, k8s, k8s_objects, k8s_operations
 
 
-@pytest.fixture(scope="module", params=checks.OVERLAYS)
+@pytest.fixture(scope="module", params=k8s_objects.OVERLAYS)
 def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     name = str(request.param)
-    return name, checks.render_overlay(checks.K8S_DIR / "overlays" / name)
+    return name, k8s_objects.render_overlay(k8s_objects.K8S_DIR / "overlays" / name)
 
 
 def test_overlay_matches_the_kubernetes_schemas(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -32,12 +32,12 @@ def test_overlay_matches_the_kubernetes_schemas(overlay: tuple[str, list[dict[st
         "ConfigMap",
         "PodDisruptionBudget",
     } <= kinds
-    assert checks.check_k8s_schemas(docs) == []
+    assert k8s.check_k8s_schemas(docs) == []
 
 
 def test_overlay_agrees_with_the_code(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = overlay
-    assert checks.check_k8s_semantics(docs, name) == []
+    assert k8s.check_k8s_semantics(docs, name) == []
 
 
 def test_no_secret_is_committed_and_the_example_is_never_applied(
@@ -45,18 +45,18 @@ def test_no_secret_is_committed_and_the_example_is_never_applied(
 ) -> None:
     _, docs = overlay
     assert [doc["metadata"]["name"] for doc in docs if doc["kind"] == "Secret"] == []
-    example = checks.SECRET_EXAMPLE.resolve()
-    for kustomization, resources in checks.kustomization_resources().items():
+    example = k8s_objects.SECRET_EXAMPLE.resolve()
+    for kustomization, resources in k8s_objects.kustomization_resources().items():
         assert example not in resources, f"{kustomization} applies the secret example"
-        assert "secretGenerator" not in (checks.load_yaml(kustomization) or {})
-    secrets = [doc for doc in yaml.safe_load_all(checks.SECRET_EXAMPLE.read_text()) if doc]
-    assert checks.check_k8s_schemas(secrets) == []
+        assert "secretGenerator" not in (common.load_yaml(kustomization) or {})
+    secrets = [doc for doc in yaml.safe_load_all(k8s_objects.SECRET_EXAMPLE.read_text()) if doc]
+    assert k8s.check_k8s_schemas(secrets) == []
 
 
 def broken_tree(tmp_path: Path, relative: str, old: str, new: str) -> Path:
     """A copy of k8s/ with one text replaced in one file."""
     root = tmp_path / "k8s"
-    shutil.copytree(checks.K8S_DIR, root)
+    shutil.copytree(k8s_objects.K8S_DIR, root)
     path = root / relative
     text = path.read_text()
     assert old in text, f"the fixture text {old!r} is gone from {relative}"
@@ -81,14 +81,14 @@ def test_a_manifest_breaking_the_kubernetes_schema_is_caught(
     tmp_path: Path, relative: str, old: str, new: str, expected: str
 ) -> None:
     root = broken_tree(tmp_path, relative, old, new)
-    problems = checks.check_k8s_schemas(checks.render_overlay(root / "overlays" / "prod"))
+    problems = k8s.check_k8s_schemas(k8s_objects.render_overlay(root / "overlays" / "prod"))
     assert any(expected in problem for problem in problems), problems
 
 
 def test_a_kustomization_that_does_not_render_is_caught(tmp_path: Path) -> None:
     root = broken_tree(tmp_path, "base/kustomization.yaml", "  - ingress.yaml\n", "  - ingres.yaml\n")
-    with pytest.raises(checks.RenderError, match="ingres.yaml"):
-        checks.render_overlay(root / "overlays" / "dev")
+    with pytest.raises(k8s_objects.RenderError, match="ingres.yaml"):
+        k8s_objects.render_overlay(root / "overlays" / "dev")
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_a_manifest_disagreeing_with_the_code_is_caught(
     tmp_path: Path, relative: str, old: str, new: str, expected: str
 ) -> None:
     root = broken_tree(tmp_path, relative, old, new)
-    problems = checks.check_k8s_semantics(checks.render_overlay(root / "overlays" / "prod"), "prod")
+    problems = k8s.check_k8s_semantics(k8s_objects.render_overlay(root / "overlays" / "prod"), "prod")
     assert any(expected in problem for problem in problems), problems
 
 
@@ -167,61 +167,61 @@ def test_no_probe_starts_celery_or_python_and_workers_report_a_heartbeat(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, docs = overlay
-    assert checks.check_k8s_probes(docs) == []
+    assert k8s_operations.check_k8s_probes(docs) == []
 
 
 def test_workers_shut_down_softly_within_their_grace_period(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, docs = overlay
-    assert checks.check_k8s_worker_shutdown(docs) == []
+    assert k8s_operations.check_k8s_worker_shutdown(docs) == []
 
 
 def test_the_ingress_routes_only_the_page_and_the_public_api(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, docs = overlay
-    assert checks.check_k8s_ingress(docs) == []
+    assert k8s_operations.check_k8s_ingress(docs) == []
 
 
 def test_network_policies_deny_by_default_and_allow_exactly_the_wired_connections(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     name, docs = overlay
-    assert checks.check_k8s_network_policies(docs, name) == []
+    assert k8s_operations.check_k8s_network_policies(docs, name) == []
 
 
 def test_the_prediction_cache_and_the_broker_are_separate_redis_servers_with_passwords(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     name, docs = overlay
-    assert checks.check_k8s_redis(docs, name) == []
+    assert k8s_operations.check_k8s_redis(docs, name) == []
 
 
 def test_database_users_wait_for_the_schema_and_only_the_job_migrates(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, docs = overlay
-    assert checks.check_k8s_migrations(docs) == []
+    assert k8s_operations.check_k8s_migrations(docs) == []
 
 
 def test_autoscaled_deployments_leave_replicas_to_their_hpa(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, docs = overlay
-    assert checks.check_k8s_hpa_replicas(docs) == []
+    assert k8s_operations.check_k8s_hpa_replicas(docs) == []
 
 
 def test_gpu_pods_are_scheduled_by_their_gpu_request(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = overlay
-    assert checks.check_k8s_gpu(docs, name) == []
+    assert k8s_operations.check_k8s_gpu(docs, name) == []
 
 
 def test_tfserving_is_ready_when_its_models_are_and_exports_metrics(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, docs = overlay
-    assert checks.check_k8s_tfserving_readiness(docs) == []
+    assert k8s_operations.check_k8s_tfserving_readiness(docs) == []
 
 
 @pytest.mark.parametrize(
@@ -247,7 +247,7 @@ def test_tfserving_is_ready_when_its_models_are_and_exports_metrics(
 def test_ingress_paths_match_like_kubernetes_and_ingress_nginx(
     path_type: str, path: str, request_path: str, matches: bool
 ) -> None:
-    assert checks.ingress_path_matches(path_type, path, request_path) is matches
+    assert k8s_operations.ingress_path_matches(path_type, path, request_path) is matches
 
 
 HEARTBEAT_PROBE = (
@@ -429,6 +429,6 @@ def test_a_manifest_breaking_the_deployment_rules_is_caught(
     tmp_path: Path, overlay_name: str, relative: str, old: str, new: str, expected: str
 ) -> None:
     root = broken_tree(tmp_path, relative, old, new)
-    docs = checks.render_overlay(root / "overlays" / overlay_name)
-    problems = checks.check_k8s_semantics(docs, overlay_name)
+    docs = k8s_objects.render_overlay(root / "overlays" / overlay_name)
+    problems = k8s.check_k8s_semantics(docs, overlay_name)
     assert any(expected in problem for problem in problems), problems

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.deploy import checks
+from tests.deploy.checks import k8s_objects, k8s_operations
 from tests.deploy.keda import check_keda_schemas, check_keda_semantics
 
 
 @pytest.fixture(scope="module")
 def prod() -> list[dict[str, Any]]:
-    return checks.render_overlay(checks.K8S_DIR / "overlays" / "prod")
+    return k8s_objects.render_overlay(k8s_objects.K8S_DIR / "overlays" / "prod")
 
 
 def test_keda_objects_match_kedas_crd_schemas(prod: list[dict[str, Any]]) -> None:
@@ -26,8 +26,8 @@ def test_keda_objects_match_kedas_crd_schemas(prod: list[dict[str, Any]]) -> Non
 def test_every_worker_scales_on_its_own_queue_and_running_tasks(prod: list[dict[str, Any]]) -> None:
     scaled = {doc["spec"]["scaleTargetRef"]["name"] for doc in prod if doc["kind"] == "ScaledObject"}
     assert scaled == {"trainer", "crawler", "dataset-worker"}
-    assert check_keda_semantics(prod, checks.read_secret_example()) == []
-    assert checks.check_k8s_hpa_replicas(prod) == []
+    assert check_keda_semantics(prod, k8s_objects.read_secret_example()) == []
+    assert k8s_operations.check_k8s_hpa_replicas(prod) == []
 
 
 def _scaled_object(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def test_a_scaled_object_disagreeing_with_its_worker_is_caught(prod: list[dict[s
                                                                expected: str) -> None:
     docs = copy.deepcopy(prod)
     change(_scaled_object(docs, "trainer"))
-    problems = check_keda_semantics(docs, checks.read_secret_example())
+    problems = check_keda_semantics(docs, k8s_objects.read_secret_example())
     assert any(expected in p for p in problems), problems
 
 
@@ -75,5 +75,5 @@ def test_a_worker_without_a_scaled_object_or_with_replicas_is_caught(prod: list[
     docs = copy.deepcopy(prod)
     next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "trainer")["spec"][
         "replicas"] = 2
-    assert checks.check_k8s_hpa_replicas(docs) == [
+    assert k8s_operations.check_k8s_hpa_replicas(docs) == [
         "Deployment/trainer sets spec.replicas; ScaledObject/trainer owns it"]

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy import checks
+from tests.deploy.checks import common, dockerfiles
 
-SCRIPT = checks.DOCKER_DIR / "model_sync.py"
+SCRIPT = dockerfiles.DOCKER_DIR / "model_sync.py"
 
 
 def run_sync(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("POSTERGENRE_")}
     env.update(environment)
-    env["PYTHONPATH"] = str(checks.REPO)
+    env["PYTHONPATH"] = str(common.REPO)
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         env=env,
@@ -108,7 +108,7 @@ class Sidecar:
         self.log = tmp_path / "model-sync.log"
         env = {key: value for key, value in os.environ.items() if not key.startswith("POSTERGENRE_")}
         env.update({"POSTERGENRE_HOME": str(home), "POSTERGENRE_INFERENCE_REST_URL": rest_url,
-                    "POSTERGENRE_INFERENCE_TIMEOUT_S": "2", "PYTHONPATH": str(checks.REPO)})
+                    "POSTERGENRE_INFERENCE_TIMEOUT_S": "2", "PYTHONPATH": str(common.REPO)})
         self.process = subprocess.Popen(
             [sys.executable, str(SCRIPT), "--interval", "0.3", "--heartbeat-file", str(self.heartbeat),
              "--ready-file", str(self.ready)],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.checks import COMPOSE_FILE
+from tests.deploy.checks.compose import COMPOSE_FILE
 from tests.deploy.observability import (
     DASHBOARDS_DIR,
     PROMETHEUS_CONFIG,

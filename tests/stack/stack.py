@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.deploy.checks import compose_binary
+from tests.deploy.checks.compose import compose_binary
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
