@@ -1,8 +1,8 @@
 """Reading a dataset version for training: ``tf.data`` pipelines and numpy arrays of its shards.
 
 The other half of the dataset contract (the manifest is read by ``shared.dataset_manifest``): the
-dataset service writes the shards, the trainer and ``evaluate`` read them here, so neither imports
-the other.
+dataset service writes the shards (each example through :func:`serialize_example`), the trainer and
+``evaluate`` read them here, so neither imports the other.
 
 The shards of a version are immutable, so they are fetched once from the object store into
 ``settings.home_dir/cache/<key>`` and read from there afterwards (a second epoch, a second model
@@ -68,6 +68,20 @@ def feature_spec(genre_count: int) -> dict[str, Any]:
         "movie_id": tf.io.FixedLenFeature([], tf.int64),
         "year": tf.io.FixedLenFeature([], tf.int64),
     }
+
+
+def serialize_example(pixels: np.ndarray, labels: np.ndarray, movie_id: int, year: int) -> bytes:
+    """One TFRecord example as the dataset service writes it: the other half of :func:`feature_spec`,
+    kept beside it so that the format the shards are written in and the one they are read in are one."""
+    import tensorflow as tf
+
+    feature = {
+        "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels.tobytes()])),
+        "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in labels])),
+        "movie_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(movie_id)])),
+        "year": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(year)])),
+    }
+    return bytes(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
 def repeat_counts(manifest: dict[str, Any], target: str) -> dict[int, int]:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from shared.dataset_params import DatasetInputError
+from shared.dataset_reader import serialize_example
 from shared.images import PosterImageError, poster_pixels
 from shared.storage import ObjectExistsError, ObjectNotFoundError, ObjectStore
 
@@ -60,18 +61,6 @@ def decode_posters(
             if progress is not None:
                 progress(done)
     return pixels
-
-
-def serialize_example(pixels: np.ndarray, labels: np.ndarray, movie_id: int, year: int) -> bytes:
-    import tensorflow as tf
-
-    feature = {
-        "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels.tobytes()])),
-        "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in labels])),
-        "movie_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(movie_id)])),
-        "year": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(year)])),
-    }
-    return bytes(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
 def tfrecord_bytes(records: Sequence[bytes]) -> bytes:
