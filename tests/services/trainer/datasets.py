@@ -1,7 +1,8 @@
 """Tiny dataset versions for the trainer tests, written in the dataset service's format.
 
 The shards go through the dataset service's own writer (``services.dataset.shards``) and are read by
-its reader, so the trainer sees exactly what a real build gives it, without the import and build steps.
+the shared reader (``shared.dataset_reader``), so the trainer sees exactly what a real build gives it,
+without the import and build steps.
 Each genre has its own colour, so even a tiny network finds some signal.
 """
 
