@@ -5,18 +5,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= $(shell [ -d ../shared/data/posters-imdb ] && echo ../shared/data/posters-imdb)
 PYTEST_ARGS ?=
-# `make test PYTEST_WORKERS='-n 2 --dist loadfile'` runs the suite in two pytest-xdist workers (13.5 min
-# instead of 25 here; tests/servers.py gives each its own Redis databases). Not the default yet: under two
-# workers tests/reliability/test_store_outage.py's crawl can finish its stores before the outage starts.
-PYTEST_WORKERS ?=
+# Two pytest-xdist workers, one test file each at a time (tests/servers.py gives each worker its own Redis
+# databases and ports). `make test PYTEST_WORKERS=` runs the suite in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: demo test stack-test lint venv test-deps system-deps tfjs-env node-deps clean help
+.PHONY: demo test slow-test stack-test lint venv test-deps system-deps tfjs-env node-deps clean help
 
 help:
 	@echo "make demo   - install, import posters from DATA, train CPU-quick models, serve http://127.0.0.1:8000"
-	@echo "make test   - install what the tests need and run the whole suite"
+	@echo "make test   - install what the tests need, lint, and run the suite but its slow system tests"
+	@echo "make slow-test - the slow system tests: real workers, restarts, outages, the browser, benchmarks"
 	@echo "make stack-test - build the images and run the Compose system with faults (Docker, root)"
 
 $(BIN)/postergenre: pyproject.toml
@@ -66,7 +66,12 @@ test: test-deps
 	$(BIN)/ruff check shared services benchmarks tests
 	$(BIN)/mypy shared services benchmarks tests
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "not stack and not slow" $(PYTEST_ARGS)
+
+# The tests marked slow (pyproject.toml): whole jobs on real workers, broker/store/database restarts, the
+# browser, the benchmarks. CI runs them after `make test` (.ci/run).
+slow-test: test-deps
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "slow and not stack" $(PYTEST_ARGS)
 
 # The Compose system for real: images built here, containers started, faults injected (docs/deploy.md).
 stack-test: $(VENV)/.test-deps

@@ -126,7 +126,7 @@ class Sidecar:
         for _ in range(rounds):
             last = self.heartbeat.stat().st_mtime_ns
             self.wait(lambda last=last: self.heartbeat.stat().st_mtime_ns != last,  # type: ignore[misc]
-                      "the heartbeat stopped", 10)
+                      "the heartbeat stopped", 60)  # a first round imports TensorFlow: slow under load
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -247,6 +247,7 @@ def test_bad_requests_get_clear_errors(exported: dict[str, Any], tmp_path: Path,
     assert not (tmp_path / "m" / "3").exists()  # refused before writing anything
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_genre_model_exports_agree_with_keras(settings: Settings, tmp_path: Path,
                                                                    record_property: Any) -> None:
     """The pretrained backbone (``--weights package``) in a shared genre model: every format answers as

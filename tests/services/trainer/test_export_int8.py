@@ -131,6 +131,7 @@ def test_without_test_posters_the_int8_model_is_kept_but_not_passed(tmp_path: Pa
     assert (dest / "exports" / "model_full_int8.tflite").is_file()
 
 
+@pytest.mark.slow
 def test_a_training_records_the_int8_verdict_with_the_version(settings: Any) -> None:
     """The trainer's own path: calibrated on the dataset's training posters, checked on its test
     posters, the verdict in the registry (metrics and exports) and in the uploaded version folder."""

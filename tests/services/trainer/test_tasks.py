@@ -93,6 +93,7 @@ def send(settings: Settings, dataset: str, epochs: int, batch_size: int) -> trai
     return task
 
 
+@pytest.mark.slow
 def test_a_worker_on_redis_trains_exports_registers_and_blesses(redis_stack: Settings,
                                                                  tmp_path: Path) -> None:
     task = send(redis_stack, "redis-tiny", epochs=2, batch_size=8)

@@ -78,6 +78,7 @@ def wait_for_jobs(client: httpx.Client, job_ids: list[str], timeout_s: float,
         time.sleep(1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="reads /proc; the worker's death signal is Linux's")
 def test_serve_web_runs_admin_jobs_on_its_worker_child_which_dies_with_it(tmp_path: Path) -> None:
