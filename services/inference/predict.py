@@ -48,11 +48,9 @@ def inference_client(settings: Settings, url: str = "") -> Iterator[Predictor]:
         finally:
             client.close()
         return
-    from services.inference.repository import sync_models
     from services.inference.server import start_embedded
 
-    sync_models(settings)
-    server = start_embedded(settings)
+    server = start_embedded(settings, watch_registry=True)
     client = connect(server.url, settings.inference_timeout_s)
     try:
         yield client

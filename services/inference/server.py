@@ -27,6 +27,7 @@ import numpy as np
 
 from services.inference.metrics import PROMETHEUS_PATH, InferenceMetrics
 from services.inference.models import ErrorCode, ModelManager, Servable, ServingError, VersionStatus
+from services.inference.repository import RegistryWatcher
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -391,6 +392,8 @@ class EmbeddedServer:
     host: str
     rest_server: ThreadingHTTPServer | None = None
     metrics_server: HTTPServer | None = None
+    # Set when the server keeps its model folder in step with the registry (start_embedded).
+    registry_watcher: RegistryWatcher | None = None
 
     @property
     def url(self) -> str:
@@ -413,6 +416,8 @@ class EmbeddedServer:
         self.grpc_server.wait_for_termination()
 
     def stop(self, grace: float = 1.0) -> None:
+        if self.registry_watcher is not None:
+            self.registry_watcher.stop()
         self.grpc_server.stop(grace).wait()
         for http_server in (self.rest_server, self.metrics_server):
             if http_server is not None:
@@ -493,13 +498,23 @@ def start_embedded(
     rest_port: int | None = None,
     host: str = "127.0.0.1",
     model_config: Path | None = None,
+    watch_registry: bool = False,
 ) -> EmbeddedServer:
     """The server the web service runs in-process when ``POSTERGENRE_INFERENCE_URL`` is empty.
 
     It serves ``models.config`` when that file exists (it is watched, so one written later by
     ``sync_models`` is picked up), else every ``<name>/<version>/`` folder under ``models_dir``.
+
+    With ``watch_registry`` (the web service, ``postergenre predict``) it first syncs its model folder
+    from the registry (a failure raises: nothing to serve), then a :class:`RegistryWatcher` re-syncs
+    it whenever the blessed versions change, checked every ``settings.model_sync_interval_s``: a
+    blessing or a rollback reaches this server without anyone else calling ``sync_models``.
     """
-    return start_server(
+    watcher = None
+    if watch_registry:
+        watcher = RegistryWatcher(settings)
+        watcher.sync_if_changed()
+    server = start_server(
         settings.models_dir,
         model_config or settings.models_config_path,
         grpc_port,
@@ -512,3 +527,7 @@ def start_embedded(
         metrics_port=settings.inference_metrics_port or None,
         prefer_float=settings.inference_prefer_float,
     )
+    if watcher is not None:
+        watcher.start()
+        server.registry_watcher = watcher
+    return server

@@ -46,13 +46,11 @@ class InferenceConnection:
                 from services.inference.client import InferenceClient, InferenceUnavailable
 
                 if not self.settings.inference_url and self._server is None:
-                    from services.inference.repository import sync_models
                     from services.inference.server import start_embedded
 
                     try:
-                        # The served versions in the registry, copied from the object store.
-                        sync_models(self.settings)
-                        self._server = start_embedded(self.settings, grpc_port=0)
+                        # It syncs the registry's served versions, then watches the registry.
+                        self._server = start_embedded(self.settings, grpc_port=0, watch_registry=True)
                     except Exception as exc:
                         log.error("the embedded inference server did not start: %s", exc)
                         raise InferenceUnavailable(f"the embedded inference server did not start: {exc}") \

@@ -130,6 +130,38 @@ def test_served_labels_and_a_rollback_reach_the_running_server(settings, tmp_pat
         server.stop(grace=0)
 
 
+def test_an_embedded_server_watching_the_registry_serves_a_rollback_with_no_sync_call(settings, tmp_path):
+    """Only the inference side syncs: a registry change alone reaches a server started with
+    ``watch_registry``, within its ``model_sync_interval_s``; an unchanged registry is not synced."""
+    import time
+
+    from services.inference.server import start_embedded
+
+    register_models(settings, tmp_path)
+    watching = settings.model_copy(update={"model_sync_interval_s": 0.1})
+    server = start_embedded(watching, watch_registry=True)
+    pixels = random_pixels(2, seed=9)
+    try:
+        watcher = server.registry_watcher
+        assert watcher is not None
+        assert watcher.sync_if_changed() is False  # synced at the start; nothing changed since
+        with InferenceClient(server.url, timeout=10) as client:
+            assert client.predict("genre-2001", pixels)[1] == 2
+            # Roll genre-2001 back to version 1 in the registry, and do nothing else.
+            with session_scope(settings.effective_database_url) as session:
+                for row in session.query(ModelVersion).filter_by(name="genre-2001"):
+                    row.status = {1: "blessed", 2: "retired", 3: "retired"}[row.version]
+            deadline = time.monotonic() + 30
+            while client.predict("genre-2001", pixels)[1] != 1:
+                assert time.monotonic() < deadline, "the rollback never reached the server"
+                time.sleep(0.1)
+            scores, version = client.predict("genre-2001", pixels)
+            np.testing.assert_allclose(scores, expected_scores(pixels, 21), atol=1e-5)
+        assert watcher.sync_if_changed() is False
+    finally:
+        server.stop(grace=0)
+
+
 def test_sync_from_s3_and_postgresql(stack_settings, tmp_path):
     register_models(stack_settings, tmp_path)
     sync_models(stack_settings)
