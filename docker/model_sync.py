@@ -81,7 +81,7 @@ def configured_models(config_path: Path) -> list[str] | None:
 
 def unavailable_models(rest_url: str, names: list[str], timeout: float) -> list[str]:
     """The names among ``names`` that the server at ``rest_url`` has no AVAILABLE version of."""
-    from services.inference.client import InferenceError, RestInferenceClient
+    from shared.inference_client import InferenceError, RestInferenceClient
 
     missing = []
     with RestInferenceClient(rest_url, timeout) as client:

@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.inference.client import (
-    InferenceError,
-    InferenceUnavailable,
-    ModelNotFound,
-    Predictor,
-    SignatureNotFound,
-)
 from services.web.errors import ApiError
 from services.web.predictor import DEFAULT_K, DecodedPoster
 from shared.genres import rank_genres
 from shared.images import resize_pixels
+from shared.inference_client import (
+    BaseInferenceClient,
+    InferenceError,
+    InferenceUnavailable,
+    ModelNotFound,
+    SignatureNotFound,
+)
 from shared.models import ServedModel, models_by_year
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def overlay_png(image: Image.Image, heatmap: np.ndarray) -> str:
 
 
 class ExplanationService:
-    def __init__(self, predictor: Callable[[], Predictor]) -> None:
+    def __init__(self, predictor: Callable[[], BaseInferenceClient]) -> None:
         self._predictor = predictor
 
     def explain(self, poster: DecodedPoster, year: int, genre: str | None, models: list[ServedModel]

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.inference.client import InferenceUnavailable, ModelNotFound, Predictor
 from services.web.cache import ScoreCache, cache_key
 from services.web.errors import ApiError
 from services.web.metrics import WebMetrics
 from shared.genres import rank_genres
 from shared.images import PosterImageError, open_poster, resize_pixels
+from shared.inference_client import BaseInferenceClient, InferenceUnavailable, ModelNotFound
 from shared.models import ServedModel, models_by_year
 from shared.posterness import check_image
 from shared.years import parse_years
@@ -121,7 +121,7 @@ Answers = dict[tuple[int, str], ModelAnswer]
 
 
 class PredictionService:
-    def __init__(self, predictor: Callable[[], Predictor], cache: ScoreCache, metrics: WebMetrics,
+    def __init__(self, predictor: Callable[[], BaseInferenceClient], cache: ScoreCache, metrics: WebMetrics,
                  cache_namespace: str) -> None:
         self._predictor = predictor
         self.cache_namespace = cache_namespace

@@ -1,35 +1,59 @@
 """What one web app holds for its lifetime: settings, metrics, cache, and lazily opened connections
-(object store, Celery, the inference server), each opened once and shared by every request."""
+(object store, Celery, the inference server), each opened once and shared by every request.
+
+The web service imports no inference code (``.importlinter``): in embedded mode the inference server
+it runs in-process is started by a :data:`EmbeddedInferenceStarter` that the composition root
+(``services/embedded.py``) hands to ``create_app``.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from celery import Celery
 
-from services.inference.client import Predictor
 from services.web.cache import ScoreCache, cache_namespace, open_score_cache
 from services.web.consumers import QueueConsumers
 from services.web.explainer import ExplanationService
 from services.web.metrics import WebMetrics
 from services.web.predictor import PredictionService
 from shared.config import Settings
+from shared.inference_client import BaseInferenceClient
 from shared.storage import ObjectStore, object_store_from_settings
 
 log = logging.getLogger(__name__)
 
 
-class InferenceConnection:
-    """The gRPC client of the configured inference server, or of an embedded one started here when
-    ``settings.inference_url`` is empty. A failed start is retried on the next request."""
+class EmbeddedInference(Protocol):
+    """A running in-process inference server, as the web service sees it."""
 
-    def __init__(self, settings: Settings) -> None:
+    @property
+    def url(self) -> str:
+        """``grpc://host:port`` of the server."""
+        ...
+
+    def stop(self, grace: float = ...) -> None: ...
+
+
+# Starts the embedded inference server for these settings (it keeps its models in step with the
+# registry itself); raises when it cannot.
+EmbeddedInferenceStarter = Callable[[Settings], EmbeddedInference]
+
+
+class InferenceConnection:
+    """The gRPC client of the configured inference server, or of an embedded one started here with
+    ``start_embedded`` when ``settings.inference_url`` is empty. A failed start is retried on the next
+    request; without ``settings.inference_url`` nor ``start_embedded`` there is no inference."""
+
+    def __init__(self, settings: Settings, start_embedded: EmbeddedInferenceStarter | None = None) -> None:
         self.settings = settings
-        self._client: Predictor | None = None
-        self._server: Any = None
+        self._start_embedded = start_embedded
+        self._client: BaseInferenceClient | None = None
+        self._server: EmbeddedInference | None = None
         self._lock = threading.Lock()
         self._starting: threading.Thread | None = None
         self._starting_lock = threading.Lock()
@@ -40,17 +64,18 @@ class InferenceConnection:
             return self.settings.inference_url
         return str(self._server.url) if self._server is not None else ""
 
-    def client(self) -> Predictor:
+    def client(self) -> BaseInferenceClient:
         with self._lock:
             if self._client is None:
-                from services.inference.client import InferenceClient, InferenceUnavailable
+                from shared.inference_client import InferenceClient, InferenceUnavailable
 
                 if not self.settings.inference_url and self._server is None:
-                    from services.inference.server import start_embedded
-
+                    if self._start_embedded is None:
+                        raise InferenceUnavailable(
+                            "no inference server: POSTERGENRE_INFERENCE_URL is empty and this web app has "
+                            "no embedded one (services.embedded.create_app builds an app with it)")
                     try:
-                        # It syncs the registry's served versions, then watches the registry.
-                        self._server = start_embedded(self.settings, grpc_port=0, watch_registry=True)
+                        self._server = self._start_embedded(self.settings)
                     except Exception as exc:
                         log.error("the embedded inference server did not start: %s", exc)
                         raise InferenceUnavailable(f"the embedded inference server did not start: {exc}") \
@@ -59,7 +84,7 @@ class InferenceConnection:
                 self._client = InferenceClient(self.url, self.settings.inference_timeout_s)
             return self._client
 
-    def ready_client(self) -> Predictor | None:
+    def ready_client(self) -> BaseInferenceClient | None:
         """The client if it is connected now, without waiting; else starts connecting in the
         background (``/readyz`` must answer at once while the embedded server loads its models)."""
         if self._lock.acquire(blocking=False):
@@ -100,6 +125,7 @@ class InferenceConnection:
 class WebState:
     settings: Settings
     admin_token: str
+    start_embedded_inference: EmbeddedInferenceStarter | None = None
     metrics: WebMetrics = field(default_factory=WebMetrics)
     cache: ScoreCache = field(init=False)
     inference: InferenceConnection = field(init=False)
@@ -112,7 +138,7 @@ class WebState:
 
     def __post_init__(self) -> None:
         self.cache = open_score_cache(self.settings.redis_url)
-        self.inference = InferenceConnection(self.settings)
+        self.inference = InferenceConnection(self.settings, self.start_embedded_inference)
         self.predictions = PredictionService(self.inference.client, self.cache, self.metrics,
                                              cache_namespace(self.settings.effective_database_url))
         self.explanations = ExplanationService(self.inference.client)

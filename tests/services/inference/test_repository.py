@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.client import InferenceClient
 from services.inference.repository import BATCHING_CONFIG_NAME, WARMUP_FILE, sync_models
 from shared.config import Settings
 from shared.db import ModelVersion, session_scope, upgrade_database
+from shared.inference_client import InferenceClient
 from shared.storage import object_store_from_settings, upload_folder
 from tests.services.inference.conftest import GENRES, expected_scores, random_pixels, write_pixels_model
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from services.inference.client import (
+from shared.inference_client import (
     InferenceClient,
     InferenceError,
     InferenceUnavailable,

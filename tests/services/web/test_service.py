@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from services.web.app import create_app
+from services.embedded import create_app
 from shared.config import Settings
 from tests.conftest import make_poster
 from tests.servers import free_port
