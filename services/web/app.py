@@ -21,12 +21,12 @@ from fastapi.staticfiles import StaticFiles
 from services.web.admin import admin_token_problem, effective_admin_token
 from services.web.errors import install_error_handlers
 from services.web.metrics import RequestMetricsMiddleware
-from services.web.predictor import MAX_BATCH_FILES
 from services.web.routes import admin, explanations, health, models, pages, predictions
 from services.web.routes.pages import STATIC_DIR
 from services.web.security import SecurityHeadersMiddleware
 from services.web.state import EmbeddedInferenceStarter, WebState
 from services.web.uploads import UploadLimitMiddleware
+from services.web.year_table import MAX_BATCH_FILES
 from shared.config import Settings, get_settings
 from shared.logs import RequestIdMiddleware
 from shared.tracing import instrument_app

@@ -20,7 +20,7 @@ from services.web.cache import ScoreCache, cache_namespace, open_score_cache
 from services.web.consumers import QueueConsumers
 from services.web.explainer import ExplanationService
 from services.web.metrics import WebMetrics
-from services.web.predictor import PredictionService
+from services.web.year_table import YearTableService
 from shared.config import Settings
 from shared.inference_client import BaseInferenceClient
 from shared.storage import ObjectStore, object_store_from_settings
@@ -129,7 +129,7 @@ class WebState:
     metrics: WebMetrics = field(default_factory=WebMetrics)
     cache: ScoreCache = field(init=False)
     inference: InferenceConnection = field(init=False)
-    predictions: PredictionService = field(init=False)
+    year_tables: YearTableService = field(init=False)
     explanations: ExplanationService = field(init=False)
     consumers: QueueConsumers = field(init=False)
     _store: ObjectStore | None = None
@@ -139,7 +139,7 @@ class WebState:
     def __post_init__(self) -> None:
         self.cache = open_score_cache(self.settings.redis_url)
         self.inference = InferenceConnection(self.settings, self.start_embedded_inference)
-        self.predictions = PredictionService(self.inference.client, self.cache, self.metrics,
+        self.year_tables = YearTableService(self.inference.client, self.cache, self.metrics,
                                              cache_namespace(self.settings.effective_database_url))
         self.explanations = ExplanationService(self.inference.client)
         self.consumers = QueueConsumers(self.settings, lambda: self.celery)
