@@ -70,12 +70,9 @@ class InferenceConnection:
                 from shared.inference_client import InferenceClient, InferenceUnavailable
 
                 if not self.settings.inference_url and self._server is None:
-                    if self._start_embedded is None:
-                        raise InferenceUnavailable(
-                            "no inference server: POSTERGENRE_INFERENCE_URL is empty and this web app has "
-                            "no embedded one (services.embedded.create_app builds an app with it)")
+                    start_embedded = self._embedded_starter()
                     try:
-                        self._server = self._start_embedded(self.settings)
+                        self._server = start_embedded(self.settings)
                     except Exception as exc:
                         log.error("the embedded inference server did not start: %s", exc)
                         raise InferenceUnavailable(f"the embedded inference server did not start: {exc}") \
@@ -84,9 +81,23 @@ class InferenceConnection:
                 self._client = InferenceClient(self.url, self.settings.inference_timeout_s)
             return self._client
 
+    def _embedded_starter(self) -> EmbeddedInferenceStarter:
+        """The starter of the embedded server, or :class:`InferenceUnavailable` saying there is
+        nothing to connect to (no inference URL, and a web app not built by ``services.embedded``)."""
+        if self._start_embedded is None:
+            from shared.inference_client import InferenceUnavailable
+
+            raise InferenceUnavailable(
+                "no inference server: POSTERGENRE_INFERENCE_URL is empty and this web app has no "
+                "embedded one (services.embedded.create_app builds an app with it)")
+        return self._start_embedded
+
     def ready_client(self) -> BaseInferenceClient | None:
         """The client if it is connected now, without waiting; else starts connecting in the
-        background (``/readyz`` must answer at once while the embedded server loads its models)."""
+        background (``/readyz`` must answer at once while the embedded server loads its models).
+        Raises :class:`InferenceUnavailable` at once when there is nothing to connect to."""
+        if not self.settings.inference_url:
+            self._embedded_starter()
         if self._lock.acquire(blocking=False):
             try:
                 if self._client is not None:
