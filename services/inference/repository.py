@@ -228,6 +228,20 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
     ``progress`` is called after each model's copy: the sync sidecar touches its liveness file there,
     so that a long first copy of many versions is not mistaken for a hung process.
     """
+    return sync_served_versions(settings, with_canary, store, progress).config_path
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    config_path: Path
+    # "<name> v<version>" of each served version the object store did not have (left out, logged).
+    missing: list[str]
+
+
+def sync_served_versions(settings: Settings, with_canary: bool = False, store: ObjectStore | None = None,
+                         progress: Callable[[], None] | None = None) -> SyncOutcome:
+    """:func:`sync_models`, also saying which served versions could not be copied (so a watcher
+    tries them again instead of taking the registry as served)."""
     if store is None:
         store = object_store_from_settings(settings)
     with session_scope(settings.effective_database_url) as session:
@@ -236,12 +250,14 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
     models_dir = settings.models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
     available = []
+    missing = []
     for model in models:
-        labels = {
-            label: version
-            for label, version in model.labels.items()
-            if copy_version(store, model, version, models_dir) is not None
-        }
+        labels = {}
+        for label, version in model.labels.items():
+            if copy_version(store, model, version, models_dir) is not None:
+                labels[label] = version
+            else:
+                missing.append(f"{model.name} v{version}")
         if labels:
             available.append(ServedModel(model.name, model.image_size, labels, model.prefixes))
         if progress is not None:
@@ -259,7 +275,7 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
         len(available),
         ", ".join(f"{m.name}@{m.labels}" for m in available),
     )
-    return settings.models_config_path
+    return SyncOutcome(settings.models_config_path, missing)
 
 
 RegistryFingerprint = frozenset[tuple[str, int, str]]
@@ -280,7 +296,8 @@ class RegistryWatcher:
     """Keeps ``settings.models_dir`` in step with the registry: every ``interval_s`` seconds a
     fingerprint query (:func:`registry_fingerprint`), and a :func:`sync_models` only when it changed.
 
-    A failed sync records nothing, so the next round tries again; a failed round is logged and never
+    A failed sync, or one that found a served version missing from the object store, records
+    nothing, so the next round tries again; a failed round is logged and never
     ends the watch (the servers keep serving the last ``models.config``).
     """
 
@@ -305,8 +322,12 @@ class RegistryWatcher:
                 return False
             if self._store is None:
                 self._store = object_store_from_settings(self.settings)
-            sync_models(self.settings, self.with_canary, self._store, progress)
-            self._synced = fingerprint
+            outcome = sync_served_versions(self.settings, self.with_canary, self._store, progress)
+            if outcome.missing:  # not in the store yet: the next round copies what has arrived
+                log.warning("not in the object store yet, tried again in %.1f s: %s", self.interval_s,
+                            ", ".join(outcome.missing))
+            else:
+                self._synced = fingerprint
             return True
 
     def start(self) -> None:

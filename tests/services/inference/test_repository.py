@@ -138,6 +138,9 @@ def test_an_embedded_server_watching_the_registry_serves_a_rollback_with_no_sync
     from services.inference.server import start_embedded
 
     register_models(settings, tmp_path)
+    # Every served version in the store (genre-2003's files too), so a synced registry stays synced.
+    folder = write_pixels_model(tmp_path / "export" / "genre-2003" / "1", seed=41)
+    upload_folder(object_store_from_settings(), folder, "models/genre-2003/1")
     watching = settings.model_copy(update={"model_sync_interval_s": 0.1})
     server = start_embedded(watching, watch_registry=True)
     pixels = random_pixels(2, seed=9)
@@ -160,6 +163,23 @@ def test_an_embedded_server_watching_the_registry_serves_a_rollback_with_no_sync
         assert watcher.sync_if_changed() is False
     finally:
         server.stop(grace=0)
+
+
+def test_a_watcher_tries_again_until_a_served_version_reaches_the_object_store(settings, tmp_path):
+    """genre-2003 v1 is blessed before its files are in the store: the watcher does not take the
+    registry as served, and serves the version once the files have arrived; then it rests."""
+    from services.inference.repository import RegistryWatcher
+
+    register_models(settings, tmp_path)
+    watcher = RegistryWatcher(settings)
+    assert watcher.sync_if_changed() is True
+    assert "genre-2003" not in parse_config(settings.models_config_path)
+    assert watcher.sync_if_changed() is True  # the registry is unchanged, but not all of it is served
+    folder = write_pixels_model(tmp_path / "export" / "genre-2003" / "1", seed=41)
+    upload_folder(object_store_from_settings(), folder, "models/genre-2003/1")
+    assert watcher.sync_if_changed() is True
+    assert parse_config(settings.models_config_path)["genre-2003"]["labels"] == {"stable": 1}
+    assert watcher.sync_if_changed() is False
 
 
 def test_sync_from_s3_and_postgresql(stack_settings, tmp_path):
