@@ -33,10 +33,10 @@ def run_explain_benchmark(architecture: str, layout: str, image_size: int, years
                           repeats: int, seed: int = 0) -> dict[str, Any]:
     import keras
 
-    from services.inference.client import InferenceClient
     from services.inference.server import start_server
     from services.trainer.export import export_saved_model
     from services.trainer.models import build_independent_model, build_shared_model
+    from shared.inference_client import InferenceClient
 
     keras.utils.set_random_seed(seed)
     hp = Hyperparameters(architecture=architecture, augment=False, dropout=0.0, seed=seed)

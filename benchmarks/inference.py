@@ -298,7 +298,7 @@ def web_in_thread(settings: Any) -> Iterator[str]:
     """The web service under uvicorn in a thread of this process; yields its URL."""
     import uvicorn
 
-    from services.web.app import create_app
+    from services.embedded import create_app
 
     port = free_port()
     server = uvicorn.Server(
@@ -365,7 +365,7 @@ def answers_http(url: str) -> Callable[[], bool]:
 
 def serves_models(client: Any, names: list[str]) -> Callable[[], bool]:
     """True once the inference server behind ``client`` has every model of ``names`` available."""
-    from services.inference.client import InferenceError
+    from shared.inference_client import InferenceError
 
     def ready() -> bool:
         try:
@@ -400,7 +400,7 @@ def inference_process(settings: Any, config: BenchConfig, names: list[str]) -> I
         "--batch-timeout-ms", str(config.batch_timeout_ms), "--batch-threads", str(config.batch_threads),
         "--backend", config.backend, "--poll-seconds", "0",
     ]
-    from services.inference.client import InferenceClient
+    from shared.inference_client import InferenceClient
 
     with InferenceClient(url, timeout=2) as probe, \
             service_process(argv, service_env(settings, url), serves_models(probe, names),
@@ -647,8 +647,8 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
     """Bless ``layout``'s models, then time its tables (through the web API or gRPC) and its floor."""
     import tensorflow as tf
 
-    from services.inference.client import InferenceClient
     from shared.images import poster_pixels
+    from shared.inference_client import InferenceClient
 
     size = config.image_size
     rng = np.random.default_rng(0)

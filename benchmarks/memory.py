@@ -232,8 +232,8 @@ def measure_latency(models_dir: Path, version: int, image_size: int, repeats: in
     Both servers run at once on the same folder, asked in alternation, so a shared machine's load
     falls on both alike.
     """
-    from services.inference.client import InferenceClient
     from services.inference.server import start_server
+    from shared.inference_client import InferenceClient
 
     config = models_dir / "bench-memory.config"
     config.write_text(f"model_config_list {{ config {{ name: '{MODEL_NAME}' base_path: "

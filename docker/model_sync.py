@@ -3,9 +3,13 @@
 
 Runs ``services.inference.repository.sync_models`` once (``--once``: the init container / one-shot
 service that must write ``models.config`` before TF Serving starts, since TF Serving refuses to
-start without it) or every ``--interval`` seconds (the sidecar beside each TF Serving replica on
-Kubernetes, where replicas on different nodes cannot share one writable volume). TF Serving polls
-the config file it writes, so a blessing or a rollback reaches every replica without a restart.
+start without it) or in a loop (the sidecar beside each TF Serving replica on Kubernetes, where
+replicas on different nodes cannot share one writable volume, and the ``model-sync`` service of
+compose.yaml): every ``--interval`` seconds (default ``POSTERGENRE_MODEL_SYNC_INTERVAL_S``) one small
+registry query, and a sync only when the served versions changed
+(``services.inference.repository.RegistryWatcher``). TF Serving polls the config file it writes, so
+a blessing or a rollback reaches every replica without a restart, and without the trainer or the web
+service syncing anything (docs/architecture.md, "The model sync").
 
 In the loop (the sidecar), each round also:
 
@@ -28,6 +32,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.inference.repository import RegistryWatcher
 
 log = logging.getLogger("postergenre.model_sync")
 
@@ -73,7 +81,7 @@ def configured_models(config_path: Path) -> list[str] | None:
 
 def unavailable_models(rest_url: str, names: list[str], timeout: float) -> list[str]:
     """The names among ``names`` that the server at ``rest_url`` has no AVAILABLE version of."""
-    from services.inference.client import InferenceError, RestInferenceClient
+    from shared.inference_client import InferenceError, RestInferenceClient
 
     missing = []
     with RestInferenceClient(rest_url, timeout) as client:
@@ -123,13 +131,24 @@ def mark_ready(ready_file: Path, ready: bool) -> None:
                  "ready: it serves every configured model" if ready else "not ready")
 
 
-def sidecar_round(rest_url: str, heartbeat: Path, ready_file: Path) -> None:
-    """One round of the loop: heartbeat, sync, readiness of the server beside, heartbeat."""
-    from shared.config import get_settings
+def sync_if_changed(watcher: RegistryWatcher, heartbeat: Path) -> bool:
+    """A sync when the registry's served versions changed since the last good one; False (logged)
+    when the database or object store failed (the next round tries again)."""
+    try:
+        if watcher.sync_if_changed(progress=lambda: touch(heartbeat)):
+            log.info("models in step with the registry: %s", watcher.settings.models_config_path)
+    except Exception:  # a sidecar outlives an unreachable store: log it and try again next round
+        log.exception("model sync failed")
+        return False
+    return True
 
+
+def sidecar_round(rest_url: str, heartbeat: Path, ready_file: Path, watcher: RegistryWatcher) -> None:
+    """One round of the loop: heartbeat, sync if the registry changed, readiness of the server
+    beside, heartbeat."""
     touch(heartbeat)
-    sync_once(heartbeat)
-    settings = get_settings()
+    sync_if_changed(watcher, heartbeat)
+    settings = watcher.settings
     # Checked even when this round's sync failed: the server still serves the last models.config.
     try:
         ready = server_is_ready(rest_url, settings.models_config_path, settings.inference_timeout_s)
@@ -143,7 +162,9 @@ def sidecar_round(rest_url: str, heartbeat: Path, ready_file: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--once", action="store_true", help="sync once and exit (non-zero on failure)")
-    parser.add_argument("--interval", type=float, default=30.0, help="seconds between two syncs")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="seconds between two looks at the registry "
+                             "(default: POSTERGENRE_MODEL_SYNC_INTERVAL_S)")
     parser.add_argument("--heartbeat-file", type=Path, default=HEARTBEAT_FILE,
                         help="touched every round of the loop (liveness)")
     parser.add_argument("--ready-file", type=Path, default=READY_FILE,
@@ -152,17 +173,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="REST address of the model server to check "
                              "(default: POSTERGENRE_INFERENCE_REST_URL)")
     args = parser.parse_args(argv)
-    if args.interval <= 0:
+    if args.interval is not None and args.interval <= 0:
         parser.error("--interval must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.once:
         return 0 if sync_once() else 1
+    from services.inference.repository import RegistryWatcher
     from shared.config import get_settings
 
-    rest_url = args.rest_url if args.rest_url is not None else get_settings().inference_rest_url
+    settings = get_settings()
+    watcher = RegistryWatcher(settings, args.interval)
+    rest_url = args.rest_url if args.rest_url is not None else settings.inference_rest_url
     while True:
-        sidecar_round(rest_url, args.heartbeat_file, args.ready_file)
-        time.sleep(args.interval)
+        sidecar_round(rest_url, args.heartbeat_file, args.ready_file, watcher)
+        time.sleep(watcher.interval_s)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def _completion(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from benchmarks import cli as benchmarks_cli
-    from services import demo
+    from services import demo, embedded
     from services.crawler import cli as crawler_cli
     from services.dataset import cli as dataset_cli
     from services.inference import cli as inference_cli
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_cli.register(commands)
     trainer_cli.register(commands)
     inference_cli.register(commands, serve_commands)
-    web_cli.register(commands, serve_commands)
+    web_cli.register(commands, serve_commands, embedded.create_app)
     benchmarks_cli.register(bench_commands)
     demo.register(commands)
 

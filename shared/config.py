@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         default=2, gt=0, description="Threads TF Serving runs batches on (its num_batch_threads).")
     inference_poll_seconds: float = Field(
         default=1.0, description="How often the embedded inference server looks for new model versions.")
+    model_sync_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the inference side (the embedded server, the model-sync "
+        "sidecar) asks the registry whether the served versions changed, and syncs its model folder if so.")
     inference_metrics_port: int = Field(
         default=0, ge=0, le=65535,
         description="Port of the embedded inference server's Prometheus endpoint "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.inference.predict import PosterTable
+    from services.inference.poster_table import PosterTable
 
 
 def _serve_inference(args: argparse.Namespace) -> int:
@@ -53,10 +53,10 @@ def _serve_inference(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from services.inference.client import InferenceError
-    from services.inference.predict import format_table, inference_client, predict_poster
+    from services.inference.poster_table import format_table, inference_client, predict_poster
     from shared.config import get_settings
     from shared.images import PosterImageError
+    from shared.inference_client import InferenceError
     from shared.years import parse_years
 
     settings = get_settings()

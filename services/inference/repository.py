@@ -8,6 +8,11 @@ Serving's layout (``<name>/<version>/saved_model.pb``) and writes ``models.confi
 that file (``--model_config_file_poll_wait_seconds``) and the embedded server polls it too, so a
 blessing or a rollback reaches the servers without a restart.
 
+Only the inference side calls :func:`sync_models`: the embedded server at its start and then through
+its :class:`RegistryWatcher`, and the model-sync sidecar beside TF Serving. Nothing that changes the
+registry (the trainer, the admin rollback) triggers a sync; the watcher notices the change within
+``settings.model_sync_interval_s`` (docs/architecture.md, "The model sync").
+
 Writes are atomic: a version folder is downloaded into a hidden temporary folder and renamed into
 place, and ``models.config`` is written to a temporary file and renamed, so a poller never sees a
 half-copied model or a truncated config.
@@ -19,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,10 +223,25 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
                 progress: Callable[[], None] | None = None) -> Path:
     """Copy the served versions of every registered model and write ``models.config``.
 
-    Called after a model is blessed or rolled back. Returns the path of ``models.config``.
+    Called by the inference side only (:class:`RegistryWatcher`, the model-sync sidecar). Returns the
+    path of ``models.config``.
     ``progress`` is called after each model's copy: the sync sidecar touches its liveness file there,
     so that a long first copy of many versions is not mistaken for a hung process.
     """
+    return sync_served_versions(settings, with_canary, store, progress).config_path
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    config_path: Path
+    # "<name> v<version>" of each served version the object store did not have (left out, logged).
+    missing: list[str]
+
+
+def sync_served_versions(settings: Settings, with_canary: bool = False, store: ObjectStore | None = None,
+                         progress: Callable[[], None] | None = None) -> SyncOutcome:
+    """:func:`sync_models`, also saying which served versions could not be copied (so a watcher
+    tries them again instead of taking the registry as served)."""
     if store is None:
         store = object_store_from_settings(settings)
     with session_scope(settings.effective_database_url) as session:
@@ -229,12 +250,14 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
     models_dir = settings.models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
     available = []
+    missing = []
     for model in models:
-        labels = {
-            label: version
-            for label, version in model.labels.items()
-            if copy_version(store, model, version, models_dir) is not None
-        }
+        labels = {}
+        for label, version in model.labels.items():
+            if copy_version(store, model, version, models_dir) is not None:
+                labels[label] = version
+            else:
+                missing.append(f"{model.name} v{version}")
         if labels:
             available.append(ServedModel(model.name, model.image_size, labels, model.prefixes))
         if progress is not None:
@@ -252,4 +275,79 @@ def sync_models(settings: Settings, with_canary: bool = False, store: ObjectStor
         len(available),
         ", ".join(f"{m.name}@{m.labels}" for m in available),
     )
-    return settings.models_config_path
+    return SyncOutcome(settings.models_config_path, missing)
+
+
+RegistryFingerprint = frozenset[tuple[str, int, str]]
+
+
+def registry_fingerprint(settings: Settings, with_canary: bool = False) -> RegistryFingerprint:
+    """What :func:`served_models` decides from, read in one small query: the (name, version, status)
+    of every blessed version (and candidate, ``with_canary``). Two equal fingerprints mean the same
+    versions are served, so a watcher can skip the sync (no object-store listing, no file writes)."""
+    statuses = ["blessed", "candidate"] if with_canary else ["blessed"]
+    query = select(ModelVersion.name, ModelVersion.version, ModelVersion.status).where(
+        ModelVersion.status.in_(statuses))
+    with session_scope(settings.effective_database_url) as session:
+        return frozenset((name, version, status) for name, version, status in session.execute(query))
+
+
+class RegistryWatcher:
+    """Keeps ``settings.models_dir`` in step with the registry: every ``interval_s`` seconds a
+    fingerprint query (:func:`registry_fingerprint`), and a :func:`sync_models` only when it changed.
+
+    A failed sync, or one that found a served version missing from the object store, records
+    nothing, so the next round tries again; a failed round is logged and never
+    ends the watch (the servers keep serving the last ``models.config``).
+    """
+
+    def __init__(self, settings: Settings, interval_s: float | None = None, with_canary: bool = False,
+                 store: ObjectStore | None = None) -> None:
+        self.settings = settings
+        self.interval_s = settings.model_sync_interval_s if interval_s is None else interval_s
+        self.with_canary = with_canary
+        self._store = store
+        self._synced: RegistryFingerprint | None = None
+        # One sync at a time: the watch thread and a caller (a start, a test) may both ask.
+        self._sync_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sync_if_changed(self, progress: Callable[[], None] | None = None) -> bool:
+        """Sync when the served versions changed since the last successful sync (or never synced);
+        True when it synced. Raises what the query or the sync raised."""
+        with self._sync_lock:
+            fingerprint = registry_fingerprint(self.settings, self.with_canary)
+            if fingerprint == self._synced:
+                return False
+            if self._store is None:
+                self._store = object_store_from_settings(self.settings)
+            outcome = sync_served_versions(self.settings, self.with_canary, self._store, progress)
+            if outcome.missing:  # not in the store yet: the next round copies what has arrived
+                log.warning("not in the object store yet, tried again in %.1f s: %s", self.interval_s,
+                            ", ".join(outcome.missing))
+            else:
+                self._synced = fingerprint
+            return True
+
+    def start(self) -> None:
+        """Watch in a daemon thread until :meth:`stop`."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._watch, name="registry-watcher", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            try:
+                if self.sync_if_changed():
+                    log.info("the registry changed: models synced")
+            except Exception:  # the database or the store is down: try again next round
+                log.exception("model sync from the registry failed; retrying in %.1f s", self.interval_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -25,8 +25,19 @@ from typing import Any
 import grpc
 import numpy as np
 
+# TF Serving's generated services: the servicers below subclass them (their unimplemented methods,
+# Classify and the others, answer UNIMPLEMENTED as TF Serving's do).
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
 from services.inference.metrics import PROMETHEUS_PATH, InferenceMetrics
 from services.inference.models import ErrorCode, ModelManager, Servable, ServingError, VersionStatus
+from services.inference.repository import RegistryWatcher
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -72,8 +83,6 @@ def _spec_version(spec: Any) -> tuple[int | None, str | None]:
 
 
 def _status_proto(status: VersionStatus) -> Any:
-    from tensorflow_serving.apis import get_model_status_pb2
-
     message = get_model_status_pb2.ModelVersionStatus(version=status.version)
     message.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
     if status.error:
@@ -123,77 +132,82 @@ def _grpc_code(code: ErrorCode) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, code.value)  # type: ignore[no-any-return]
 
 
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    """TF Serving's ``PredictionService`` (``Predict``, ``GetModelMetadata``) over an :class:`InferenceCore`;
+    its other methods answer ``UNIMPLEMENTED``, as the generated base class does."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC name)
+        version, label = _spec_version(request.model_spec)
+        try:
+            inputs = {key: tensor_to_array(proto) for key, proto in request.inputs.items()}
+        except Exception as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read the input tensors: {exc}")
+        try:
+            servable, outputs = self.core.predict(
+                request.model_spec.name,
+                version,
+                label,
+                request.model_spec.signature_name,
+                inputs,
+                context.time_remaining(),
+            )
+        except ServingError as exc:
+            context.abort(_grpc_code(exc.code), exc.message)
+        wanted = set(request.output_filter) or set(outputs)
+        unknown = wanted - set(outputs)
+        if unknown:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output_filter {sorted(unknown)}")
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+        for key in sorted(wanted):
+            response.outputs[key].CopyFrom(array_to_tensor(outputs[key]))
+        return response
+
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        if list(request.metadata_field) != ["signature_def"]:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "metadata_field must be exactly ['signature_def']"
+            )
+        version, label = _spec_version(request.model_spec)
+        try:
+            servable = self.core.manager.resolve(request.model_spec.name, version, label)
+        except ServingError as exc:
+            context.abort(_grpc_code(exc.code), exc.message)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in servable.signature_defs().items():
+            signature_map.signature_def[key].CopyFrom(value)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    """TF Serving's ``ModelService`` (``GetModelStatus``) over an :class:`InferenceCore`."""
+
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        version, label = _spec_version(request.model_spec)
+        try:
+            statuses = self.core.manager.status(request.model_spec.name, version, label)
+        except ServingError as exc:
+            context.abort(_grpc_code(exc.code), exc.message)
+        return get_model_status_pb2.GetModelStatusResponse(
+            model_version_status=[_status_proto(s) for s in statuses]
+        )
+
+
 def build_grpc_server(
     core: InferenceCore, port: int, host: str = "127.0.0.1", max_workers: int = 256
 ) -> tuple[grpc.Server, int]:
-    from tensorflow_serving.apis import (
-        get_model_metadata_pb2,
-        get_model_status_pb2,
-        model_service_pb2_grpc,
-        predict_pb2,
-        prediction_service_pb2_grpc,
-    )
-
-    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
-        def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC name)
-            version, label = _spec_version(request.model_spec)
-            try:
-                inputs = {key: tensor_to_array(proto) for key, proto in request.inputs.items()}
-            except Exception as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read the input tensors: {exc}")
-            try:
-                servable, outputs = core.predict(
-                    request.model_spec.name,
-                    version,
-                    label,
-                    request.model_spec.signature_name,
-                    inputs,
-                    context.time_remaining(),
-                )
-            except ServingError as exc:
-                context.abort(_grpc_code(exc.code), exc.message)
-            wanted = set(request.output_filter) or set(outputs)
-            unknown = wanted - set(outputs)
-            if unknown:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown output_filter {sorted(unknown)}")
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = servable.name
-            response.model_spec.version.value = servable.version
-            response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
-            for key in sorted(wanted):
-                response.outputs[key].CopyFrom(array_to_tensor(outputs[key]))
-            return response
-
-        def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-            if list(request.metadata_field) != ["signature_def"]:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "metadata_field must be exactly ['signature_def']"
-                )
-            version, label = _spec_version(request.model_spec)
-            try:
-                servable = core.manager.resolve(request.model_spec.name, version, label)
-            except ServingError as exc:
-                context.abort(_grpc_code(exc.code), exc.message)
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for key, value in servable.signature_defs().items():
-                signature_map.signature_def[key].CopyFrom(value)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = servable.name
-            response.model_spec.version.value = servable.version
-            response.metadata["signature_def"].Pack(signature_map)
-            return response
-
-    class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
-        def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-            version, label = _spec_version(request.model_spec)
-            try:
-                statuses = core.manager.status(request.model_spec.name, version, label)
-            except ServingError as exc:
-                context.abort(_grpc_code(exc.code), exc.message)
-            return get_model_status_pb2.GetModelStatusResponse(
-                model_version_status=[_status_proto(s) for s in statuses]
-            )
-
     from shared.logs import request_id_server_interceptor
 
     server = grpc.server(
@@ -205,8 +219,8 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
@@ -391,6 +405,8 @@ class EmbeddedServer:
     host: str
     rest_server: ThreadingHTTPServer | None = None
     metrics_server: HTTPServer | None = None
+    # Set when the server keeps its model folder in step with the registry (start_embedded).
+    registry_watcher: RegistryWatcher | None = None
 
     @property
     def url(self) -> str:
@@ -413,6 +429,8 @@ class EmbeddedServer:
         self.grpc_server.wait_for_termination()
 
     def stop(self, grace: float = 1.0) -> None:
+        if self.registry_watcher is not None:
+            self.registry_watcher.stop()
         self.grpc_server.stop(grace).wait()
         for http_server in (self.rest_server, self.metrics_server):
             if http_server is not None:
@@ -493,13 +511,23 @@ def start_embedded(
     rest_port: int | None = None,
     host: str = "127.0.0.1",
     model_config: Path | None = None,
+    watch_registry: bool = False,
 ) -> EmbeddedServer:
     """The server the web service runs in-process when ``POSTERGENRE_INFERENCE_URL`` is empty.
 
     It serves ``models.config`` when that file exists (it is watched, so one written later by
     ``sync_models`` is picked up), else every ``<name>/<version>/`` folder under ``models_dir``.
+
+    With ``watch_registry`` (the web service, ``postergenre predict``) it first syncs its model folder
+    from the registry (a failure raises: nothing to serve), then a :class:`RegistryWatcher` re-syncs
+    it whenever the blessed versions change, checked every ``settings.model_sync_interval_s``: a
+    blessing or a rollback reaches this server without anyone else calling ``sync_models``.
     """
-    return start_server(
+    watcher = None
+    if watch_registry:
+        watcher = RegistryWatcher(settings)
+        watcher.sync_if_changed()
+    server = start_server(
         settings.models_dir,
         model_config or settings.models_config_path,
         grpc_port,
@@ -512,3 +540,7 @@ def start_embedded(
         metrics_port=settings.inference_metrics_port or None,
         prefer_float=settings.inference_prefer_float,
     )
+    if watcher is not None:
+        watcher.start()
+        server.registry_watcher = watcher
+    return server

@@ -154,7 +154,7 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
 
 def _models(args: argparse.Namespace) -> int:
     from services.cli_support import print_json
-    from services.trainer.tasks import sync_served_models
+    from services.trainer.tasks import served_within
     from shared import registry
     from shared.config import get_settings
     from shared.db import require_current_schema
@@ -178,7 +178,7 @@ def _models(args: argparse.Namespace) -> int:
     except registry.RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    synced = sync_served_models(settings) if args.models_command in ("bless", "rollback") else None
+    synced = served_within(settings) if args.models_command in ("bless", "rollback") else None
     if args.json:
         print_json({"version": row, "synced": synced})
     else:

@@ -106,16 +106,11 @@ def export_model(model: Any, dest: Path, image_size: int, sample_pixels: Any, fo
     return dict(export_all(model, dest, image_size, **kwargs))
 
 
-def sync_served_models(settings: Settings) -> str:
-    """Copy the blessed versions where the inference server reads them; says what happened."""
-    try:
-        from services.inference.repository import sync_models
-    except ImportError as exc:
-        message = f"models not synced to the inference server: services.inference.repository missing ({exc})"
-        logger.warning(message)
-        return message
-    path = sync_models(settings)
-    return f"synced to {path}"
+def served_within(settings: Settings) -> str:
+    """What a blessing or a rollback means for the servers: the inference side watches the registry
+    (docs/architecture.md, "The model sync"), so nothing is synced from here."""
+    return (f"the inference servers serve it within {settings.model_sync_interval_s:g} s "
+            "(they watch the registry)")
 
 
 def _progress_reporter(job_id: str, epochs: int, resumed_from: int, start: float = 0.0) -> Any:
@@ -238,7 +233,7 @@ def run_training(job_id: str, params: dict[str, Any], settings: Settings) -> dic
 
 
 def finish(job_id: str, row: dict[str, Any], params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Bless (when asked and allowed), sync the served models, and report the result on the job."""
+    """Bless (when asked and allowed) and report the result on the job."""
     from services.trainer import metrics
     from shared import registry
 
@@ -246,7 +241,7 @@ def finish(job_id: str, row: dict[str, Any], params: dict[str, Any], settings: S
             not str(row["status_reason"]).startswith("not blessed"):
         row = registry.bless(row["name"], row["version"],
                              tolerance=float(params.get("tolerance", registry.DEFAULT_TOLERANCE)))
-    sync = sync_served_models(settings) if row["status"] == "blessed" else "not blessed: nothing to sync"
+    sync = served_within(settings) if row["status"] == "blessed" else "not blessed: nothing to serve"
     test = (row.get("metrics") or {}).get("test") or {}
     baselines = ((row.get("metrics") or {}).get("baselines") or {}).get("test") or {}
     result = {

@@ -1,8 +1,11 @@
 """The web service: the poster page, the prediction API and the admin API (FastAPI).
 
 ``create_app(settings)`` builds an app for given settings (tests build several); ``postergenre serve
-web`` runs one with uvicorn. The OpenAPI document is at ``/openapi.json`` (FastAPI's ``/docs`` page
-fetches Swagger UI from a CDN, so it needs internet; the poster and admin pages do not).
+web`` runs one with uvicorn. In embedded mode (``POSTERGENRE_INFERENCE_URL`` empty) the app starts the
+inference server in-process with the ``start_embedded_inference`` it is given: the web service
+imports no inference code, so the composition root ``services.embedded.create_app`` passes it.
+The OpenAPI document is at ``/openapi.json`` (FastAPI's ``/docs`` page fetches Swagger UI from a
+CDN, so it needs internet; the poster and admin pages do not).
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from fastapi.staticfiles import StaticFiles
 from services.web.admin import admin_token_problem, effective_admin_token
 from services.web.errors import install_error_handlers
 from services.web.metrics import RequestMetricsMiddleware
-from services.web.predictor import MAX_BATCH_FILES
 from services.web.routes import admin, explanations, health, models, pages, predictions
 from services.web.routes.pages import STATIC_DIR
 from services.web.security import SecurityHeadersMiddleware
-from services.web.state import WebState
+from services.web.state import EmbeddedInferenceStarter, WebState
 from services.web.uploads import UploadLimitMiddleware
+from services.web.year_table import MAX_BATCH_FILES
 from shared.config import Settings, get_settings
 from shared.logs import RequestIdMiddleware
 from shared.tracing import instrument_app
@@ -36,10 +39,12 @@ Errors always have the body `{"error": {"code": "...", "message": "..."}}`.
 The admin API needs `Authorization: Bearer <POSTERGENRE_ADMIN_TOKEN>`."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None,
+               start_embedded_inference: EmbeddedInferenceStarter | None = None) -> FastAPI:
     settings = settings or get_settings()
     problem = admin_token_problem(settings)
-    state = WebState(settings, admin_token="" if problem else effective_admin_token(settings))
+    state = WebState(settings, admin_token="" if problem else effective_admin_token(settings),
+                     start_embedded_inference=start_embedded_inference)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+# Builds the app to serve; given by the composition root (services/cli.py passes
+# services.embedded.create_app, so that embedded mode can start its inference server).
+AppFactory = Callable[[], "FastAPI"]
 
 
-def _serve_web(args: argparse.Namespace) -> int:
+def _serve_web(args: argparse.Namespace, create_app: AppFactory) -> int:
     import uvicorn
 
-    from services.web.app import create_app
     from services.web.worker import embedded_worker
     from shared.config import get_settings
     from shared.tracing import start_tracing
@@ -25,8 +33,8 @@ def _serve_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: Any, serve: Any) -> None:
-    """Add this service's subcommands to the `postergenre` parser."""
+def register(commands: Any, serve: Any, create_app: AppFactory) -> None:
+    """Add this service's subcommands to the `postergenre` parser; ``serve web`` runs ``create_app()``."""
     web = serve.add_parser("web", help="the poster page and the HTTP API (uvicorn)")
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8000)
@@ -36,4 +44,4 @@ def register(commands: Any, serve: Any) -> None:
     web.add_argument("--no-worker", action="store_true",
                      help="embedded mode: do not start the worker child that runs the admin API's crawls, "
                           "dataset builds and trainings (queues gpu, crawl, dataset)")
-    web.set_defaults(handler=_serve_web)
+    web.set_defaults(handler=functools.partial(_serve_web, create_app=create_app))

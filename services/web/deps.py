@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from services.web.admin import check_bearer
 from services.web.explainer import ExplanationService
-from services.web.predictor import PredictionService
 from services.web.state import InferenceConnection, WebState
+from services.web.year_table import YearTableService
 from shared.config import Settings
 from shared.db import session_scope
 from shared.storage import ObjectStore
@@ -48,8 +48,8 @@ async def get_inference(state: StateDep) -> InferenceConnection:
     return state.inference
 
 
-async def get_predictions(state: StateDep) -> PredictionService:
-    return state.predictions
+async def get_year_tables(state: StateDep) -> YearTableService:
+    return state.year_tables
 
 
 async def get_explanations(state: StateDep) -> ExplanationService:
@@ -68,7 +68,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 InferenceDep = Annotated[InferenceConnection, Depends(get_inference)]
-PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]
+YearTablesDep = Annotated[YearTableService, Depends(get_year_tables)]
 ExplanationsDep = Annotated[ExplanationService, Depends(get_explanations)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 AdminDep = Depends(require_admin)

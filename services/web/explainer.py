@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.inference.client import (
+from services.web.errors import ApiError
+from services.web.year_table import DEFAULT_K, DecodedPoster
+from shared.genres import rank_genres
+from shared.images import resize_pixels
+from shared.inference_client import (
+    BaseInferenceClient,
     InferenceError,
     InferenceUnavailable,
     ModelNotFound,
-    Predictor,
     SignatureNotFound,
 )
-from services.web.errors import ApiError
-from services.web.predictor import DEFAULT_K, DecodedPoster
-from shared.genres import rank_genres
-from shared.images import resize_pixels
 from shared.models import ServedModel, models_by_year
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ def overlay_png(image: Image.Image, heatmap: np.ndarray) -> str:
 
 
 class ExplanationService:
-    def __init__(self, predictor: Callable[[], Predictor]) -> None:
-        self._predictor = predictor
+    def __init__(self, inference_client: Callable[[], BaseInferenceClient]) -> None:
+        self._inference_client = inference_client
 
     def explain(self, poster: DecodedPoster, year: int, genre: str | None, models: list[ServedModel]
                 ) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class ExplanationService:
         head = model.head(year) or 0
         pixels = resize_pixels(poster.image, model.image_size).astype(np.float32)[None]
         try:
-            answer = self._predictor().explain(model.name, pixels, [head], [wanted])
+            answer = self._inference_client().explain(model.name, pixels, [head], [wanted])
         except SignatureNotFound:
             raise ApiError(409, "explanations_unsupported",
                            f"{model.name} (the model of {year}) has no explanations: it was exported before "

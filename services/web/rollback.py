@@ -1,10 +1,10 @@
 """Rolling a model back from the admin API: the registry changes which version is blessed
-(``shared.registry``, the registry operations the trainer uses too), then the inference server's
-model folder is synced so it serves it."""
+(``shared.registry``, the registry operations the trainer uses too). Nothing more: the inference
+side watches the registry and serves the newly blessed version within
+``settings.model_sync_interval_s`` (docs/architecture.md, "The model sync")."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sqlalchemy import select
@@ -14,8 +14,6 @@ from services.web.errors import ApiError
 from shared import registry
 from shared.config import Settings
 from shared.db import ModelVersion
-
-log = logging.getLogger(__name__)
 
 
 def roll_back(settings: Settings, session: Session, name: str, version: int | None) -> list[dict[str, Any]]:
@@ -29,19 +27,9 @@ def roll_back(settings: Settings, session: Session, name: str, version: int | No
         if "has no version" in str(exc):
             raise ApiError(404, "version_not_found", str(exc)) from None
         raise ApiError(409, "rollback_refused", str(exc)) from None
-    sync_served_models(settings)
     query = select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version)
     rows = session.scalars(query)
     from services.web.routes.models import model_info
 
     return [model_info(row, []) for row in rows]
 
-
-def sync_served_models(settings: Settings) -> None:
-    """Copy the blessed versions to the inference server's folder (it watches ``models.config``)."""
-    from services.inference.repository import sync_models
-
-    try:
-        sync_models(settings)
-    except Exception as exc:  # the registry is right; the server catches up at the next sync
-        log.error("model sync after a rollback failed: %s", exc)

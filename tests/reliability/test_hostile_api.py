@@ -27,7 +27,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import func, select
 
-from services.web.app import create_app
+from services.embedded import create_app
 from services.web.uploads import JSON_BODY_BYTES
 from shared.config import Settings
 from shared.db import Job, ModelVersion, session_scope, upgrade_database

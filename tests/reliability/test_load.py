@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.web.app import create_app
+from services.embedded import create_app
 from tests.conftest import make_poster
 from tests.reliability.conftest import YEARS, web_settings
 from tests.reliability.faults import metric_sum, metric_value, rss_bytes, served

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.web.app import create_app
+from services.embedded import create_app
 from tests import servers
 from tests.conftest import make_poster
 from tests.reliability.conftest import ADMIN_TOKEN, YEARS, web_settings

@@ -91,7 +91,8 @@ def test_import_build_train_and_predict_through_the_containers(started: Stack) -
     assert blessed, (out, versions(stack))
     PIPELINE.poster = a_real_poster()
 
-    # The trainer's sync wrote models.config on the shared volume; the inference container loads it.
+    # The model-sync service saw the blessing and wrote models.config on the shared volume; the
+    # inference container loads it.
     def answers() -> bool:
         response = stack.predict(PIPELINE.poster, YEARS)
         return response.status_code == 200 and len(response.json()["years"]) == 2

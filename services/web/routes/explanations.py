@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 
 from services.web.deps import ExplanationsDep, SessionDep, SettingsDep
-from services.web.predictor import decode_poster
 from services.web.schemas import ERROR_RESPONSES, ErrorBody, Explanation
 from services.web.uploads import read_upload
+from services.web.year_table import decode_poster
 from shared.models import blessed_models
 
 router = APIRouter(prefix="/api/v1", tags=["explanations"],

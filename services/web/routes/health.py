@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from services.inference.client import grpc_target
 from services.web.deps import InferenceDep, SessionDep, StateDep, StoreDep
 from services.web.errors import error_body
 from services.web.state import InferenceConnection
+from shared.inference_client import grpc_target
 from shared.storage import ObjectStore
 
 router = APIRouter(tags=["health"])

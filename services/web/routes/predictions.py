@@ -7,19 +7,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from services.web.deps import PredictionsDep, SessionDep, SettingsDep
+from services.web.deps import SessionDep, SettingsDep, YearTablesDep
 from services.web.errors import ApiError
-from services.web.predictor import (
+from services.web.schemas import ERROR_RESPONSES, BatchPrediction, Prediction
+from services.web.uploads import read_upload
+from services.web.year_table import (
     DEFAULT_K,
     DEFAULT_YEARS,
     MAX_BATCH_FILES,
     MAX_K,
     DecodedPoster,
+    YearTableService,
     decode_poster,
     parse_request_years,
 )
-from services.web.schemas import ERROR_RESPONSES, BatchPrediction, Prediction
-from services.web.uploads import read_upload
 from shared.models import blessed_models
 
 router = APIRouter(prefix="/api/v1", tags=["predictions"], responses=ERROR_RESPONSES)
@@ -40,15 +41,16 @@ def requested_years(query: str | None, form: str | None) -> list[int]:
 
 
 async def predict_posters(posters: list[DecodedPoster], years: list[int], k: int, session: Any,
-                          settings: Any, predictions: Any, all_scores: bool) -> list[dict[str, Any]]:
+                          settings: Any, year_tables: YearTableService, all_scores: bool
+                          ) -> list[dict[str, Any]]:
     models = await asyncio.to_thread(blessed_models, session, settings.model_prefix)
-    return list(await predictions.predict(posters, years, k, models, all_scores))
+    return list(await year_tables.predict(posters, years, k, models, all_scores))
 
 
 @router.post("/predictions", response_model=Prediction, response_model_exclude_none=True,
              summary="The best genres of one poster under each year's model")
 async def create_prediction(file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or GIF")],
-                            session: SessionDep, settings: SettingsDep, predictions: PredictionsDep,
+                            session: SessionDep, settings: SettingsDep, year_tables: YearTablesDep,
                             years_query: YearsQuery = None, years_form: YearsForm = None,
                             k_query: KQuery = None, k_form: KForm = None,
                             scores: ScoresQuery = False) -> dict[str, Any]:
@@ -56,14 +58,14 @@ async def create_prediction(file: Annotated[UploadFile, File(description="JPEG, 
     k = k_form or k_query or DEFAULT_K
     data = await read_upload(file, settings.max_upload_bytes)
     poster = await asyncio.to_thread(decode_poster, data, file.filename or "")
-    [result] = await predict_posters([poster], years, k, session, settings, predictions, scores)
+    [result] = await predict_posters([poster], years, k, session, settings, year_tables, scores)
     return result
 
 
 @router.post("/predictions:batch", response_model=BatchPrediction, response_model_exclude_none=True,
              summary=f"Predictions for up to {MAX_BATCH_FILES} posters; a bad poster gets its own error")
 async def create_predictions(files: Annotated[list[UploadFile], File(description="the posters")],
-                             session: SessionDep, settings: SettingsDep, predictions: PredictionsDep,
+                             session: SessionDep, settings: SettingsDep, year_tables: YearTablesDep,
                              years_query: YearsQuery = None, years_form: YearsForm = None,
                              k_query: KQuery = None, k_form: KForm = None,
                              scores: ScoresQuery = False) -> dict[str, Any]:
@@ -81,7 +83,7 @@ async def create_predictions(files: Annotated[list[UploadFile], File(description
             items.append({"filename": name})
         except ApiError as exc:  # one bad poster does not cost the others their answer
             items.append({"filename": name, "error": {"code": exc.code, "message": exc.message}})
-    results = iter(await predict_posters(posters, years, k, session, settings, predictions, scores))
+    results = iter(await predict_posters(posters, years, k, session, settings, year_tables, scores))
     for item in items:
         if "error" not in item:
             item["prediction"] = next(results)

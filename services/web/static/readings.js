@@ -10,7 +10,7 @@
   const HEAT_RGB = [31, 95, 191];
   const WHITE = [255, 255, 255];
   const BLACK = [0, 0, 0];
-  // services.web.predictor.DEPARTURE_MARGIN: the in-browser mode applies the server's rule.
+  // services.web.year_table.DEPARTURE_MARGIN: the in-browser mode applies the server's rule.
   const DEPARTURE_MARGIN = 0.10;
 
   function channel(value) {
@@ -40,7 +40,7 @@
              backgroundRgb: background, colorRgb: text, contrast: Math.max(onWhite, onBlack) };
   }
 
-  /* The server's services.web.predictor.departures, for the in-browser mode: each row's genres whose
+  /* The server's services.web.year_table.departures, for the in-browser mode: each row's genres whose
      score lies further than the margin from the genre's mean over the rows. Sets row.departs. */
   function departures(rows, margin = DEPARTURE_MARGIN) {
     const byGenre = new Map();

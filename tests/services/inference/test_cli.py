@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from services.cli import main
-from services.inference.client import InferenceClient
 from shared.db import ModelVersion, session_scope, upgrade_database
 from shared.images import poster_pixels
+from shared.inference_client import InferenceClient
 from shared.storage import object_store_from_settings, upload_folder
 from tests.conftest import make_poster
 from tests.services.inference.conftest import GENRES, IMAGE_SIZE, expected_scores, write_pixels_model

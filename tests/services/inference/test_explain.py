@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.client import InferenceClient, InvalidInferenceInput, SignatureNotFound
 from services.inference.server import EmbeddedServer
+from shared.inference_client import InferenceClient, InvalidInferenceInput, SignatureNotFound
 from tests.conftest import make_poster
 from tests.services.inference.conftest import random_pixels, write_pixels_model
 from tests.services.inference.explainable import (

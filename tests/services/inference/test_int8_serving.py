@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.client import InferenceClient
 from services.inference.models import Servable, litert_model_file
+from shared.inference_client import InferenceClient
 from tests.conftest import make_poster
 from tests.services.inference.conftest import GENRES, IMAGE_SIZE, random_pixels
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.client import InferenceClient, ModelNotFound
 from services.inference.metrics import PROMETHEUS_PATH
 from services.inference.server import EmbeddedServer
 from shared.config import Settings
+from shared.inference_client import InferenceClient, ModelNotFound
 from tests.prometheus import scrape, value
 from tests.services.inference.conftest import random_pixels, write_pixels_model
 

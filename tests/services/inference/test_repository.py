@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.client import InferenceClient
 from services.inference.repository import BATCHING_CONFIG_NAME, WARMUP_FILE, sync_models
 from shared.config import Settings
 from shared.db import ModelVersion, session_scope, upgrade_database
+from shared.inference_client import InferenceClient
 from shared.storage import object_store_from_settings, upload_folder
 from tests.services.inference.conftest import GENRES, expected_scores, random_pixels, write_pixels_model
 
@@ -128,6 +128,58 @@ def test_served_labels_and_a_rollback_reach_the_running_server(settings, tmp_pat
         assert sorted(p.name for p in (settings.models_dir / "genre-2001").iterdir()) == ["1"]
     finally:
         server.stop(grace=0)
+
+
+def test_an_embedded_server_watching_the_registry_serves_a_rollback_with_no_sync_call(settings, tmp_path):
+    """Only the inference side syncs: a registry change alone reaches a server started with
+    ``watch_registry``, within its ``model_sync_interval_s``; an unchanged registry is not synced."""
+    import time
+
+    from services.inference.server import start_embedded
+
+    register_models(settings, tmp_path)
+    # Every served version in the store (genre-2003's files too), so a synced registry stays synced.
+    folder = write_pixels_model(tmp_path / "export" / "genre-2003" / "1", seed=41)
+    upload_folder(object_store_from_settings(), folder, "models/genre-2003/1")
+    watching = settings.model_copy(update={"model_sync_interval_s": 0.1})
+    server = start_embedded(watching, watch_registry=True)
+    pixels = random_pixels(2, seed=9)
+    try:
+        watcher = server.registry_watcher
+        assert watcher is not None
+        assert watcher.sync_if_changed() is False  # synced at the start; nothing changed since
+        with InferenceClient(server.url, timeout=10) as client:
+            assert client.predict("genre-2001", pixels)[1] == 2
+            # Roll genre-2001 back to version 1 in the registry, and do nothing else.
+            with session_scope(settings.effective_database_url) as session:
+                for row in session.query(ModelVersion).filter_by(name="genre-2001"):
+                    row.status = {1: "blessed", 2: "retired", 3: "retired"}[row.version]
+            deadline = time.monotonic() + 30
+            while client.predict("genre-2001", pixels)[1] != 1:
+                assert time.monotonic() < deadline, "the rollback never reached the server"
+                time.sleep(0.1)
+            scores, version = client.predict("genre-2001", pixels)
+            np.testing.assert_allclose(scores, expected_scores(pixels, 21), atol=1e-5)
+        assert watcher.sync_if_changed() is False
+    finally:
+        server.stop(grace=0)
+
+
+def test_a_watcher_tries_again_until_a_served_version_reaches_the_object_store(settings, tmp_path):
+    """genre-2003 v1 is blessed before its files are in the store: the watcher does not take the
+    registry as served, and serves the version once the files have arrived; then it rests."""
+    from services.inference.repository import RegistryWatcher
+
+    register_models(settings, tmp_path)
+    watcher = RegistryWatcher(settings)
+    assert watcher.sync_if_changed() is True
+    assert "genre-2003" not in parse_config(settings.models_config_path)
+    assert watcher.sync_if_changed() is True  # the registry is unchanged, but not all of it is served
+    folder = write_pixels_model(tmp_path / "export" / "genre-2003" / "1", seed=41)
+    upload_folder(object_store_from_settings(), folder, "models/genre-2003/1")
+    assert watcher.sync_if_changed() is True
+    assert parse_config(settings.models_config_path)["genre-2003"]["labels"] == {"stable": 1}
+    assert watcher.sync_if_changed() is False
 
 
 def test_sync_from_s3_and_postgresql(stack_settings, tmp_path):

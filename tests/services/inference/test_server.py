@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from services.inference.client import (
+from shared.inference_client import (
+    BaseInferenceClient,
     InferenceClient,
     InferenceError,
     InferenceUnavailable,
@@ -229,6 +230,31 @@ def test_rest_routes_match_grpc(embedded, yearly_models):
             IMAGE_SIZE,
             3,
         ]
+
+
+def test_both_clients_fan_out_alike_through_their_shared_base(embedded, yearly_models):
+    """``predict_many`` is ``BaseInferenceClient``'s over gRPC (futures) and REST (a thread per model)
+    alike: each name gets its scores or its own error, a one-model call the same, and pixels that are
+    not ``[N,S,S,3]`` are refused before anything is sent."""
+    pixels = random_pixels(2, seed=6)
+    served = sorted(yearly_models)[:2]
+    assert embedded.rest_url
+    with (
+        InferenceClient(embedded.url, timeout=10) as grpc_client,
+        RestInferenceClient(embedded.rest_url, timeout=10) as rest_client,
+    ):
+        for client in (grpc_client, rest_client):
+            assert isinstance(client, BaseInferenceClient)
+            results = client.predict_many([*served, "genre-1999"], pixels)
+            for name in served:
+                scores, version = results[name]  # type: ignore[misc]
+                assert version == 1
+                np.testing.assert_allclose(scores, expected_scores(pixels, yearly_models[name]), atol=1e-5)
+            assert isinstance(results["genre-1999"], ModelNotFound)
+            [(name, alone)] = client.predict_many(["genre-1999"], pixels).items()
+            assert name == "genre-1999" and isinstance(alone, ModelNotFound)
+            with pytest.raises(InvalidInferenceInput, match=r"pixels must be float32 \[N, S, S, 3\]"):
+                client.predict_many(served, np.zeros((2, IMAGE_SIZE, IMAGE_SIZE)))
 
 
 def test_server_without_models_starts_and_picks_up_a_config_written_later(settings, models_dir):

@@ -101,7 +101,7 @@ def wait_until_ready(client: TestClient, timeout_s: float = 120.0) -> None:
 @pytest.fixture(scope="module")
 def web_stack(tmp_path_factory: pytest.TempPathFactory, tiny_models: list[TinyModel], postgres_admin_url: str,
               redis_url: str, s3_endpoint: str) -> Iterator[WebStack]:
-    from services.web.app import create_app
+    from services.embedded import create_app
 
     home = tmp_path_factory.mktemp("web-home")
     database_url = servers.create_database(postgres_admin_url, prefix="webtest")

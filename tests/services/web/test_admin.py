@@ -17,7 +17,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from services.web.app import create_app
+from services.embedded import create_app
 from services.web.state import WebState
 from shared.config import Settings
 from shared.db import DatasetVersion, Movie, session_scope

@@ -62,7 +62,7 @@ def serve(settings: Settings) -> Iterator[str]:
     """The web app under uvicorn on a free loopback port, in a thread of this process."""
     import uvicorn
 
-    from services.web.app import create_app
+    from services.embedded import create_app
 
     port = servers.free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,

@@ -35,7 +35,7 @@ def explain_stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: 
                   s3_endpoint: str) -> Iterator[tuple[TestClient, dict[str, ExplainableModel | TinyModel]]]:
     """genre-2000 (one year) and genre-shared (2002-2003) with explanations; genre-2001, a model
     exported before explanations existed (no ``explain`` signature)."""
-    from services.web.app import create_app
+    from services.embedded import create_app
 
     root = tmp_path_factory.mktemp("explain-models")
     models: list[ExplainableModel | TinyModel] = [

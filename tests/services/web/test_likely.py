@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.web.predictor import DEPARTURE_MARGIN
+from services.web.year_table import DEPARTURE_MARGIN
 from shared.images import poster_pixels
 from tests.conftest import SHARED_POSTERS, make_poster
 from tests.services.web.conftest import TINY_THRESHOLDS, WebStack

@@ -1,5 +1,5 @@
 """The page's readings (static/readings.js) under Node: the heatmap's text keeps WCAG AA contrast at
-every score, and the in-browser departures are the server's (services.web.predictor.departures)."""
+every score, and the in-browser departures are the server's (services.web.year_table.departures)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.web.predictor import DEPARTURE_MARGIN, departures
+from services.web.year_table import DEPARTURE_MARGIN, departures
 
 READINGS_JS = Path(__file__).resolve().parents[3] / "services" / "web" / "static" / "readings.js"
 RUNNER = """

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.web.app import create_app
+from services.embedded import create_app
 from shared.config import Settings
 from shared.logs import is_valid_request_id, make_handler
 from tests.conftest import make_poster

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from services.web.app import create_app
+from services.embedded import create_app
 from shared.config import Settings
 from tests.conftest import make_poster
 from tests.servers import free_port
@@ -107,6 +107,20 @@ def test_inference_down_gives_503_with_a_message(tmp_path: Path, postgres_url: s
         assert ready.json()["checks"]["database"] == "ok" and "inference" in ready.json()["error"]["message"]
         # Bad input is still told apart from the outage.
         assert client.post("/api/v1/predictions", files={"file": ("p", b"", "image/jpeg")}).status_code == 422
+
+
+def test_a_web_app_built_without_an_inference_starter_says_it_has_no_inference(settings: Settings) -> None:
+    """Embedded mode is composed by services.embedded; the web's own create_app, given no inference
+    URL and no starter, starts nothing and says why instead of reaching into the inference code."""
+    from services.web.app import create_app as create_web_app
+    from shared.db import upgrade_database
+
+    upgrade_database(settings.effective_database_url)
+    with TestClient(create_web_app(settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
+        assert "POSTERGENRE_INFERENCE_URL is empty" in ready.json()["checks"]["inference"]
+        assert client.app.state.web.inference.url == ""  # type: ignore[attr-defined]  # nothing started
 
 
 @pytest.mark.parametrize("years", ["2000", "1990-1991"])

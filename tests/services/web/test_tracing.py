@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.web.app import create_app
+from services.embedded import create_app
 from shared.config import Settings
 from shared.tracing import Tracing, otlp_endpoint, start_tracing
 from tests.conftest import make_poster
@@ -181,7 +181,7 @@ def test_an_admin_call_and_the_task_it_queues_are_one_trace_across_the_worker(
 TRACING_REPORT = """
 import json, sys, types
 import grpc, sqlalchemy
-from services.web.app import create_app
+from services.embedded import create_app
 from shared.config import get_settings
 from shared.tracing import active, start_tracing
 

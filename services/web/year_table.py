@@ -1,4 +1,6 @@
-"""From uploaded poster bytes to the table of each year's best genres.
+"""From uploaded poster bytes to the table of each year's best genres (:class:`YearTableService`,
+the web's orchestrator of ``POST /api/v1/predictions``; not to be confused with the inference
+server's gRPC ``PredictionService``, whose servicer is ``services.inference.server.PredictionServicer``).
 
 Each poster is decoded once (``shared.images.open_poster``: type by content, bomb guard, EXIF, first
 frame, RGB) and resized once per model input size (``shared.images.resize_pixels``, the second half
@@ -18,12 +20,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.inference.client import InferenceUnavailable, ModelNotFound, Predictor
 from services.web.cache import ScoreCache, cache_key
 from services.web.errors import ApiError
 from services.web.metrics import WebMetrics
 from shared.genres import rank_genres
 from shared.images import PosterImageError, open_poster, resize_pixels
+from shared.inference_client import BaseInferenceClient, InferenceUnavailable, ModelNotFound
 from shared.models import ServedModel, models_by_year
 from shared.posterness import check_image
 from shared.years import parse_years
@@ -120,10 +122,13 @@ class ModelAnswer:
 Answers = dict[tuple[int, str], ModelAnswer]
 
 
-class PredictionService:
-    def __init__(self, predictor: Callable[[], Predictor], cache: ScoreCache, metrics: WebMetrics,
-                 cache_namespace: str) -> None:
-        self._predictor = predictor
+class YearTableService:
+    """The web's orchestrator of a prediction: posters in, one table of each year's best genres out
+    (cached scores, one fan-out per model input size, each year under the model that answers it)."""
+
+    def __init__(self, inference_client: Callable[[], BaseInferenceClient], cache: ScoreCache,
+                 metrics: WebMetrics, cache_namespace: str) -> None:
+        self._inference_client = inference_client
         self.cache_namespace = cache_namespace
         self.cache = cache
         self.metrics = metrics
@@ -133,7 +138,7 @@ class PredictionService:
         model taking it. Runs in a worker thread: resizing is CPU work the event loop must not do."""
         pixels = np.stack([resize_pixels(image, size) for image in images]).astype(np.float32)
         started = time.perf_counter()
-        results = dict(self._predictor().predict_many(names, pixels))
+        results = dict(self._inference_client().predict_many(names, pixels))
         elapsed = time.perf_counter() - started
         for name in names:
             self.metrics.inference_latency.labels(model=name).observe(elapsed)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.inference.client import InferenceError, ModelNotFound, Predictor, connect
 from shared.config import Settings
 from shared.images import poster_pixels
+from shared.inference_client import BaseInferenceClient, InferenceError, ModelNotFound, connect
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class PosterTable:
 
 
 @contextmanager
-def inference_client(settings: Settings, url: str = "") -> Iterator[Predictor]:
+def inference_client(settings: Settings, url: str = "") -> Iterator[BaseInferenceClient]:
     """A client of ``url`` or ``settings.inference_url``; without either, of an embedded server
     started here over the registry's served versions (as the web service does)."""
     url = url or settings.inference_url
@@ -48,11 +48,9 @@ def inference_client(settings: Settings, url: str = "") -> Iterator[Predictor]:
         finally:
             client.close()
         return
-    from services.inference.repository import sync_models
     from services.inference.server import start_embedded
 
-    sync_models(settings)
-    server = start_embedded(settings)
+    server = start_embedded(settings, watch_registry=True)
     client = connect(server.url, settings.inference_timeout_s)
     try:
         yield client
@@ -62,7 +60,7 @@ def inference_client(settings: Settings, url: str = "") -> Iterator[Predictor]:
 
 
 def predict_poster(
-    data: bytes, years: list[int], k: int, settings: Settings, client: Predictor
+    data: bytes, years: list[int], k: int, settings: Settings, client: BaseInferenceClient
 ) -> PosterTable:
     """Ask every served model covering ``years`` about the poster ``data``."""
     from shared.db import session_scope

@@ -1,5 +1,11 @@
 """Client of TF Serving (or the embedded server): gRPC ``PredictionService``, REST as an alternative.
 
+The contract between the inference side and whoever asks it (the web service, ``postergenre
+predict``, the benchmarks, the model-sync sidecar), so it lives in ``shared``: nobody imports the
+inference service to talk to it. :class:`BaseInferenceClient` holds what both protocols do alike
+(input checks, the one-model shortcut of the fan-out, the ``explain`` inputs, errors per model);
+:class:`InferenceClient` (gRPC) and :class:`RestInferenceClient` (REST) hold only the wire.
+
 One :class:`InferenceClient` holds one gRPC channel for its whole life (connection reuse); every call
 carries a deadline, so a server that is down or stuck gives :class:`InferenceUnavailable` within
 ``timeout`` seconds instead of a hang. :meth:`InferenceClient.predict_many` sends the requests for
@@ -10,9 +16,10 @@ the slowest model, not the sum.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Self
 
 import numpy as np
 
@@ -84,34 +91,6 @@ class VersionState:
     error: str = ""
 
 
-class Predictor(Protocol):
-    """What the web service needs from an inference client (gRPC or REST)."""
-
-    def predict(
-        self,
-        name: str,
-        pixels: np.ndarray,
-        version: int | None = None,
-        label: str | None = None,
-        signature: str = PIXELS_SIGNATURE,
-    ) -> Prediction: ...
-
-    def predict_many(
-        self,
-        names: Iterable[str],
-        pixels: np.ndarray,
-        label: str | None = None,
-        signature: str = PIXELS_SIGNATURE,
-    ) -> dict[str, Prediction | InferenceError]: ...
-
-    def explain(self, name: str, pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]],
-                version: int | None = None) -> Explanation: ...
-
-    def model_status(self, name: str) -> list[VersionState]: ...
-
-    def close(self) -> None: ...
-
-
 # gRPC name-resolver schemes a target may name: every address ``dns:///host:port`` resolves to (a
 # Kubernetes headless Service: one per TF Serving pod), or a fixed list ``ipv4:10.0.0.1:8500,10.0.0.2:8500``.
 RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
@@ -163,17 +142,118 @@ def tensor_array(proto: Any) -> np.ndarray:
     return np.asarray(tf.make_ndarray(proto))
 
 
-class InferenceClient:
+def _describe(name: str, version: int | None, label: str | None) -> str:
+    if version is not None:
+        return f"model {name} version {version}"
+    if label:
+        return f"model {name} label {label}"
+    return f"model {name}"
+
+
+class BaseInferenceClient(ABC):
+    """One inference server at ``url``, every call under ``timeout`` seconds, over either protocol.
+
+    Subclasses send one request (:meth:`_predict`, :meth:`_explain`, :meth:`model_status`) and may
+    send a fan-out their own way (:meth:`_predict_each`); the checks and the shape of the answers are
+    here, once.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def predict(
+        self,
+        name: str,
+        pixels: np.ndarray,
+        version: int | None = None,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> Prediction:
+        """Scores of ``pixels`` (float32 ``[N,S,S,3]``) under one model, and the version that answered."""
+        return self._predict(name, float_pixels(pixels), version, label, signature)
+
+    def predict_many(
+        self,
+        names: Iterable[str],
+        pixels: np.ndarray,
+        label: str | None = None,
+        signature: str = PIXELS_SIGNATURE,
+    ) -> dict[str, Prediction | InferenceError]:
+        """Ask every model at once; each name maps to its result or to the error it got."""
+        names = list(names)
+        array = float_pixels(pixels)
+        if len(names) == 1:  # one model (the shared layout): a blocking call, nothing to wait on
+            [name] = names
+            try:
+                return {name: self._predict(name, array, None, label, signature)}
+            except InferenceError as exc:
+                return {name: exc}
+        return self._predict_each(names, array, label, signature)
+
+    def _predict_each(self, names: list[str], array: np.ndarray, label: str | None, signature: str
+                      ) -> dict[str, Prediction | InferenceError]:
+        """The fan-out of :meth:`predict_many`: here a thread per model (at most 32) over
+        :meth:`_predict`; a protocol with asynchronous calls overrides it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        results: dict[str, Prediction | InferenceError] = {}
+        with ThreadPoolExecutor(max_workers=max(1, min(32, len(names)))) as pool:
+            futures = {name: pool.submit(self._predict, name, array, None, label, signature)
+                       for name in names}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except InferenceError as exc:
+                    results[name] = exc
+        return results
+
+    def explain(self, name: str, pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]],
+                version: int | None = None) -> Explanation:
+        """Grad-CAM of ``genres[i]`` on head ``head[i]`` for each poster (the ``explain`` signature).
+
+        :class:`SignatureNotFound` when the version has no ``explain`` signature.
+        """
+        array, heads, chosen = explain_inputs(pixels, head, genres)
+        return self._explain(name, array, heads, chosen, version)
+
+    @abstractmethod
+    def _predict(self, name: str, array: np.ndarray, version: int | None, label: str | None,
+                 signature: str) -> Prediction:
+        """One predict request of checked float32 pixels."""
+
+    @abstractmethod
+    def _explain(self, name: str, array: np.ndarray, heads: np.ndarray, chosen: np.ndarray,
+                 version: int | None) -> Explanation:
+        """One ``explain`` request of checked inputs (:func:`explain_inputs`)."""
+
+    @abstractmethod
+    def model_status(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> list[VersionState]:
+        """The versions the server knows for ``name`` and their state."""
+
+
+class InferenceClient(BaseInferenceClient):
     """gRPC client of TF Serving's ``PredictionService`` and ``ModelService``."""
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        self.url = url
-        self.timeout = timeout
         from shared.logs import with_request_ids
 
+        super().__init__(url, timeout)
         self._raw_channel = grpc.insecure_channel(
             grpc_target(url),
             options=[
@@ -189,12 +269,6 @@ class InferenceClient:
         self._channel = with_request_ids(self._raw_channel)  # each call carries the request id
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
-
-    def __enter__(self) -> InferenceClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._raw_channel.close()
@@ -248,41 +322,19 @@ class InferenceClient:
             scores = tensor_array(next(iter(response.outputs.values())))
         return scores, int(response.model_spec.version.value)
 
-    def predict(
-        self,
-        name: str,
-        pixels: np.ndarray,
-        version: int | None = None,
-        label: str | None = None,
-        signature: str = PIXELS_SIGNATURE,
-    ) -> Prediction:
-        """Scores of ``pixels`` (float32 ``[N,S,S,3]``) under one model, and the version that answered."""
-        request = self._request(name, float_pixels(pixels), version, label, signature)
+    def _predict(self, name: str, array: np.ndarray, version: int | None, label: str | None,
+                 signature: str) -> Prediction:
+        request = self._request(name, array, version, label, signature)
         try:
             response = self._predictions.Predict(request, timeout=self.timeout)
         except Exception as exc:
             raise self._error(exc, _describe(name, version, label)) from None
         return self._result(response)
 
-    def predict_many(
-        self,
-        names: Iterable[str],
-        pixels: np.ndarray,
-        label: str | None = None,
-        signature: str = PIXELS_SIGNATURE,
-    ) -> dict[str, Prediction | InferenceError]:
-        """Ask every model at once; each name maps to its result or to the error it got.
-
-        The deadline covers the whole fan-out: every call gets what is left of ``timeout``.
-        """
-        names = list(names)
-        array = float_pixels(pixels)
-        if len(names) == 1:  # one model (the shared layout): a blocking call needs no future to poll
-            [name] = names
-            try:
-                return {name: self.predict(name, array, label=label, signature=signature)}
-            except InferenceError as exc:
-                return {name: exc}
+    def _predict_each(self, names: list[str], array: np.ndarray, label: str | None, signature: str
+                      ) -> dict[str, Prediction | InferenceError]:
+        """Every request sent at once (gRPC futures), then awaited together: the deadline covers the
+        whole fan-out, every call gets what is left of ``timeout``."""
         content = array.tobytes()  # encoded once for all the models
         deadline = time.monotonic() + self.timeout
         calls = {
@@ -300,15 +352,10 @@ class InferenceClient:
                 results[name] = self._error(exc, _describe(name, None, label))
         return results
 
-    def explain(self, name: str, pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]],
-                version: int | None = None) -> Explanation:
-        """Grad-CAM of ``genres[i]`` on head ``head[i]`` for each poster (the ``explain`` signature).
-
-        :class:`SignatureNotFound` when the version has no ``explain`` signature.
-        """
+    def _explain(self, name: str, array: np.ndarray, heads: np.ndarray, chosen: np.ndarray,
+                 version: int | None) -> Explanation:
         import tensorflow as tf
 
-        array, heads, chosen = explain_inputs(pixels, head, genres)
         request = self._request(name, array, version, None, EXPLAIN_SIGNATURE)
         request.inputs[HEAD_INPUT].CopyFrom(tf.make_tensor_proto(heads))
         request.inputs[GENRES_INPUT].CopyFrom(tf.make_tensor_proto(chosen))
@@ -358,15 +405,7 @@ class InferenceClient:
         return dict(signature_map.signature_def)
 
 
-def _describe(name: str, version: int | None, label: str | None) -> str:
-    if version is not None:
-        return f"model {name} version {version}"
-    if label:
-        return f"model {name} label {label}"
-    return f"model {name}"
-
-
-class RestInferenceClient:
+class RestInferenceClient(BaseInferenceClient):
     """The same interface over TF Serving's REST API (``/v1/models/NAME[...]:predict``), with httpx.
 
     REST predict responses do not say which version answered; the version asked for is returned, or,
@@ -376,19 +415,12 @@ class RestInferenceClient:
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         import httpx
 
-        self.url = url.rstrip("/")
-        self.timeout = timeout
+        super().__init__(url.rstrip("/"), timeout)
         self._http = httpx.Client(
             base_url=self.url,
             timeout=timeout,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         )
-
-    def __enter__(self) -> RestInferenceClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self._http.close()
@@ -424,58 +456,27 @@ class RestInferenceClient:
             raise InferenceUnavailable(f"inference server {self.url} for {what}: {message}")
         raise InferenceError(f"{what}: HTTP {response.status_code} {message}")
 
-    def predict(
-        self,
-        name: str,
-        pixels: np.ndarray,
-        version: int | None = None,
-        label: str | None = None,
-        signature: str = PIXELS_SIGNATURE,
-    ) -> Prediction:
-        array = np.asarray(pixels, dtype=np.float32)
-        if array.ndim != 4 or array.shape[-1] != 3:
-            raise InvalidInferenceInput(f"pixels must be float32 [N, S, S, 3], got shape {list(array.shape)}")
-        what = _describe(name, version, label)
+    def _newest_available(self, name: str, label: str | None) -> int:
+        """The version a plain request was answered by (REST does not say): the newest AVAILABLE."""
+        available = [s.version for s in self.model_status(name, None, label) if s.state == "AVAILABLE"]
+        return max(available) if available else 0
+
+    def _predict(self, name: str, array: np.ndarray, version: int | None, label: str | None,
+                 signature: str) -> Prediction:
         payload = self._call(
             "POST",
             self._path(name, version, label) + ":predict",
-            what,
-            {"signature_name": signature, "inputs": {"pixels": array.tolist()}},
+            _describe(name, version, label),
+            {"signature_name": signature, "inputs": {PIXELS_INPUT: array.tolist()}},
         )
         outputs = payload["outputs"]
         scores = np.asarray(
             outputs[SCORES_OUTPUT] if isinstance(outputs, dict) else outputs, dtype=np.float32
         )
-        if version is None:
-            available = [s.version for s in self.model_status(name, None, label) if s.state == "AVAILABLE"]
-            version = max(available) if available else 0
-        return scores, version
+        return scores, self._newest_available(name, label) if version is None else version
 
-    def predict_many(
-        self,
-        names: Iterable[str],
-        pixels: np.ndarray,
-        label: str | None = None,
-        signature: str = PIXELS_SIGNATURE,
-    ) -> dict[str, Prediction | InferenceError]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        names = list(names)
-        results: dict[str, Prediction | InferenceError] = {}
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(names)))) as pool:
-            futures = {
-                name: pool.submit(self.predict, name, pixels, None, label, signature) for name in names
-            }
-            for name, future in futures.items():
-                try:
-                    results[name] = future.result()
-                except InferenceError as exc:
-                    results[name] = exc
-        return results
-
-    def explain(self, name: str, pixels: np.ndarray, head: Sequence[int], genres: Sequence[Sequence[int]],
-                version: int | None = None) -> Explanation:
-        array, heads, chosen = explain_inputs(pixels, head, genres)
+    def _explain(self, name: str, array: np.ndarray, heads: np.ndarray, chosen: np.ndarray,
+                 version: int | None) -> Explanation:
         payload = self._call(
             "POST", self._path(name, version, None) + ":predict", _describe(name, version, None),
             {"signature_name": EXPLAIN_SIGNATURE,
@@ -483,11 +484,9 @@ class RestInferenceClient:
                         GENRES_INPUT: chosen.tolist()}},
         )
         outputs = payload["outputs"]
-        if version is None:
-            available = [s.version for s in self.model_status(name) if s.state == "AVAILABLE"]
-            version = max(available) if available else 0
         return Explanation(np.asarray(outputs[HEATMAPS_OUTPUT], dtype=np.float32),
-                           np.asarray(outputs[SCORES_OUTPUT], dtype=np.float32), version)
+                           np.asarray(outputs[SCORES_OUTPUT], dtype=np.float32),
+                           self._newest_available(name, None) if version is None else version)
 
     def model_status(
         self, name: str, version: int | None = None, label: str | None = None
@@ -499,7 +498,7 @@ class RestInferenceClient:
         ]
 
 
-def connect(url: str, timeout: float = 10.0) -> InferenceClient | RestInferenceClient:
+def connect(url: str, timeout: float = 10.0) -> BaseInferenceClient:
     """A client for ``grpc://host:port`` (or bare ``host:port``) or ``http(s)://host:port`` (REST)."""
     if url.startswith(("http://", "https://")):
         return RestInferenceClient(url, timeout)
