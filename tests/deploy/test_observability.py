@@ -18,6 +18,7 @@ from tests.deploy.monitors import check_monitor_schemas, check_monitor_semantics
 from tests.deploy.observability import (
     DASHBOARDS_DIR,
     PROMETHEUS_CONFIG,
+    TFSERVING_BATCHING_HISTOGRAMS,
     check_dashboard,
     check_prometheus_config,
     exported_names,
@@ -42,6 +43,19 @@ def test_the_dashboard_shows_the_prediction_path_and_the_training_queue() -> Non
                  "postergenre_celery_queue_length", "postergenre_celery_tasks_running",
                  "postergenre_celery_task_duration_seconds_bucket"):
         assert name in queried, name
+
+
+def test_the_batching_panels_read_the_embedded_server_and_tf_serving() -> None:
+    """Batch size and queue wait come from whichever inference server runs: the embedded server's
+    names and TF Serving's own batching histograms, side by side in each panel."""
+    dashboard = json.loads((DASHBOARDS_DIR / "postergenre.json").read_text())
+    for title, ours, theirs in (
+            ("Batch size", "postergenre_inference_batch_size_bucket", TFSERVING_BATCHING_HISTOGRAMS[1]),
+            ("Batch queue wait p95", "postergenre_inference_queue_wait_seconds_bucket",
+             TFSERVING_BATCHING_HISTOGRAMS[0])):
+        panel = next(p for p in dashboard["panels"] if p.get("title") == title)
+        queried = {name for target in panel["targets"] for name in promql_metric_names(target["expr"])}
+        assert {ours, theirs + "_bucket"} <= queried, (title, queried)
 
 
 def test_prometheus_scrapes_every_service_where_it_serves_metrics() -> None:
