@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from shared.queues import CRAWL_QUEUE, DATASET_TASK, TRAIN_TASK
+from shared.queues import CRAWL_TASK, DATASET_TASK, TRAIN_TASK
 from tests.deploy.observability import PROMETHEUS_CONFIG
 from tests.stack.stack import POSTERS, Stack, StackError, poster_bytes, tool_environment
 
@@ -119,17 +119,18 @@ def test_the_admin_api_starts_a_job_and_reports_its_progress(started: Stack) -> 
     assert {info["state"] for info in seen} - {"SUCCESS"}, "no intermediate state was reported"
 
 
-# What each scrape job of docker/observability/prometheus.yml must have sampled once the pipeline and
-# the admin job above have run: one promised family per service (PromQL selectors, the job's label
-# added). The tfserving job scrapes the project's protocol-compatible server in this test
-# (compose.override.yaml), hence its names and not TF Serving's own.
+# What each scrape job of docker/observability/prometheus.yml must have sampled once the pipeline, the
+# admin job above and the test's crawl have run: promised families per service (PromQL selectors, the
+# job's label added). The tfserving job scrapes the project's protocol-compatible server in this test
+# (compose.override.yaml), hence its names and not TF Serving's own. The crawler exports task counts
+# only once it has run a task (its queue length only while messages wait), hence the test's crawl.
 SCRAPED_FAMILIES = {
     "web": ["postergenre_http_requests_total", "postergenre_predictions_total", "process_cpu_seconds_total"],
     "tfserving": ["postergenre_inference_requests_total", "postergenre_inference_batch_size_count"],
     "dataset-worker": [f'postergenre_celery_tasks_total{{task="{DATASET_TASK}",state="SUCCESS"}}',
                        "postergenre_dataset_builds_total"],
     "trainer": [f'postergenre_celery_tasks_total{{task="{TRAIN_TASK}",state="SUCCESS"}}'],
-    "crawler": [f'postergenre_celery_queue_length{{queue="{CRAWL_QUEUE}"}}'],
+    "crawler": [f'postergenre_celery_tasks_total{{task="{CRAWL_TASK}",state="FAILURE"}}'],
     "prometheus": ["prometheus_build_info"],
 }
 
@@ -145,6 +146,12 @@ def test_prometheus_scrapes_every_running_service_and_their_metrics(started: Sta
     job has samples of the families its service promises."""
     stack = started
     start = time.monotonic()
+    # The stack has no TMDB credentials: a crawl fails its job with the reason, in the crawler.
+    response = stack.post("/api/v1/admin/crawls", headers=stack.admin_headers,
+                          json={"years": YEARS, "max_movies_per_year": 1})
+    assert response.status_code == 202, response.text
+    crawl = stack.wait_job(response.json()["job_id"], timeout=120)
+    assert crawl["state"] == "FAILURE" and any("no TMDB credentials" in e for e in crawl["errors"]), crawl
     running = set(stack.compose("ps", "--services", "--status", "running").stdout.split())
     assert "prometheus" in running
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
