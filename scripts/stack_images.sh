@@ -2,8 +2,9 @@
 # Builds every image the Compose stack needs on a machine that reaches Debian's mirror and PyPI but
 # no container registry (this project's CI, an offline site): a Debian base image made by mmdebstrap,
 # a CPU TensorFlow layer on it, the project's images from docker/*.Dockerfile through their own build
-# arguments (PYTHON_IMAGE, TF_IMAGE), and the stand-ins of tests/stack/images for the images that
-# cannot be built from packages here (MinIO, PostgreSQL's and Redis' official images).
+# arguments (PYTHON_IMAGE, TF_IMAGE), Prometheus from Debian's package (docker/local), and the
+# stand-ins of tests/stack/images for the images that cannot be built from packages here (MinIO,
+# PostgreSQL's and Redis' official images).
 #
 #   scripts/stack_images.sh            # build what is missing or changed (Docker's layer cache)
 #
@@ -87,6 +88,11 @@ build postergenre-worker:0.1.0 -f docker/worker.Dockerfile --build-arg PYTHON_IM
 build postergenre-inference:0.1.0 -f docker/inference.Dockerfile --build-arg PYTHON_IMAGE="$base_image" .
 build "$tf_image" -f docker/local/tensorflow-cpu.Dockerfile --build-arg BASE_IMAGE="$base_image" .
 build postergenre-trainer-cpu:0.1.0 -f docker/trainer.Dockerfile --build-arg TF_IMAGE="$tf_image" .
+
+# --- third-party servers from Debian's packages: the real software, in the image compose.yaml's
+# service expects (tests/stack/compose.override.yaml names it)
+build postergenre-prometheus:2.42 -f docker/local/prometheus.Dockerfile \
+    --build-arg BASE_IMAGE="$base_image" docker/local
 
 # --- the stand-ins (tests/stack/compose.override.yaml says what each replaces)
 build postergenre-stack-postgres:15 -f tests/stack/images/postgres.Dockerfile \

@@ -30,8 +30,18 @@ SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count"
             "gauge": ("",), "summary": ("", "_count", "_sum", "_created"), "info": ("_info",)}
 
 
+# TF Serving's own batching histograms (with --enable_batching), the batching panels' alternatives
+# to the embedded server's names: tensorflow/serving tensorflow_serving/batching/batching_session.cc
+# (queuing_latency, microseconds) and batching_util.h (processed_batch_size, padding included), at
+# commit 9d981c5c; its Prometheus exporter (util/prometheus_exporter.cc) turns each `/` into `:`.
+TFSERVING_BATCHING_HISTOGRAMS = (":tensorflow:serving:batching_session:queuing_latency",
+                                 ":tensorflow:serving:batching_session:processed_batch_size")
+
+
 def exported_names() -> set[str]:
-    """Every sample name the services' metrics expose (``x_total``, ``x_bucket``, ...)."""
+    """Every sample name the services' metrics expose (``x_total``, ``x_bucket``, ...), and the
+    histograms of TF Serving's that the dashboard reads (written down from its source: it is no
+    Python package here)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
@@ -42,6 +52,7 @@ def exported_names() -> set[str]:
     from shared.worker_metrics import QUEUE_LENGTH_FAMILY, WorkerMetrics
 
     names = {QUEUE_LENGTH_FAMILY, LOADED_VERSIONS_FAMILY}
+    names.update(name + suffix for name in TFSERVING_BATCHING_HISTOGRAMS for suffix in SUFFIXES["histogram"])
     holders: list[Any] = [WebMetrics(), InferenceMetrics(), WorkerMetrics(CollectorRegistry()),
                           crawler_metrics(), dataset_metrics()]
     for holder in holders:

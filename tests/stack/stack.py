@@ -27,7 +27,9 @@ from tests.servers import free_port
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = (REPO / "compose.yaml", REPO / "tests" / "stack" / "compose.override.yaml")
 POSTERS = REPO.parent / "shared" / "data" / "posters-imdb"
-PROFILE = "cpu"  # the whole system on a machine without a GPU: web, TF Serving, stores, every worker
+# The whole system on a machine without a GPU (web, TF Serving, stores, every worker), and Prometheus
+# scraping it (Grafana is not started: compose.override.yaml).
+PROFILES = ("cpu", "observability")
 
 
 class StackError(RuntimeError):
@@ -59,6 +61,7 @@ class Stack:
     project_dir: Path
     name: str = "postergenre-stacktest"
     web_port: int = field(default_factory=free_port)
+    prometheus_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     extra_env: dict[str, str] = field(default_factory=dict)
     # Seconds each measured step took, written to var/stack/stack-test-times.json (docs/deploy.md).
@@ -74,10 +77,17 @@ class Stack:
             "TMDB_API_KEY": "",
             "TMDB_BEARER_TOKEN": "",
             "WEB_PUBLISH": f"127.0.0.1:{self.web_port}",
+            "PROMETHEUS_PUBLISH_PORT": str(self.prometheus_port),  # read by compose.override.yaml only
             **self.extra_env,
         }
         self.project_dir.mkdir(parents=True, exist_ok=True)
         (self.project_dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        # compose.yaml's bind mounts (./docker/observability/...) are relative to the project folder:
+        # they resolve, through this link, to the repository's files.
+        observability = self.project_dir / "docker" / "observability"
+        if not observability.exists():
+            observability.parent.mkdir(exist_ok=True)
+            observability.symlink_to(REPO / "docker" / "observability", target_is_directory=True)
 
     @property
     def url(self) -> str:
@@ -90,8 +100,9 @@ class Stack:
     # ---------------------------------------------------------------- compose and docker
     def compose_args(self, *args: str) -> list[str]:
         files = [arg for path in COMPOSE_FILES for arg in ("-f", str(path))]
+        profiles = [arg for profile in PROFILES for arg in ("--profile", profile)]
         return [compose_binary(), *files, "--project-directory", str(self.project_dir), "-p", self.name,
-                "--profile", PROFILE, *args]
+                *profiles, *args]
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -151,6 +162,15 @@ class Stack:
     def predict(self, poster: bytes, years: str, timeout: float = 30) -> httpx.Response:
         return self.post(f"/api/v1/predictions?years={years}",
                          files={"file": ("poster.jpg", poster, "image/jpeg")}, timeout=timeout)
+
+    def prometheus(self, path: str, **params: str) -> Any:
+        """The ``data`` of an answer of Prometheus' HTTP API (``/api/v1/...``) on its published port."""
+        response = httpx.get(f"http://127.0.0.1:{self.prometheus_port}{path}", params=params, timeout=30)
+        response.raise_for_status()
+        body = response.json()
+        if body.get("status") != "success":
+            raise StackError(f"Prometheus {path}: {body}")
+        return body["data"]
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float, every: float = 2.0) -> float:
         """Seconds until ``check()`` holds; StackError (with the stack's logs) after ``timeout``."""

@@ -20,7 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from shared.queues import CRAWL_TASK, DATASET_TASK, TRAIN_TASK
+from tests.deploy.observability import PROMETHEUS_CONFIG
 from tests.stack.stack import POSTERS, Stack, StackError, poster_bytes, tool_environment
 
 YEARS = "2014-2015"
@@ -64,7 +67,7 @@ def test_the_stack_starts_in_order_and_serves_the_page(started: Stack) -> None:
         assert states[one_shot].startswith("exited 0"), states
     # Health checks run every 10 to 30 s: the last ones turn healthy after /readyz answers.
     for service in ("postgres", "redis", "cache", "minio", "tfserving", "web", "dataset-worker", "crawler",
-                    "trainer-cpu"):
+                    "trainer-cpu", "prometheus"):
         stack.wait_until(f"{service} healthy", functools.partial(stack.is_healthy, service), timeout=120)
     page = stack.get("/")
     assert page.status_code == 200 and "<html" in page.text.lower()
@@ -115,6 +118,76 @@ def test_the_admin_api_starts_a_job_and_reports_its_progress(started: Stack) -> 
     assert final["state"] == "SUCCESS", final
     assert final["progress"] == pytest.approx(100.0)  # percent
     assert {info["state"] for info in seen} - {"SUCCESS"}, "no intermediate state was reported"
+
+
+# What each scrape job of docker/observability/prometheus.yml must have sampled once the pipeline, the
+# admin job above and the test's crawl have run: promised families per service (PromQL selectors, the
+# job's label added). The tfserving job scrapes the project's protocol-compatible server in this test
+# (compose.override.yaml), hence its names and not TF Serving's own. The crawler exports task counts
+# only once it has run a task (its queue length only while messages wait), hence the test's crawl.
+SCRAPED_FAMILIES = {
+    "web": ["postergenre_http_requests_total", "postergenre_predictions_total", "process_cpu_seconds_total"],
+    "tfserving": ["postergenre_inference_requests_total", "postergenre_inference_batch_size_count"],
+    "dataset-worker": [f'postergenre_celery_tasks_total{{task="{DATASET_TASK}",state="SUCCESS"}}',
+                       "postergenre_dataset_builds_total"],
+    "trainer": [f'postergenre_celery_tasks_total{{task="{TRAIN_TASK}",state="SUCCESS"}}'],
+    "crawler": [f'postergenre_celery_tasks_total{{task="{CRAWL_TASK}",state="FAILURE"}}'],
+    "prometheus": ["prometheus_build_info"],
+}
+
+
+def with_job(selector: str, job: str) -> str:
+    name, _, labels = selector.partition("{")
+    return f'{name}{{job="{job}",{labels}' if labels else f'{name}{{job="{job}"}}'
+
+
+def test_prometheus_scrapes_every_running_service_and_their_metrics(started: Stack) -> None:
+    """The `observability` profile's Prometheus with the repository's prometheus.yml: every target of
+    a running service is up (a service outside the started profiles is down, not an error), and each
+    job has samples of the families its service promises."""
+    stack = started
+    start = time.monotonic()
+    # The stack has no TMDB credentials: a crawl fails its job with the reason, in the crawler.
+    response = stack.post("/api/v1/admin/crawls", headers=stack.admin_headers,
+                          json={"years": YEARS, "max_movies_per_year": 1})
+    assert response.status_code == 202, response.text
+    crawl = stack.wait_job(response.json()["job_id"], timeout=120)
+    assert crawl["state"] == "FAILURE" and any("no TMDB credentials" in e for e in crawl["errors"]), crawl
+    running = set(stack.compose("ps", "--services", "--status", "running").stdout.split())
+    assert "prometheus" in running
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = {(job["job_name"], target) for job in config["scrape_configs"]
+               for static in job["static_configs"] for target in static["targets"]}
+    # localhost is Prometheus itself; trainer (the gpu profile) is the one target not started here.
+    expected_up = {key for key in targets if key[1].rpartition(":")[0] in running | {"localhost"}}
+    assert {target for _, target in targets - expected_up} == {"trainer:9808"}, targets - expected_up
+    up: dict[tuple[str, str], str] = {}
+
+    def every_running_target_up() -> bool:
+        up.clear()
+        for sample in stack.prometheus("/api/v1/query", query="up")["result"]:
+            up[(sample["metric"]["job"], sample["metric"]["instance"])] = sample["value"][1]
+        return all(up.get(key) == "1" for key in expected_up)
+
+    stack.wait_until("every running target up in Prometheus", every_running_target_up, timeout=90)
+    assert {key: value for key, value in up.items() if key not in expected_up} == {
+        key: "0" for key in targets - expected_up}
+    active = stack.prometheus("/api/v1/targets", state="active")["activeTargets"]
+    health = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in active}
+    assert {key for key, state in health.items() if state == "up"} == expected_up, health
+    missing: list[str] = []
+
+    def every_family_sampled() -> bool:
+        missing[:] = [with_job(selector, job) for job, selectors in SCRAPED_FAMILIES.items()
+                      for selector in selectors
+                      if not stack.prometheus("/api/v1/query", query=with_job(selector, job))["result"]]
+        return not missing
+
+    try:  # a counter counted just now shows after the next scrape (every 15 s)
+        stack.wait_until("the promised families in Prometheus", every_family_sampled, timeout=60)
+    except StackError:
+        pytest.fail(f"no samples in Prometheus for {missing}")
+    stack.timings["prometheus: every running target up and sampled"] = time.monotonic() - start
 
 
 def test_inference_killed_during_a_request_stream(started: Stack) -> None:

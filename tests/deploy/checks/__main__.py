@@ -19,13 +19,14 @@ def all_problems() -> list[str]:
         check_env_example() + check_compose_schema() + check_compose_config() + check_compose_semantics()
     )
     from tests.deploy.keda import check_keda_schemas, check_keda_semantics
+    from tests.deploy.monitors import check_monitor_schemas, check_monitor_semantics
     from tests.deploy.observability import DASHBOARDS_DIR, check_dashboard, check_prometheus_config
 
     secrets = read_secret_example()
     for overlay in OVERLAYS:
         docs = render_overlay(K8S_DIR / "overlays" / overlay)
         problems += check_k8s_schemas(docs) + check_k8s_semantics(docs, overlay, secrets)
-        problems += check_keda_schemas(docs)
+        problems += check_keda_schemas(docs) + check_monitor_schemas(docs) + check_monitor_semantics(docs)
         if overlay == "prod":  # the overlay that scales with KEDA
             problems += check_keda_semantics(docs, secrets)
     problems += check_prometheus_config()

@@ -58,12 +58,13 @@ KUBERNETES_VERSION = "1.37.0"
 def check_k8s_schemas(docs: Iterable[dict[str, Any]], version: str = KUBERNETES_VERSION) -> list[str]:
     """Each object against the Kubernetes schema of ``version``, strictly (no unknown fields).
 
-    KEDA's objects are not Kubernetes' own: :mod:`tests.deploy.keda` checks them against KEDA's CRDs."""
+    KEDA's and the Prometheus Operator's objects are not Kubernetes' own: :mod:`tests.deploy.keda` and
+    :mod:`tests.deploy.monitors` check them against their CRDs."""
     import kubernetes_validate
 
     problems = []
     for doc in docs:
-        if str(doc.get("apiVersion", "")).startswith("keda.sh/"):
+        if str(doc.get("apiVersion", "")).startswith(("keda.sh/", "monitoring.coreos.com/")):
             continue
         where = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
         try:
