@@ -24,7 +24,6 @@ module measures and writes the table.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import tempfile
 import threading
@@ -51,9 +50,6 @@ from benchmarks.models import (
 from benchmarks.serving import inference_process, web_in_thread, web_process
 from benchmarks.web import poster_poster
 from shared.machine import machine_info
-
-log = logging.getLogger(__name__)
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 LAYOUTS = ("independent", "shared")
 

@@ -6,6 +6,7 @@ benchmark's process (``--processes one``, as embedded mode's single ``serve web`
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -17,6 +18,9 @@ from typing import Any
 from benchmarks.children import start_child
 from benchmarks.fakes.servers import free_port, stop_process
 from benchmarks.models import PREFIX
+
+# The readiness probes poll with httpx: its INFO line per request would bury the benchmark's log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @contextmanager
