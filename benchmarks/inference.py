@@ -28,9 +28,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -40,14 +40,19 @@ import numpy as np
 
 from benchmarks.models import (
     FIRST_YEAR,
-    PREFIX,
     backbone,
     build_models,
     ensure_tflite,
     register,
     serve_layout,
 )
-from benchmarks.serving import inference_process, web_in_thread, web_process
+from benchmarks.serving import (
+    inference_process,
+    restored_environment,
+    settings_in,
+    web_in_thread,
+    web_process,
+)
 from benchmarks.web import poster_poster
 from shared.machine import machine_info
 
@@ -202,21 +207,6 @@ def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats:
     return report
 
 
-@contextmanager
-def restored_environment() -> Iterator[None]:
-    """A benchmark points the settings at its work folder through the environment; afterwards the
-    environment and the settings are as they were."""
-    from shared.config import get_settings
-
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
-
-
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Run the benchmark; the settings point at its work folder through the environment until it ends."""
     with restored_environment():
@@ -226,17 +216,10 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
     from services.inference.models import ModelManager
     from services.inference.server import start_server
-    from shared.config import Settings, get_settings
-    from shared.db import upgrade_database
+    from shared.config import get_settings
 
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bench-inference-"))
-    os.environ["POSTERGENRE_HOME"] = str(workdir)
-    os.environ["POSTERGENRE_DATABASE_URL"] = ""
-    os.environ["POSTERGENRE_OBJECT_STORE"] = ""
-    os.environ["POSTERGENRE_MODEL_PREFIX"] = PREFIX
-    get_settings.cache_clear()
-    settings: Settings = get_settings()
-    upgrade_database(settings.effective_database_url)
+    settings = settings_in(workdir)
     load_before = os.getloadavg()
     started = time.perf_counter()
     names, shared = build_models(settings.models_dir, config.models, config.image_size, config.genres,

@@ -13,14 +13,48 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.children import start_child
 from benchmarks.fakes.servers import free_port, stop_process
 from benchmarks.models import PREFIX
 
+if TYPE_CHECKING:
+    from shared.config import Settings
+
 # The readiness probes poll with httpx: its INFO line per request would bury the benchmark's log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@contextmanager
+def restored_environment() -> Iterator[None]:
+    """A benchmark points the settings at its work folder through the environment; afterwards the
+    environment and the settings are as they were."""
+    from shared.config import get_settings
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+def settings_in(workdir: Path) -> Settings:
+    """The settings of a benchmark working in ``workdir``: its own SQLite registry (upgraded) and
+    models folder, no object store, the benchmark's model prefix. Set through the environment, which
+    the service processes inherit; call inside :func:`restored_environment`."""
+    from shared.config import get_settings
+    from shared.db import upgrade_database
+
+    os.environ.update({"POSTERGENRE_HOME": str(workdir), "POSTERGENRE_DATABASE_URL": "",
+                       "POSTERGENRE_OBJECT_STORE": "", "POSTERGENRE_MODEL_PREFIX": PREFIX})
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade_database(settings.effective_database_url)
+    return settings
 
 
 @contextmanager

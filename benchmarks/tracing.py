@@ -135,7 +135,7 @@ def table_asker(post: Callable[[bytes, str], dict[str, Any]], poster: Callable[[
 
 
 def run_trace_bench(config: TraceBenchConfig) -> dict[str, Any]:
-    from benchmarks.inference import restored_environment
+    from benchmarks.serving import restored_environment
 
     with restored_environment():
         return _run(config)
@@ -143,18 +143,12 @@ def run_trace_bench(config: TraceBenchConfig) -> dict[str, Any]:
 
 def _run(config: TraceBenchConfig) -> dict[str, Any]:
     from benchmarks import inference as bench
-    from benchmarks.models import FIRST_YEAR, PREFIX, build_models, ensure_tflite, register, serve_layout
-    from benchmarks.serving import inference_process, web_process
+    from benchmarks.models import FIRST_YEAR, build_models, ensure_tflite, register, serve_layout
+    from benchmarks.serving import inference_process, settings_in, web_process
     from benchmarks.web import poster_poster
-    from shared.config import get_settings
-    from shared.db import upgrade_database
 
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bench-tracing-"))
-    os.environ.update({"POSTERGENRE_HOME": str(workdir), "POSTERGENRE_DATABASE_URL": "",
-                       "POSTERGENRE_OBJECT_STORE": "", "POSTERGENRE_MODEL_PREFIX": PREFIX})
-    get_settings.cache_clear()
-    settings = get_settings()
-    upgrade_database(settings.effective_database_url)
+    settings = settings_in(workdir)
     models = bench.BenchConfig(models=config.years, image_size=config.image_size, layouts=("shared",),
                                concurrency=config.concurrency)
     names, shared = build_models(settings.models_dir, models.models, models.image_size, models.genres,
