@@ -144,19 +144,13 @@ def _bench_inference_memory(args: argparse.Namespace) -> int:
 
 @_stops_children
 def _bench_web(args: argparse.Namespace) -> int:
-    import logging
-
     from benchmarks.web import bench_web
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     print(f"POST {args.url}/api/v1/predictions, years {args.years}, {args.requests} requests, "
           f"concurrency {args.concurrency}")
-    import httpx
-
     try:
         results = bench_web(args.url.rstrip("/"), args.poster, args.years, args.requests, args.concurrency)
-    except httpx.TransportError as exc:  # nothing to measure: say so, without a traceback
+    except OSError as exc:  # nothing answers (refused, unreachable, timed out): say so, without a traceback
         print(f"error: no web service answers at {args.url} ({type(exc).__name__}: {exc}); start one "
               "with `postergenre serve web` or point --url at it", file=sys.stderr)
         return 1

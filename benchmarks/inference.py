@@ -15,22 +15,22 @@ serve web`` are processes of their own, the clients and the in-process floor liv
 process (``--processes one`` puts all of it in one process, as embedded mode's single ``serve web``
 does, where every thread shares one interpreter lock). Every poster is new (random JPEG), so the web
 service's score cache never answers.
+
+The models it serves are built in :mod:`benchmarks.models`, the services are started by
+:mod:`benchmarks.serving`, the tables are asked through :func:`benchmarks.web.poster_poster`; this
+module measures and writes the table.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -38,15 +38,23 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.children import start_child
+from benchmarks.models import (
+    FIRST_YEAR,
+    backbone,
+    build_models,
+    ensure_tflite,
+    register,
+    serve_layout,
+)
+from benchmarks.serving import (
+    inference_process,
+    restored_environment,
+    settings_in,
+    web_in_thread,
+    web_process,
+)
+from benchmarks.web import poster_poster
 from shared.machine import machine_info
-
-log = logging.getLogger(__name__)
-logging.getLogger("httpx").setLevel(logging.WARNING)
-
-FIRST_YEAR = 2000
-PREFIX = "genre"
-
 
 LAYOUTS = ("independent", "shared")
 
@@ -83,17 +91,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def timed(function: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return times
-
-
 def random_poster(seed: int, width: int = 300, height: int = 450) -> bytes:
     from PIL import Image
 
@@ -103,309 +100,6 @@ def random_poster(seed: int, width: int = 300, height: int = 450) -> bytes:
     image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
-
-# --------------------------------------------------------------------------------------------- models
-
-
-def backbone(image_size: int) -> Any:
-    """ResNet50 without its classifier, global-average pooled, random weights."""
-    import keras
-
-    return keras.applications.ResNet50(
-        weights=None, include_top=False, pooling="avg", input_shape=(image_size, image_size, 3)
-    )
-
-
-def independent_model(image_size: int, genres: int, seed: int) -> Any:
-    """One year's model: pixels 0..255 -> rescaling (in the graph) -> ResNet50 -> sigmoid head."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    features = backbone(image_size)(keras.layers.Rescaling(1 / 127.5, offset=-1)(pixels))
-    scores = keras.layers.Dense(genres, activation="sigmoid", name="scores")(features)
-    return keras.Model(pixels, scores)
-
-
-def shared_model(image_size: int, genres: int, years: int, seed: int) -> Any:
-    """The shared-backbone layout: one ResNet50, one sigmoid head per year -> ``[N, years, genres]``."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    pixels = keras.Input((image_size, image_size, 3), name="pixels")
-    features = backbone(image_size)(keras.layers.Rescaling(1 / 127.5, offset=-1)(pixels))
-    heads = [
-        keras.layers.Dense(genres, activation="sigmoid", name=f"year_{i}")(features) for i in range(years)
-    ]
-    scores = keras.layers.Lambda(lambda tensors: keras.ops.stack(tensors, axis=1), name="scores")(heads)
-    return keras.Model(pixels, scores)
-
-
-def export_pixels_signature(model: Any, dest: Path, image_size: int) -> None:
-    """A SavedModel with the contract's ``pixels`` signature (pixels -> scores)."""
-    import keras
-    import tensorflow as tf
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="pixels",
-        fn=lambda pixels: {"scores": model(pixels, training=False)},
-        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="pixels")],
-    )
-    archive.write_out(str(dest), verbose=False)
-
-
-def build_models(config: BenchConfig, models_dir: Path) -> tuple[list[str], str]:
-    """Export the independent models and the shared one (those ``config.layouts`` asks for) into
-    ``models_dir/<name>/1``.
-
-    Exports are reused by a later run with the same models, image size and genres (``--workdir``).
-    """
-    import json
-    import shutil
-
-    shape = {"models": config.models, "image_size": config.image_size, "genres": config.genres}
-    marker = models_dir / "bench.json"
-    if models_dir.exists() and (not marker.exists() or json.loads(marker.read_text()) != shape):
-        shutil.rmtree(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(shape))
-    names = [f"{PREFIX}-{FIRST_YEAR + i}" for i in range(config.models)]
-    for index, name in enumerate(names if "independent" in config.layouts else []):
-        dest = models_dir / name / "1"
-        if not (dest / "saved_model.pb").exists():
-            log.info("exporting %s (%d/%d)", name, index + 1, len(names))
-            export_pixels_signature(
-                independent_model(config.image_size, config.genres, index), dest, config.image_size
-            )
-    shared = f"{PREFIX}-shared"
-    dest = models_dir / shared / "1"
-    if "shared" in config.layouts and not (dest / "saved_model.pb").exists():
-        log.info("exporting %s", shared)
-        export_pixels_signature(
-            shared_model(config.image_size, config.genres, config.models, 1000), dest, config.image_size
-        )
-    return names, shared
-
-
-def register(settings: Any, names: list[str], shared: str, config: BenchConfig) -> None:
-    from shared.db import ModelVersion, session_scope
-
-    genres = [f"genre{i:02d}" for i in range(config.genres)]
-    years = [FIRST_YEAR + i for i in range(config.models)]
-    with session_scope(settings.effective_database_url) as session:
-        session.query(ModelVersion).delete()
-        for name, year in zip(names, years, strict=True):
-            session.add(
-                ModelVersion(
-                    name=name,
-                    version=1,
-                    year=year,
-                    image_size=config.image_size,
-                    genres=genres,
-                    architecture="resnet50",
-                    status="blessed",
-                )
-            )
-        session.add(
-            ModelVersion(
-                name=shared,
-                version=1,
-                layout="shared",
-                image_size=config.image_size,
-                genres=genres,
-                years=years,
-                architecture="resnet50",
-                status="retired",
-            )
-        )
-
-
-def serve_layout(settings: Any, layout: str) -> None:
-    """Bless the independent models or the shared one (the web service picks the blessed ones)."""
-    from shared.db import ModelVersion, session_scope
-
-    with session_scope(settings.effective_database_url) as session:
-        for row in session.query(ModelVersion):
-            shared = row.layout == "shared"
-            row.status = "blessed" if shared == (layout == "shared") else "retired"
-
-
-# ------------------------------------------------------------------------------------------- clients
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def poster_poster(base_url: str) -> Callable[[bytes, int], dict[str, Any]]:
-    """A function posting one poster to ``POST /api/v1/predictions``.
-
-    The clients share the two cores with the services they measure, so they are kept lean: one
-    keep-alive ``http.client`` connection per client thread, kept for the whole run (a browser keeps
-    its connection too), and a hand-made multipart body. A fresh ``httpx.Client`` per burst cost
-    about 35 ms of CPU per poster here, a third of the model's own cost, all taken from the server.
-    """
-    import http.client
-    import json
-    from urllib.parse import urlsplit
-
-    address = urlsplit(base_url)
-    local = threading.local()
-    boundary = "postergenre-bench-boundary"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="poster.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-
-    def send(poster: bytes, last_year: int) -> http.client.HTTPResponse:
-        if not hasattr(local, "connection"):
-            local.connection = http.client.HTTPConnection(
-                address.hostname or "127.0.0.1", address.port, timeout=600
-            )
-        connection: http.client.HTTPConnection = local.connection
-        connection.request(
-            "POST",
-            f"/api/v1/predictions?years={FIRST_YEAR}-{last_year}&k=6",
-            body=head + poster + tail,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
-        return connection.getresponse()
-
-    def ask(poster: bytes, last_year: int) -> dict[str, Any]:
-        try:
-            response = send(poster, last_year)
-        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-            # The server closed the idle keep-alive connection (uvicorn: after 5 s, e.g. while the
-            # offline batch ran): connect again, as a browser does.
-            local.connection.close()
-            del local.connection
-            response = send(poster, last_year)
-        body = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"POST /api/v1/predictions answered {response.status}: {body[:500]!r}")
-        return dict(json.loads(body))
-
-    return ask
-
-
-@contextmanager
-def web_in_thread(settings: Any) -> Iterator[str]:
-    """The web service under uvicorn in a thread of this process; yields its URL."""
-    import uvicorn
-
-    from services.embedded import create_app
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, name="bench-web", daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def service_env(settings: Any, inference_url: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "POSTERGENRE_HOME": str(settings.home_dir),
-        "POSTERGENRE_MODEL_PREFIX": PREFIX,
-        "POSTERGENRE_INFERENCE_URL": inference_url,
-        "POSTERGENRE_INFERENCE_TIMEOUT_S": "600",
-    }
-
-
-@contextmanager
-def service_process(argv: list[str], env: dict[str, str], ready: Callable[[], bool], what: str,
-                    timeout_s: float = 900.0) -> Iterator[subprocess.Popen[bytes]]:
-    """``postergenre <argv>`` as a process of its own, once ``ready()`` says it answers."""
-    # Its output goes to our stderr: stdout carries the report.
-    process = start_child([sys.executable, "-m", "services.cli", *argv], env=env, stdout=sys.stderr)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not ready():
-            if process.poll() is not None:
-                raise RuntimeError(f"{what} exited with status {process.returncode} before it was ready")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} was not ready within {timeout_s:g} s")
-            time.sleep(0.2)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def answers_http(url: str) -> Callable[[], bool]:
-    def ready() -> bool:
-        import httpx
-
-        try:
-            return httpx.get(url, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return ready
-
-
-def serves_models(client: Any, names: list[str]) -> Callable[[], bool]:
-    """True once the inference server behind ``client`` has every model of ``names`` available."""
-    from shared.inference_client import InferenceError
-
-    def ready() -> bool:
-        try:
-            return all(
-                any(state.state == "AVAILABLE" for state in client.model_status(name)) for name in names
-            )
-        except InferenceError:
-            return False
-
-    return ready
-
-
-@contextmanager
-def web_process(settings: Any, inference_url: str) -> Iterator[str]:
-    """``postergenre serve web`` as its own process, talking to ``inference_url``; yields its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = ["serve", "web", "--port", str(port), "--log-level", "warning"]
-    with service_process(argv, service_env(settings, inference_url), answers_http(f"{url}/healthz"),
-                         "postergenre serve web"):
-        yield url
-
-
-@contextmanager
-def inference_process(settings: Any, config: BenchConfig, names: list[str]) -> Iterator[str]:
-    """``postergenre serve inference`` as its own process, every model loaded; yields its gRPC URL."""
-    port = free_port()
-    url = f"grpc://127.0.0.1:{port}"
-    argv = [
-        "serve", "inference", "--grpc-port", str(port), "--rest-port", str(free_port()),
-        "--models-dir", str(settings.models_dir), "--max-batch-size", str(config.max_batch_size),
-        "--batch-timeout-ms", str(config.batch_timeout_ms), "--batch-threads", str(config.batch_threads),
-        "--backend", config.backend, "--poll-seconds", "0",
-    ]
-    from shared.inference_client import InferenceClient
-
-    with InferenceClient(url, timeout=2) as probe, \
-            service_process(argv, service_env(settings, url), serves_models(probe, names),
-                            "postergenre serve inference"):
-        yield url
 
 
 def check_table(answer: dict[str, Any], years: int) -> None:
@@ -478,18 +172,6 @@ def measure_layout(
     )
 
 
-def ensure_tflite(saved_model: Path) -> Path:
-    """``exports/model.tflite`` of a SavedModel's ``pixels`` signature (converted once, then reused)."""
-    import tensorflow as tf
-
-    tflite_path = saved_model / "exports" / "model.tflite"
-    if not tflite_path.exists():
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["pixels"])
-        tflite_path.parent.mkdir(parents=True, exist_ok=True)
-        tflite_path.write_bytes(converter.convert())
-    return tflite_path
-
-
 def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, Any]:
     """One model under TensorFlow and under LiteRT (its TFLite conversion): time and largest difference.
 
@@ -525,21 +207,6 @@ def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats:
     return report
 
 
-@contextmanager
-def restored_environment() -> Iterator[None]:
-    """A benchmark points the settings at its work folder through the environment; afterwards the
-    environment and the settings are as they were."""
-    from shared.config import get_settings
-
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        get_settings.cache_clear()
-
-
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Run the benchmark; the settings point at its work folder through the environment until it ends."""
     with restored_environment():
@@ -549,22 +216,16 @@ def run_benchmark(config: BenchConfig) -> dict[str, Any]:
 def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
     from services.inference.models import ModelManager
     from services.inference.server import start_server
-    from shared.config import Settings, get_settings
-    from shared.db import upgrade_database
+    from shared.config import get_settings
 
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bench-inference-"))
-    os.environ["POSTERGENRE_HOME"] = str(workdir)
-    os.environ["POSTERGENRE_DATABASE_URL"] = ""
-    os.environ["POSTERGENRE_OBJECT_STORE"] = ""
-    os.environ["POSTERGENRE_MODEL_PREFIX"] = PREFIX
-    get_settings.cache_clear()
-    settings: Settings = get_settings()
-    upgrade_database(settings.effective_database_url)
+    settings = settings_in(workdir)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    names, shared = build_models(config, settings.models_dir)
+    names, shared = build_models(settings.models_dir, config.models, config.image_size, config.genres,
+                                 config.layouts)
     export_s = time.perf_counter() - started
-    register(settings, names, shared, config)
+    register(settings, names, shared, config.image_size, config.genres)
     layouts = [layout for layout in LAYOUTS if layout in config.layouts]
     served = [*names] if "independent" in layouts else []
     served += [shared] if "shared" in layouts else []
@@ -599,7 +260,10 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
             )
             stack.callback(manager.close)
             manager.refresh()
-            inference_url = stack.enter_context(inference_process(settings, config, served))
+            inference_url = stack.enter_context(inference_process(
+                settings, served, max_batch_size=config.max_batch_size,
+                batch_timeout_ms=config.batch_timeout_ms, batch_threads=config.batch_threads,
+                backend=config.backend))
         load_s = time.perf_counter() - started
         os.environ["POSTERGENRE_INFERENCE_URL"] = inference_url
         os.environ["POSTERGENRE_INFERENCE_TIMEOUT_S"] = "600"
@@ -683,7 +347,7 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
         with poster_lock:
             return next(posters)
 
-    last_year = FIRST_YEAR + config.models - 1
+    years = f"years={FIRST_YEAR}-{FIRST_YEAR + config.models - 1}&k=6"
     serve_layout(settings, layout)
     with ExitStack() as stack:
         if config.through == "web":
@@ -693,7 +357,7 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
             post = poster_poster(web_url)
 
             def ask() -> None:
-                check_table(post(next_poster(), last_year), config.models)
+                check_table(post(next_poster(), years), config.models)
         else:
             client = stack.enter_context(InferenceClient(inference_url, timeout=600))
             model_names = names if layout == "independent" else [shared]

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.children import die_with_parent
+from benchmarks.models import backbone, ensure_tflite, export_pixels_signature
 from shared.machine import machine_info
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,12 @@ class MemoryBenchConfig:
 # ------------------------------------------------------------------------------------------- models
 
 
-def backbone(image_size: int) -> Any:
-    """ResNet50 without its classifier, average pooled, random weights (as ``bench inference``).
-
-    Other backbones (EfficientNet-Lite0) are measured on a version the trainer exported
-    (``--export``): the inference service does not import the trainer's model code.
-    """
-    import keras
-
-    return keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
-                                       input_shape=(image_size, image_size, 3))
-
-
 def shared_model(config: MemoryBenchConfig, seed: int = 0) -> Any:
+    """ResNet50 (random weights, :func:`benchmarks.models.backbone`, as ``bench inference``) and one
+    sigmoid layer reshaped to ``[N, years, genres]``.
+
+    Other backbones (EfficientNet-Lite0) are measured on a version the trainer exported (``--export``).
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -88,21 +82,10 @@ def shared_model(config: MemoryBenchConfig, seed: int = 0) -> Any:
 
 def export_version(config: MemoryBenchConfig, dest: Path) -> None:
     """SavedModel (``pixels`` signature) + fp32 and full-integer LiteRT, as the trainer lays them out."""
-    import keras
     import tensorflow as tf
 
-    model = shared_model(config)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="pixels", fn=lambda pixels: {"scores": model(pixels, training=False)},
-        input_signature=[tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.float32,
-                                       name="pixels")])
-    archive.write_out(str(dest), verbose=False)
-    exports = dest / "exports"
-    exports.mkdir(parents=True, exist_ok=True)
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(dest), signature_keys=["pixels"])
-    (exports / "model.tflite").write_bytes(converter.convert())
+    export_pixels_signature(shared_model(config), dest, config.image_size)
+    exports = ensure_tflite(dest).parent
     rng = np.random.default_rng(0)
     calibration = rng.integers(0, 256, (config.calibration_posters, config.image_size, config.image_size, 3))
 

@@ -6,7 +6,8 @@ demo trains): one with tracing off (no OTLP endpoint), one with tracing on, expo
 a local OTLP/gRPC receiver this process runs (:class:`OtlpSink`, which counts what it receives).
 Their requests are interleaved (one table from each in turn, then one burst of concurrent tables
 from each in turn), so both see the same load on a shared machine. Every poster is new, so the score
-cache never answers. The models and the services reuse ``benchmarks.inference``.
+cache never answers. The models (:mod:`benchmarks.models`), the services (:mod:`benchmarks.serving`),
+the client (:func:`benchmarks.web.poster_poster`) and the timing are those of ``bench inference``.
 """
 
 from __future__ import annotations
@@ -122,23 +123,19 @@ def cpu_seconds(pids: set[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def table_asker(post: Callable[[bytes, int], dict[str, Any]], poster: Callable[[], bytes], last_year: int,
+def table_asker(post: Callable[[bytes, str], dict[str, Any]], poster: Callable[[], bytes], query: str,
                 years: int) -> Callable[[], None]:
     """Ask one table of a new poster; raise unless every year is answered."""
+    from benchmarks.inference import check_table
+
     def ask() -> None:
-        bench_check(post(poster(), last_year), years)
+        check_table(post(poster(), query), years)
 
     return ask
 
 
-def bench_check(answer: dict[str, Any], years: int) -> None:
-    from benchmarks.inference import check_table
-
-    check_table(answer, years)
-
-
 def run_trace_bench(config: TraceBenchConfig) -> dict[str, Any]:
-    from benchmarks.inference import restored_environment
+    from benchmarks.serving import restored_environment
 
     with restored_environment():
         return _run(config)
@@ -146,25 +143,23 @@ def run_trace_bench(config: TraceBenchConfig) -> dict[str, Any]:
 
 def _run(config: TraceBenchConfig) -> dict[str, Any]:
     from benchmarks import inference as bench
-    from shared.config import get_settings
-    from shared.db import upgrade_database
+    from benchmarks.models import FIRST_YEAR, build_models, ensure_tflite, register, serve_layout
+    from benchmarks.serving import inference_process, settings_in, web_process
+    from benchmarks.web import poster_poster
 
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bench-tracing-"))
-    os.environ.update({"POSTERGENRE_HOME": str(workdir), "POSTERGENRE_DATABASE_URL": "",
-                       "POSTERGENRE_OBJECT_STORE": "", "POSTERGENRE_MODEL_PREFIX": bench.PREFIX})
-    get_settings.cache_clear()
-    settings = get_settings()
-    upgrade_database(settings.effective_database_url)
+    settings = settings_in(workdir)
     models = bench.BenchConfig(models=config.years, image_size=config.image_size, layouts=("shared",),
                                concurrency=config.concurrency)
-    names, shared = bench.build_models(models, settings.models_dir)
-    bench.register(settings, names, shared, models)
-    bench.serve_layout(settings, "shared")
-    bench.ensure_tflite(settings.models_dir / shared / "1")
+    names, shared = build_models(settings.models_dir, models.models, models.image_size, models.genres,
+                                 models.layouts)
+    register(settings, names, shared, models.image_size, models.genres)
+    serve_layout(settings, "shared")
+    ensure_tflite(settings.models_dir / shared / "1")
 
     sink = OtlpSink()
     asks: dict[str, Callable[[], None]] = {}
-    last_year = bench.FIRST_YEAR + config.years - 1
+    query = f"years={FIRST_YEAR}-{FIRST_YEAR + config.years - 1}&k=6"
     seeds = iter(range(10**9))
     seed_lock = threading.Lock()
 
@@ -180,10 +175,13 @@ def _run(config: TraceBenchConfig) -> dict[str, Any]:
         for mode in MODES:
             before = child_pids()
             with otel_environment(sink.endpoint if mode == "on" else None):
-                inference_url = stack.enter_context(bench.inference_process(settings, models, [shared]))
-                web_url = stack.enter_context(bench.web_process(settings, inference_url))
+                inference_url = stack.enter_context(inference_process(
+                    settings, [shared], max_batch_size=models.max_batch_size,
+                    batch_timeout_ms=models.batch_timeout_ms, batch_threads=models.batch_threads,
+                    backend=models.backend))
+                web_url = stack.enter_context(web_process(settings, inference_url))
             processes[mode] = child_pids() - before
-            asks[mode] = table_asker(bench.poster_poster(web_url), new_poster, last_year, config.years)
+            asks[mode] = table_asker(poster_poster(web_url), new_poster, query, config.years)
         # Posters are encoded inside the timed call in both modes alike (a 300x450 JPEG, ~2 ms).
         for run in asks.values():
             for _ in range(3):
