@@ -131,7 +131,8 @@ def demo(args: argparse.Namespace) -> int:
         run_step(f"train the {args.layout} model", "train", "--dataset", dataset_id, "--years", args.years,
                  "--layout", args.layout, "--arch", DEMO_ARCH, "--weights", "package",
                  "--resolution", str(args.image_size), "--strategy", "features", "--views", args.views,
-                 "--dropout", "0.5", "--batch-size", "64", "--head-epochs", "100", "--head-patience", "15",
+                 "--dropout", "0.5", "--batch-size", "64", "--head-epochs", "100", "--head-patience", "20",
+                 "--learning-rate", "3e-4", "--head-seeds", "3",
                  "--epochs", str(args.epochs), *finetune, "--formats", formats, timings=timings)
         print_timings(timings, settings.model_prefix)
     else:
