@@ -428,7 +428,7 @@ def fit_heads_on_features(request: TrainRequest, store: ObjectStore, manifest: d
 
     def head_epoch(epoch: int, logs: dict[str, float]) -> None:
         if stage is not None:
-            stage("heads", epoch, hp.head_epochs, logs)
+            stage("heads", epoch, hp.head_epochs * hp.head_seeds, logs)  # the seeds run one after another
 
     started = time.monotonic()
     heads, scoring, history = features.train_heads(train_set, validation, len(manifest["genres"]),
