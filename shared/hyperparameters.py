@@ -69,8 +69,8 @@ DEFAULTS: dict[str, Hyperparameters] = {
     "mobilenetv3small": Hyperparameters(architecture="mobilenetv3small", resolution=224),
     # The heads on cached features: Adam 3e-4 and three averaged seeds beat 1e-3 and one seed on
     # validation (docs/models.md, "The CPU recipe").
-    "efficientnet-lite0": Hyperparameters(architecture="efficientnet-lite0", resolution=224, learning_rate=3e-4,
-                                          head_seeds=3),
+    "efficientnet-lite0": Hyperparameters(architecture="efficientnet-lite0", resolution=224,
+                                          learning_rate=3e-4, head_seeds=3),
     "smallcnn": Hyperparameters(architecture="smallcnn", resolution=None, epochs=30, batch_size=64,
                                 optimizer="adamw", weight_decay=1e-4, schedule="cosine", patience=30,
                                 monitor="val_auc", dropout=0.3),

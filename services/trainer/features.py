@@ -250,7 +250,8 @@ def train_heads(train: FeatureSet, validation: FeatureSet, genres: int, years: i
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             if progress is not None:
-                progress(epochs_before + epoch + 1, {key: float(value) for key, value in (logs or {}).items()})
+                logged = {key: float(value) for key, value in (logs or {}).items()}
+                progress(epochs_before + epoch + 1, logged)
 
     histories: list[dict[str, list[float]]] = []
     seed_weights: list[list[np.ndarray]] = []
@@ -268,7 +269,8 @@ def train_heads(train: FeatureSet, validation: FeatureSet, genres: int, years: i
         seed_weights.append(training.get_weights())
     if len(seed_weights) > 1:
         # ``training`` and ``scoring`` share their layers: the last seed's model receives the average.
-        training.set_weights([np.mean(np.stack(weights), axis=0) for weights in zip(*seed_weights)])
+        per_layer_weight = zip(*seed_weights, strict=True)  # one tuple per weight, a value per seed
+        training.set_weights([np.mean(np.stack(values), axis=0) for values in per_layer_weight])
     return training, scoring, histories[0]
 
 

@@ -210,9 +210,9 @@ def test_heads_from_several_seeds_hold_the_average_of_each_seeds_heads() -> None
     train, validation = toy_set(64), toy_set(32)
     hp = features_hp(head_epochs=4, head_patience=4, seed=3)
 
-    def head_weights(**overrides: object) -> list[np.ndarray]:
+    def head_weights(head_seeds: int, seed: int = 3) -> list[np.ndarray]:
         heads, _scoring, _history = features.train_heads(train, validation, len(GENRES), 2, "shared",
-                                                         replace(hp, **overrides))
+                                                         replace(hp, head_seeds=head_seeds, seed=seed))
         return [heads.get_layer(name).get_weights()[0] for name in ("common_logits", "year_logits")]
 
     averaged = head_weights(head_seeds=2)
