@@ -61,8 +61,8 @@ def _train(args: argparse.Namespace) -> int:
             augment_strength=args.augment_strength, balanced=args.balanced, seed=args.seed,
             optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
             strategy=args.strategy, views=args.views, head_epochs=args.head_epochs,
-            head_patience=args.head_patience, finetune_blocks=args.finetune_blocks,
-            finetune_learning_rate=args.finetune_learning_rate)
+            head_patience=args.head_patience, head_seeds=args.head_seeds,
+            finetune_blocks=args.finetune_blocks, finetune_learning_rate=args.finetune_learning_rate)
         if hp.strategy == "features":
             # The heads are chosen on validation ROC-AUC; a fine-tune epoch must beat them on the same.
             hp = replace(hp, monitor=args.monitor or "val_auc",
@@ -224,6 +224,8 @@ def register(commands: Any) -> None:
     train.add_argument("--head-epochs", type=int, default=None, help="features: most epochs of the heads")
     train.add_argument("--head-patience", type=int, default=None,
                        help="features: stop the heads after this many epochs without a better val_auc")
+    train.add_argument("--head-seeds", type=int, default=None,
+                       help="features: heads trained from this many seeds, their weights averaged into one")
     train.add_argument("--finetune-blocks", type=int, default=None,
                        help="features: backbone blocks (from the top) trained in the fine-tune")
     train.add_argument("--finetune-learning-rate", type=float, default=None)

@@ -140,6 +140,8 @@ def check_strategy(hp: Hyperparameters) -> None:
     if hp.head_epochs < 1:
         raise TrainingInputError(f"the features strategy trains the heads for at least 1 epoch, not "
                                  f"{hp.head_epochs}")
+    if hp.head_seeds < 1:
+        raise TrainingInputError(f"the heads are trained from at least 1 seed, not {hp.head_seeds}")
     if hp.finetune_blocks < 0 or hp.epochs < 0:
         raise TrainingInputError("finetune blocks and epochs cannot be negative")
     if hp.epochs > 0 and hp.finetune_blocks == 0:
@@ -332,7 +334,7 @@ def fit_heads_on_features(request: TrainRequest, store: ObjectStore, manifest: d
 
     def head_epoch(epoch: int, logs: dict[str, float]) -> None:
         if stage is not None:
-            stage("heads", epoch, hp.head_epochs, logs)
+            stage("heads", epoch, hp.head_epochs * hp.head_seeds, logs)  # the seeds run one after another
 
     started = time.monotonic()
     heads, scoring, history = features.train_heads(train_set, validation, len(manifest["genres"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,31 @@ def test_bad_requests_are_refused_with_a_reason(settings: object, tmp_path: Path
     with pytest.raises(features.FeatureCacheError, match="does not hold the split's 4 posters"):
         features.split_features(store, manifest, None, fingerprint, "2000", "train", "plain",  # type: ignore[arg-type]
                                 features.CacheLog())
+
+
+def test_heads_from_several_seeds_hold_the_average_of_each_seeds_heads() -> None:
+    rng = np.random.default_rng(0)
+
+    def toy_set(rows: int) -> features.FeatureSet:
+        vectors = rng.normal(size=(rows, 16)).astype(np.float32)
+        labels = (vectors[:, :len(GENRES)] + rng.normal(scale=0.5, size=(rows, len(GENRES))) > 0.5)
+        return features.FeatureSet(vectors, labels.astype(np.float32), np.arange(rows, dtype=np.int32) % 2)
+
+    train, validation = toy_set(64), toy_set(32)
+    hp = features_hp(head_epochs=4, head_patience=4, seed=3)
+
+    def head_weights(head_seeds: int, seed: int = 3) -> list[np.ndarray]:
+        heads, _scoring, _history = features.train_heads(train, validation, len(GENRES), 2, "shared",
+                                                         replace(hp, head_seeds=head_seeds, seed=seed))
+        return [heads.get_layer(name).get_weights()[0] for name in ("common_logits", "year_logits")]
+
+    averaged = head_weights(head_seeds=2)
+    first, second = head_weights(head_seeds=1, seed=3), head_weights(head_seeds=1, seed=4)
+    for mean, one, other in zip(averaged, first, second, strict=True):
+        np.testing.assert_allclose(mean, (one + other) / 2, atol=1e-5)
+        assert not np.allclose(mean, one, atol=1e-3)  # the seeds' heads differ, so the average is new
+
+
+def test_zero_head_seeds_are_refused() -> None:
+    with pytest.raises(training.TrainingInputError, match="at least 1 seed"):
+        training.check_strategy(features_hp(head_seeds=0))
