@@ -6,21 +6,20 @@ running tasks of that queue's task."""
 from __future__ import annotations
 
 import re
-from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from tests.deploy.checks.common import host_port
 from tests.deploy.checks.k8s_objects import K8sIndex, container_environment, containers, k8s_index, pod_spec
 from tests.deploy.checks.settings import postergenre_cli_problems
+from tests.deploy.crds import VendoredCrds
 
 SCHEMAS_DIR = Path(__file__).parent / "schemas" / "keda"
 KEDA_VERSION = "2.20.2"
-CRDS = {"ScaledObject": "keda.sh_scaledobjects.yaml",
-        "TriggerAuthentication": "keda.sh_triggerauthentications.yaml"}
+KEDA_CRDS = VendoredCrds("KEDA", "keda.sh/v1alpha1", SCHEMAS_DIR,
+                         (("ScaledObject", "keda.sh_scaledobjects.yaml"),
+                          ("TriggerAuthentication", "keda.sh_triggerauthentications.yaml")))
 # Trigger metadata each scaler reads (KEDA v2.20.2, pkg/scalers/redis_scaler.go and
 # prometheus_scaler.go, the `keda:"name=..."` tags); anything else is a typo KEDA would ignore.
 TRIGGER_METADATA = {
@@ -33,52 +32,9 @@ TRIGGER_METADATA = {
 RUNNING_TASKS = "postergenre_celery_tasks_running"
 
 
-@cache
-def crd_schema(kind: str) -> dict[str, Any]:
-    crd = yaml.safe_load((SCHEMAS_DIR / CRDS[kind]).read_text())
-    version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
-    return dict(version["schema"]["openAPIV3Schema"])
-
-
-def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
-    """Fields the schema does not name (a structural schema prunes them silently)."""
-    found: list[str] = []
-    if isinstance(value, dict) and "properties" in schema and not schema.get(
-            "x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in schema:
-        for key, item in value.items():
-            if key not in schema["properties"]:
-                found.append(f"{path}/{key}")
-            else:
-                found += unknown_fields(item, schema["properties"][key], f"{path}/{key}")
-    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
-        for key, item in value.items():
-            found += unknown_fields(item, schema["additionalProperties"], f"{path}/{key}")
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for index, item in enumerate(value):
-            found += unknown_fields(item, schema["items"], f"{path}/{index}")
-    return found
-
-
 def check_keda_schemas(docs: list[dict[str, Any]]) -> list[str]:
     """Every keda.sh object against its CRD's schema (jsonschema), with no unknown field."""
-    import jsonschema
-
-    problems = []
-    for doc in docs:
-        if not str(doc.get("apiVersion", "")).startswith("keda.sh/"):
-            continue
-        where = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
-        if doc.get("kind") not in CRDS:
-            problems.append(f"{where}: no vendored KEDA schema for this kind")
-            continue
-        if doc.get("apiVersion") != "keda.sh/v1alpha1":
-            problems.append(f"{where}: apiVersion {doc.get('apiVersion')} is not keda.sh/v1alpha1")
-        schema = crd_schema(doc["kind"])
-        body = {key: value for key, value in doc.items() if key not in ("apiVersion", "kind", "metadata")}
-        for error in sorted(jsonschema.Draft7Validator(schema).iter_errors(body), key=str):
-            problems.append(f"{where}: {error.message} at /{'/'.join(map(str, error.path))}")
-        problems += [f"{where}: unknown field {field}" for field in unknown_fields(body, schema)]
-    return problems
+    return KEDA_CRDS.check(docs)
 
 
 def _worker_args(deployment: dict[str, Any]) -> tuple[list[str], int]:

@@ -7,51 +7,25 @@ monitor endpoint reaches a pod.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tests.deploy.checks.k8s_objects import containers, named_port, pod_labels, pod_spec
-from tests.deploy.keda import unknown_fields
+from tests.deploy.crds import VendoredCrds
 
 SCHEMAS_DIR = Path(__file__).parent / "schemas" / "prometheus-operator"
 PROMETHEUS_OPERATOR_VERSION = "0.93.0"
 API_GROUP = "monitoring.coreos.com"
-CRDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
-        "PodMonitor": "monitoring.coreos.com_podmonitors.yaml"}
+MONITOR_CRDS = VendoredCrds("Prometheus Operator", f"{API_GROUP}/v1", SCHEMAS_DIR,
+                            (("ServiceMonitor", "monitoring.coreos.com_servicemonitors.yaml"),
+                             ("PodMonitor", "monitoring.coreos.com_podmonitors.yaml")))
 # Where each monitor kind keeps its endpoints.
 ENDPOINTS = {"ServiceMonitor": "endpoints", "PodMonitor": "podMetricsEndpoints"}
 
 
-@cache
-def crd_schema(kind: str) -> dict[str, Any]:
-    crd = yaml.safe_load((SCHEMAS_DIR / CRDS[kind]).read_text())
-    version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
-    return dict(version["schema"]["openAPIV3Schema"])
-
-
 def check_monitor_schemas(docs: list[dict[str, Any]]) -> list[str]:
     """Every monitoring.coreos.com object against its CRD's schema (jsonschema), with no unknown field."""
-    import jsonschema
-
-    problems = []
-    for doc in docs:
-        if not str(doc.get("apiVersion", "")).startswith(f"{API_GROUP}/"):
-            continue
-        where = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
-        if doc.get("kind") not in CRDS:
-            problems.append(f"{where}: no vendored Prometheus Operator schema for this kind")
-            continue
-        if doc.get("apiVersion") != f"{API_GROUP}/v1":
-            problems.append(f"{where}: apiVersion {doc.get('apiVersion')} is not {API_GROUP}/v1")
-        schema = crd_schema(doc["kind"])
-        body = {key: value for key, value in doc.items() if key not in ("apiVersion", "kind", "metadata")}
-        for error in sorted(jsonschema.Draft7Validator(schema).iter_errors(body), key=str):
-            problems.append(f"{where}: {error.message} at /{'/'.join(map(str, error.path))}")
-        problems += [f"{where}: unknown field {field}" for field in unknown_fields(body, schema)]
-    return problems
+    return MONITOR_CRDS.check(docs)
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -126,7 +100,7 @@ def check_monitor_semantics(docs: list[dict[str, Any]]) -> list[str]:
     """Each pod announcing metrics is scraped once, where it announces them; each endpoint reaches pods."""
     workloads = [doc for doc in docs if pod_spec(doc) is not None and doc.get("kind") != "CronJob"]
     services = [doc for doc in docs if doc.get("kind") == "Service"]
-    monitors = [doc for doc in docs if doc.get("kind") in CRDS
+    monitors = [doc for doc in docs if doc.get("kind") in MONITOR_CRDS.kinds
                 and str(doc.get("apiVersion", "")).startswith(f"{API_GROUP}/")]
     problems: list[str] = []
     scraped_by: dict[str, list[str]] = {}
