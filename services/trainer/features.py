@@ -231,7 +231,8 @@ def train_heads(train: FeatureSet, validation: FeatureSet, genres: int, years: i
     with less of one run's noise (on the shared collection it gained 0.0075 validation ROC-AUC over
     one seed, docs/models.md). ``progress`` numbers the epochs of all seeds one after another.
 
-    Returns ``(training, scoring, history)``; ``history`` is the first seed's, per epoch.
+    Returns ``(training, scoring, history)``; ``history`` is the first seed's, per epoch (the averaged
+    heads' own validation metrics: :func:`validation_metrics`).
     """
     from dataclasses import replace
 
@@ -241,9 +242,6 @@ def train_heads(train: FeatureSet, validation: FeatureSet, genres: int, years: i
 
     # hp.epochs counts the fine-tune's epochs; the heads' learning-rate schedule spans head_epochs.
     steps = max(1, -(-len(train.labels) // hp.batch_size))
-
-    def inputs(data: FeatureSet) -> Any:
-        return [data.features, data.heads] if layout == "shared" else data.features
 
     epochs_before = 0
 
@@ -261,9 +259,9 @@ def train_heads(train: FeatureSet, validation: FeatureSet, genres: int, years: i
         compile_model(training, replace(hp, epochs=hp.head_epochs), steps_per_epoch=steps)
         stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=hp.head_patience,
                                              restore_best_weights=True)
-        fitted = training.fit(inputs(train), train.labels, batch_size=hp.batch_size, epochs=hp.head_epochs,
-                              validation_data=(inputs(validation), validation.labels), shuffle=True,
-                              callbacks=[stop, Report()], verbose=0)
+        fitted = training.fit(head_inputs(train, layout), train.labels, batch_size=hp.batch_size,
+                              epochs=hp.head_epochs, shuffle=True, callbacks=[stop, Report()], verbose=0,
+                              validation_data=(head_inputs(validation, layout), validation.labels))
         histories.append({key: [float(v) for v in values] for key, values in fitted.history.items()})
         epochs_before += len(histories[-1].get("loss", []))
         seed_weights.append(training.get_weights())
@@ -272,6 +270,21 @@ def train_heads(train: FeatureSet, validation: FeatureSet, genres: int, years: i
         per_layer_weight = zip(*seed_weights, strict=True)  # one tuple per weight, a value per seed
         training.set_weights([np.mean(np.stack(values), axis=0) for values in per_layer_weight])
     return training, scoring, histories[0]
+
+
+def head_inputs(data: FeatureSet, layout: str) -> Any:
+    """What the training head model takes: the vectors, and each row's year head for ``shared``."""
+    return [data.features, data.heads] if layout == "shared" else data.features
+
+
+def validation_metrics(training: keras.Model, validation: FeatureSet, layout: str, batch_size: int
+                       ) -> dict[str, float]:
+    """The training metrics of ``training`` as it is now, on validation, named as Keras names them in a
+    fit's history (``val_auc``...): after several seeds the averaged heads are scored by the same
+    measure as a fine-tune epoch, which must beat them to be kept."""
+    scores = training.evaluate(head_inputs(validation, layout), validation.labels, batch_size=batch_size,
+                               verbose=0, return_dict=True)
+    return {f"val_{name}": float(value) for name, value in scores.items()}
 
 
 def copy_head_weights(heads: keras.Model, model: keras.Model) -> list[str]:

@@ -341,15 +341,18 @@ def fit_heads_on_features(request: TrainRequest, store: ObjectStore, manifest: d
                                                    len(targets), request.layout, hp, head_epoch)
     features.copy_head_weights(heads, model)
     best = int(np.argmax(history.get("val_auc", [0.0])))
+    # One seed's heads are its best epoch; averaged seeds' heads are a new model: score them as they are.
+    kept = (features.validation_metrics(heads, validation, request.layout, hp.batch_size) if hp.head_seeds > 1
+            else {key: values[best] for key, values in history.items() if values})
     state["heads"] = {
         "fingerprint": fingerprint, "views": views, "computed": len(log.computed), "reused": len(log.reused),
         "features_s": round(features_s, 2), "heads_s": round(time.monotonic() - started, 2),
         "epochs_run": len(history.get("loss", [])), "best_epoch": best + 1,
-        "val_auc": history.get("val_auc", [None])[best], "train_examples": len(train_set.labels),
+        "val_auc": kept.get("val_auc"), "train_examples": len(train_set.labels),
     }
     state["heads_history"] = history
     # The heads alone are the first candidate for "best": a fine-tune epoch must beat them on validation.
-    state["best_value"] = history.get(hp.monitor, [None])[best] if hp.monitor in history else None
+    state["best_value"] = kept.get(hp.monitor)
     state["best_epoch"] = 0
     replace_atomically(folder / BEST_WEIGHTS, model.save_weights)
     return features.head_scores(scoring, validation), features.head_scores(scoring, test)

@@ -222,6 +222,26 @@ def test_heads_from_several_seeds_hold_the_average_of_each_seeds_heads() -> None
         assert not np.allclose(mean, one, atol=1e-3)  # the seeds' heads differ, so the average is new
 
 
+def test_averaged_heads_are_scored_as_they_are_for_the_fine_tune_to_beat() -> None:
+    import keras
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(96, 16)).astype(np.float32)
+    noise = rng.normal(scale=0.5, size=(96, len(GENRES)))
+    labels = (vectors[:, :len(GENRES)] + noise > 0.5).astype(np.float32)
+    heads_of = np.arange(96, dtype=np.int32) % 2
+    train = features.FeatureSet(vectors[:64], labels[:64], heads_of[:64])
+    validation = features.FeatureSet(vectors[64:], labels[64:], heads_of[64:])
+    hp = features_hp(head_epochs=4, head_patience=4, seed=3, head_seeds=2)
+    heads, scoring, history = features.train_heads(train, validation, len(GENRES), 2, "shared", hp)
+
+    measured = features.validation_metrics(heads, validation, "shared", hp.batch_size)
+    auc = keras.metrics.AUC(multi_label=True)
+    auc.update_state(validation.labels, features.head_scores(scoring, validation))
+    assert measured["val_auc"] == pytest.approx(float(auc.result()), abs=1e-4)
+    assert measured["val_auc"] not in history["val_auc"]  # the average is neither seed's best epoch
+
+
 def test_zero_head_seeds_are_refused() -> None:
     with pytest.raises(training.TrainingInputError, match="at least 1 seed"):
         training.check_strategy(features_hp(head_seeds=0))
