@@ -98,7 +98,7 @@ def test_a_kustomization_that_does_not_render_is_caught(tmp_path: Path) -> None:
             "base/tfserving.yaml",
             "      port: 8501\n",
             "      port: 8601\n",
-            "POSTERGENRE_INFERENCE_REST_URL uses port 8501, Service tfserving has [8500, 8601]",
+            "POSTERGENRE_INFERENCE_REST_URL uses port 8501, but tfserving listens on [8500, 8601]",
         ),
         (
             "base/tfserving.yaml",

@@ -35,11 +35,11 @@ from tests.deploy.checks.common import (
 )
 from tests.deploy.checks.env_example import ENV_EXAMPLE, read_env_example
 from tests.deploy.checks.settings import (
-    WIRED_URL_SETTINGS,
     postergenre_cli_problems,
     settings_for,
     settings_variables,
     tfserving_flag_problems,
+    wired_url_problems,
 )
 
 COMPOSE_FILE = REPO / "compose.yaml"
@@ -318,17 +318,8 @@ def _check_compose_wiring(services: dict[str, Any], stack: dict[str, str]) -> li
     web_command = as_list(services.get("web", {}).get("command"))
     if "--port" in web_command:
         listening["web"] = {int(web_command[web_command.index("--port") + 1])}
-    for key in WIRED_URL_SETTINGS:
-        if key not in stack:
-            problems.append(f"stack environment lacks {key}")
-            continue
-        host, port = host_port(stack[key])
-        if host not in services:
-            problems.append(f"{key} points at {host}, which is not a service")
-        elif port not in listening.get(host, set()):
-            problems.append(
-                f"{key} uses port {port}, but {host} listens on {sorted(listening.get(host, set()))}"
-            )
+    problems += wired_url_problems(
+        stack, {name: listening.get(name, set()) for name in services}, "stack environment ", "a service")
     if listening.get("web") != {WEB_PORT}:
         problems.append(f"web should listen on {WEB_PORT}, its command says {listening.get('web')}")
     if {TFSERVING_GRPC_PORT, TFSERVING_REST_PORT} != listening["tfserving"]:

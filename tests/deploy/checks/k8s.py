@@ -17,10 +17,11 @@ from tests.deploy.checks.common import (
     WEB_PORT,
     as_list,
     command_flags,
-    host_port,
     literal_secret,
 )
 from tests.deploy.checks.k8s_objects import (
+    K8sIndex,
+    container_environment,
     container_script,
     containers,
     image_name,
@@ -45,11 +46,11 @@ from tests.deploy.checks.k8s_operations import (
     check_k8s_worker_shutdown,
 )
 from tests.deploy.checks.settings import (
-    WIRED_URL_SETTINGS,
     postergenre_cli_problems,
     settings_for,
     settings_variables,
     tfserving_flag_problems,
+    wired_url_problems,
 )
 
 KUBERNETES_VERSION = "1.37.0"
@@ -73,6 +74,32 @@ def check_k8s_schemas(docs: Iterable[dict[str, Any]], version: str = KUBERNETES_
             problems.append(f"{where}: {str(exc).splitlines()[0]} at {'/'.join(map(str, exc.path))}")
         except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as exc:
             problems.append(f"{where}: no schema: {exc}")
+    return problems
+
+
+def _environment_reference_problems(container: dict[str, Any], index: K8sIndex, cwhere: str) -> list[str]:
+    """Every ConfigMap and Secret the container's environment reads (whole or by key) is rendered."""
+    problems = []
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source and source["configMapRef"]["name"] not in index.config_maps:
+            problems.append(f"{cwhere}: envFrom ConfigMap {source['configMapRef']['name']} is not rendered")
+        if "secretRef" in source and source["secretRef"]["name"] not in index.secrets:
+            problems.append(
+                f"{cwhere}: envFrom Secret {source['secretRef']['name']} is not in secret.example.yaml")
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {})
+        if "configMapKeyRef" in ref:
+            cm = ref["configMapKeyRef"]
+            if cm["key"] not in index.config_maps.get(cm["name"], {}):
+                problems.append(
+                    f"{cwhere}: {variable['name']} reads missing ConfigMap key {cm['name']}.{cm['key']}")
+        elif "secretKeyRef" in ref:
+            sk = ref["secretKeyRef"]
+            if sk["key"] not in index.secrets.get(sk["name"], {}):
+                problems.append(
+                    f"{cwhere}: {variable['name']} reads {sk['name']}.{sk['key']}, "
+                    f"which secret.example.yaml does not define"
+                )
     return problems
 
 
@@ -122,38 +149,8 @@ def check_k8s_semantics(
                 for m in container.get("volumeMounts", [])
                 if m["name"] not in volumes
             ]
-            environment: dict[str, str] = {}
-            for source in container.get("envFrom", []):
-                if "configMapRef" in source:
-                    name = source["configMapRef"]["name"]
-                    if name not in config_maps:
-                        problems.append(f"{cwhere}: envFrom ConfigMap {name} is not rendered")
-                    environment.update(config_maps.get(name, {}))
-                if "secretRef" in source:
-                    name = source["secretRef"]["name"]
-                    if name not in secrets:
-                        problems.append(f"{cwhere}: envFrom Secret {name} is not in secret.example.yaml")
-                    environment.update(secrets.get(name, {}))
-            for variable in container.get("env", []):
-                ref = variable.get("valueFrom", {})
-                if "configMapKeyRef" in ref:
-                    cm = ref["configMapKeyRef"]
-                    if cm["key"] not in config_maps.get(cm["name"], {}):
-                        problems.append(
-                            f"{cwhere}: {variable['name']} reads missing ConfigMap key "
-                            f"{cm['name']}.{cm['key']}"
-                        )
-                    environment[variable["name"]] = config_maps.get(cm["name"], {}).get(cm["key"], "")
-                elif "secretKeyRef" in ref:
-                    sk = ref["secretKeyRef"]
-                    if sk["key"] not in secrets.get(sk["name"], {}):
-                        problems.append(
-                            f"{cwhere}: {variable['name']} reads {sk['name']}.{sk['key']}, "
-                            f"which secret.example.yaml does not define"
-                        )
-                    environment[variable["name"]] = secrets.get(sk["name"], {}).get(sk["key"], "")
-                else:
-                    environment[variable["name"]] = str(variable.get("value", ""))
+            problems += _environment_reference_problems(container, index, cwhere)
+            environment = container_environment(container, index)
             if is_postergenre_image(image):
                 problems += [
                     f"{cwhere}: environment variable {key} is not a setting of shared/config.py"
@@ -272,18 +269,9 @@ def _k8s_wiring(
 ) -> list[str]:
     problems = []
     services = by_kind.get("Service", {})
-    for key in WIRED_URL_SETTINGS:
-        if key not in stack:
-            problems.append(f"{overlay}: the pods' environment lacks {key}")
-            continue
-        host, port = host_port(stack[key])
-        if host not in services:
-            problems.append(f"{overlay}: {key} points at {host}, which is not a Service")
-        elif port not in _service_ports(services[host]):
-            problems.append(
-                f"{overlay}: {key} uses port {port}, "
-                f"Service {host} has {sorted(_service_ports(services[host]))}"
-            )
+    listening = {name: _service_ports(service) for name, service in services.items()}
+    problems += [f"{overlay}: {problem}" for problem in wired_url_problems(
+        stack, listening, "the pods' environment ", "a Service")]
     for name, port in THIRD_PARTY_PORTS.items():
         if name in services and port not in _service_ports(services[name]):
             problems.append(f"{overlay}: Service {name} should offer port {port}")

@@ -13,7 +13,7 @@ import shlex
 from pathlib import PurePosixPath
 from typing import Any
 
-from tests.deploy.checks.common import REPO
+from tests.deploy.checks.common import REPO, host_port
 
 # Settings that name another service by host:port: each must point at a service that listens there.
 WIRED_URL_SETTINGS = (
@@ -25,6 +25,24 @@ WIRED_URL_SETTINGS = (
     "POSTERGENRE_INFERENCE_URL",
     "POSTERGENRE_INFERENCE_REST_URL",
 )
+
+
+def wired_url_problems(
+    stack: dict[str, str], listening: dict[str, set[int]], where: str, what: str
+) -> list[str]:
+    """Each of :data:`WIRED_URL_SETTINGS` in ``stack`` names a host of ``listening`` (``what``: a
+    service, a Service) on one of the ports that host listens on; ``where`` starts each problem."""
+    problems = []
+    for key in WIRED_URL_SETTINGS:
+        if key not in stack:
+            problems.append(f"{where}lacks {key}")
+            continue
+        host, port = host_port(stack[key])
+        if host not in listening:
+            problems.append(f"{key} points at {host}, which is not {what}")
+        elif port not in listening[host]:
+            problems.append(f"{key} uses port {port}, but {host} listens on {sorted(listening[host])}")
+    return problems
 
 
 def settings_variables() -> frozenset[str]:
