@@ -95,9 +95,14 @@ def _bench_inference(args: argparse.Namespace) -> int:
         batch_threads=args.batch_threads,
         backend=args.backend,
         processes=args.processes,
-        layouts=tuple(args.layouts.split(",")),
+        layouts=("shared",) if args.export else tuple(args.layouts.split(",")),
+        export=args.export,
     )
-    report = run_benchmark(config)
+    try:
+        report = run_benchmark(config)
+    except ValueError as exc:  # an --export folder that is not a shared-layout version
+        print(f"bench inference: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -241,6 +246,11 @@ def register(bench: Any) -> None:
         type=_layouts,
         default="independent,shared",
         help="comma-separated: independent, shared",
+    )
+    bench_inference.add_argument(
+        "--export", default="", metavar="VERSION_FOLDER",
+        help="serve this shared-layout version folder (trainer export) instead of a random ResNet50; "
+             "its years, genres and input size are the export's; implies --layouts shared",
     )
     bench_inference.set_defaults(handler=_bench_inference)
 

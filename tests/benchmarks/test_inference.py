@@ -25,6 +25,9 @@ def test_bench_inference_measures_both_layouts_through_the_web_api(tmp_path: Pat
         assert len(layout["round_ratios"]) == config.rounds
         assert layout["table_p50_s"] > 0 and layout["floor_p50_s"] > 0
         assert layout["concurrent_posters_per_s"] > 0 and layout["offline_posters_per_s"] > 0
+        # Both services ran as processes of their own: each one's CPU per poster was read.
+        assert layout["web_cpu_ms_per_poster"] is not None and layout["web_cpu_ms_per_poster"] >= 0
+        assert layout["inference_cpu_ms_per_poster"] is not None
     assert set(report["aims"]) == {
         "shared_p50_over_bare_backbone",
         "independent_p50_over_sum_of_single_passes",
@@ -34,6 +37,32 @@ def test_bench_inference_measures_both_layouts_through_the_web_api(tmp_path: Pat
     table = format_markdown(report)
     assert "| measure | independent models | shared backbone |" in table
     assert "concurrent / offline" in table
+    assert "web service CPU per poster, bursts (ms)" in table
+
+
+@pytest.mark.slow
+def test_bench_inference_serves_an_export_with_its_own_shape(tmp_path: Path) -> None:
+    """``--export``: a shared-layout version folder is served as it is; the table asks for its years
+    (3 here, not the default 20) at its input size, and the floor is a pass of that model."""
+    from benchmarks.models import export_pixels_signature, shared_model
+
+    version = tmp_path / "trained" / "genre-shared" / "7"
+    export_pixels_signature(shared_model(32, 2, 3, seed=0), version, 32)
+    config = BenchConfig(repeats=2, concurrency=2, rounds=1, layouts=("shared",), export=str(version),
+                         workdir=str(tmp_path / "bench"))
+    report = run_benchmark(config)
+
+    shape = report["config"]
+    assert (shape["models"], shape["genres"], shape["image_size"]) == (3, 2, 32)
+    shared = report["layouts"]["shared"]
+    assert len(shared["table_times_s"]) == config.repeats  # each table answered all three years
+    assert shared["floor_p50_s"] > 0
+    assert "one pass of the exported model" in format_markdown(report)
+
+
+def test_bench_export_refuses_a_folder_without_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a model version folder"):
+        run_benchmark(BenchConfig(layouts=("shared",), export=str(tmp_path), workdir=str(tmp_path / "b")))
 
 
 def test_bench_layouts_option_refuses_an_unknown_layout(capsys: pytest.CaptureFixture[str]) -> None:

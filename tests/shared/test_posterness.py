@@ -79,3 +79,52 @@ def test_the_fitter_separates_posters_from_generated_images(shared_posters: Path
     assert result["validation"]["recall_by_kind"]["noise"] == 1.0
     array = np.random.default_rng(9).integers(0, 256, (600, 400, 3), dtype=np.uint8)
     assert float(model.score(image_features(Image.fromarray(array)))) < model.threshold
+
+
+def float64_features(image: Image.Image) -> np.ndarray:
+    """The features as first written (float64 thumbnail, sorted distinct colours): the fitted
+    coefficients were learned on these numbers, so the served check must give exactly them."""
+    thumb = np.asarray(image.convert("RGB").resize((64, 96), Image.Resampling.BILINEAR, reducing_gap=None),
+                       dtype=np.float64)
+    pixels = thumb.reshape(-1, 3)
+    bins = (pixels // 32).astype(np.int64)
+    codes = bins[:, 0] * 64 + bins[:, 1] * 8 + bins[:, 2]
+    counts = np.bincount(codes, minlength=512).astype(np.float64)
+    share = counts[counts > 0] / len(codes)
+    entropy = float(-(share * np.log2(share)).sum()) / 9.0
+    fine = (pixels // 8).astype(np.int64)
+    distinct = len(np.unique(fine[:, 0] * 1024 + fine[:, 1] * 32 + fine[:, 2]))
+    grey = thumb @ np.array([0.299, 0.587, 0.114]) / 255.0
+    dx, dy = np.abs(np.diff(grey, axis=1)), np.abs(np.diff(grey, axis=0))
+    laplacian = np.abs(4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1]
+                       - grey[1:-1, :-2] - grey[1:-1, 2:])
+    left, right = grey[:, :-1].ravel(), grey[:, 1:].ravel()
+    correlation = 1.0 if left.std() < 1e-6 or right.std() < 1e-6 else float(np.corrcoef(left, right)[0, 1])
+    high, low = pixels.max(axis=1), pixels.min(axis=1)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-9), 0.0)
+    return np.array([entropy, float(np.log1p(distinct) / np.log1p(len(pixels))),
+                     float(((dx[:-1, :] + dy[:, :-1]) > 0.1).mean()), float(min(1.0, laplacian.mean() * 4)),
+                     correlation, float(saturation.mean()), float(saturation.std()), float(grey.std() * 2),
+                     float(counts.max() / len(codes))])
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA"])
+def test_the_served_features_are_exactly_the_fitted_formulas(mode: str) -> None:
+    rng = np.random.default_rng(5)
+    images = [noise(rng), two_colours(rng), gradient(rng), Image.new("RGB", (300, 450)),
+              Image.new("RGB", (300, 450), (255, 255, 255))]
+    for source in images:
+        image = source.convert(mode)
+        assert image_features(image).tolist() == float64_features(image).tolist()
+
+
+def test_an_rgb_poster_is_not_copied_before_its_thumbnail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The served poster is RGB already (open_poster): a convert() would copy it whole, per request."""
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (450, 300, 3), dtype=np.uint8))
+    expected = float64_features(image)
+
+    def no_copy(*args: object, **kwargs: object) -> Image.Image:
+        raise AssertionError("an RGB image was converted")
+
+    monkeypatch.setattr(Image.Image, "convert", no_copy)
+    assert image_features(image).tolist() == expected.tolist()

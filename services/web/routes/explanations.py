@@ -7,11 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from services.web.deps import ExplanationsDep, SessionDep, SettingsDep
+from services.web.deps import BlessedDep, ExplanationsDep, SettingsDep
 from services.web.schemas import ERROR_RESPONSES, ErrorBody, Explanation
 from services.web.uploads import read_upload
 from services.web.year_table import decode_poster
-from shared.models import blessed_models
 
 router = APIRouter(prefix="/api/v1", tags=["explanations"],
                    responses={**ERROR_RESPONSES, 409: {"model": ErrorBody}})
@@ -26,11 +25,11 @@ router = APIRouter(prefix="/api/v1", tags=["explanations"],
 async def create_explanation(
         file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or GIF")],
         year: Annotated[int, Form(ge=1800, le=2200, description="the release year whose model explains")],
-        session: SessionDep, settings: SettingsDep, explanations: ExplanationsDep,
+        blessed: BlessedDep, settings: SettingsDep, explanations: ExplanationsDep,
         genre: Annotated[str | None,
                          Form(description="a genre of the model; omitted: the year's six best")] = None,
 ) -> dict[str, Any]:
     data = await read_upload(file, settings.max_upload_bytes)
     poster = await asyncio.to_thread(decode_poster, data, file.filename or "")
-    models = await asyncio.to_thread(blessed_models, session, settings.model_prefix)
+    models = await asyncio.to_thread(blessed.get)
     return await asyncio.to_thread(explanations.explain, poster, year, genre or None, models)

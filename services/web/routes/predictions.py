@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from services.web.deps import SessionDep, SettingsDep, YearTablesDep
+from services.web.deps import BlessedDep, SettingsDep, YearTablesDep
 from services.web.errors import ApiError
 from services.web.schemas import ERROR_RESPONSES, BatchPrediction, Prediction
 from services.web.uploads import read_upload
@@ -21,7 +21,7 @@ from services.web.year_table import (
     decode_poster,
     parse_request_years,
 )
-from shared.models import blessed_models
+from shared.models import BlessedModels
 
 router = APIRouter(prefix="/api/v1", tags=["predictions"], responses=ERROR_RESPONSES)
 
@@ -40,17 +40,18 @@ def requested_years(query: str | None, form: str | None) -> list[int]:
         raise ApiError(422, "invalid_years", str(exc)) from None
 
 
-async def predict_posters(posters: list[DecodedPoster], years: list[int], k: int, session: Any,
-                          settings: Any, year_tables: YearTableService, all_scores: bool
-                          ) -> list[dict[str, Any]]:
-    models = await asyncio.to_thread(blessed_models, session, settings.model_prefix)
+async def predict_posters(posters: list[DecodedPoster], years: list[int], k: int, blessed: BlessedModels,
+                          year_tables: YearTableService, all_scores: bool) -> list[dict[str, Any]]:
+    # The served models as of this request (no session per request: BlessedModels asks the registry's
+    # fingerprint and reads the rows only when it changed).
+    models = await asyncio.to_thread(blessed.get)
     return list(await year_tables.predict(posters, years, k, models, all_scores))
 
 
 @router.post("/predictions", response_model=Prediction, response_model_exclude_none=True,
              summary="The best genres of one poster under each year's model")
 async def create_prediction(file: Annotated[UploadFile, File(description="JPEG, PNG, WebP or GIF")],
-                            session: SessionDep, settings: SettingsDep, year_tables: YearTablesDep,
+                            blessed: BlessedDep, settings: SettingsDep, year_tables: YearTablesDep,
                             years_query: YearsQuery = None, years_form: YearsForm = None,
                             k_query: KQuery = None, k_form: KForm = None,
                             scores: ScoresQuery = False) -> dict[str, Any]:
@@ -58,14 +59,14 @@ async def create_prediction(file: Annotated[UploadFile, File(description="JPEG, 
     k = k_form or k_query or DEFAULT_K
     data = await read_upload(file, settings.max_upload_bytes)
     poster = await asyncio.to_thread(decode_poster, data, file.filename or "")
-    [result] = await predict_posters([poster], years, k, session, settings, year_tables, scores)
+    [result] = await predict_posters([poster], years, k, blessed, year_tables, scores)
     return result
 
 
 @router.post("/predictions:batch", response_model=BatchPrediction, response_model_exclude_none=True,
              summary=f"Predictions for up to {MAX_BATCH_FILES} posters; a bad poster gets its own error")
 async def create_predictions(files: Annotated[list[UploadFile], File(description="the posters")],
-                             session: SessionDep, settings: SettingsDep, year_tables: YearTablesDep,
+                             blessed: BlessedDep, settings: SettingsDep, year_tables: YearTablesDep,
                              years_query: YearsQuery = None, years_form: YearsForm = None,
                              k_query: KQuery = None, k_form: KForm = None,
                              scores: ScoresQuery = False) -> dict[str, Any]:
@@ -83,7 +84,7 @@ async def create_predictions(files: Annotated[list[UploadFile], File(description
             items.append({"filename": name})
         except ApiError as exc:  # one bad poster does not cost the others their answer
             items.append({"filename": name, "error": {"code": exc.code, "message": exc.message}})
-    results = iter(await predict_posters(posters, years, k, session, settings, year_tables, scores))
+    results = iter(await predict_posters(posters, years, k, blessed, year_tables, scores))
     for item in items:
         if "error" not in item:
             item["prediction"] = next(results)
