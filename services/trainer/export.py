@@ -586,7 +586,8 @@ def export_tflite_full_int8(model: keras.Model, out_dir: Path,
             yield [calibration[index:index + 1]]
 
     def stats_posters() -> Any:
-        for index in np.linspace(0, len(calibration) - 1, min(LAYER_STATS_POSTERS, len(calibration))).astype(int):
+        count = min(LAYER_STATS_POSTERS, len(calibration))
+        for index in np.linspace(0, len(calibration) - 1, count).astype(int):
             yield [calibration[index:index + 1]]
 
     out_dir = Path(out_dir)
@@ -598,12 +599,14 @@ def export_tflite_full_int8(model: keras.Model, out_dir: Path,
         converter.representative_dataset = representative
         try:
             # Calibrates once; the options below re-quantise the calibrated model without calibrating again.
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=stats_posters)
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
+                                                                 debug_dataset=stats_posters)
             debugger.run()
             float_layers = [layer["tensor"] for layer in _layer_errors(debugger)
                             if layer["error_steps"] > OUTLIER_ERROR_STEPS]
             if float_layers:
-                debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_layers)
+                debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+                    denylisted_nodes=float_layers)
             content = debugger.get_nondebug_quantized_model()
         except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
             raise ExportError(f"full-integer LiteRT conversion failed: {str(exc).strip()[-1500:]}") from exc
