@@ -9,9 +9,10 @@ Every model version is written once, in the layout of ``docs/contracts.md``::
         assets.extra/postergenre.json         (the metadata given by the trainer)
         exports/model.tflite                  fp32
         exports/model_int8.tflite             dynamic-range int8 weights
-        exports/model_full_int8.tflite        int8 weights and activations (when calibration posters
-                                              are given), and model_full_int8.json: its agreement
-                                              check against the float model (the server's verdict)
+        exports/model_full_int8.tflite        int8 weights and activations, outlier layers float (when
+                                              calibration posters are given), and model_full_int8.json:
+                                              its agreement check against the float model (the
+                                              server's verdict)
         exports/tfjs/model.json, *.bin        TF.js graph model of the ``pixels`` signature
 
 The Keras model takes float32 pixels ``[None, S, S, 3]`` (RGB, 0..255) and returns sigmoid scores
@@ -489,7 +490,8 @@ def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: n
 
 
 # ---------------------------------------------------------------------------------------------
-# Fully integer LiteRT model (issue 15 item 4): int8 weights and activations, float input/output
+# Integer LiteRT model (issue 15 item 4): int8 weights and activations except outlier layers,
+# float input/output
 # ---------------------------------------------------------------------------------------------
 #
 # Kept apart from export_tflite/export_all so that the float exports never depend on it: a failed
