@@ -98,7 +98,7 @@ class Signature:
 
 
 LITERT_FLOAT_FILE = "model.tflite"  # the trainer's fp32 export
-LITERT_INT8_FILE = "model_full_int8.tflite"  # its full-integer export (int8 weights and activations)
+LITERT_INT8_FILE = "model_full_int8.tflite"  # its integer export (int8, outlier layers float)
 LITERT_INT8_CHECK_FILE = "model_full_int8.json"  # the trainer's agreement verdict on that export
 
 

@@ -72,6 +72,24 @@ def test_full_int8_model_is_beside_the_float_ones_and_int8_inside(exported: dict
     verdict = exported["result"]["full_int8"]
     assert verdict["tensor_types"]["int8"] >= 8 and verdict["tensor_types"]["float32"] == 2
     assert verdict["calibration_posters"] == 64
+    # The toy model's layers quantise at rounding level: no outlier, nothing kept float.
+    assert verdict["mode"] == export.FULL_INT8_MODE and verdict["float_layers"] == []
+
+
+def test_layers_whose_int8_error_is_an_outlier_stay_float_in_the_same_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    # With no tolerance every layer with any int8 error counts as an outlier and must come back float.
+    monkeypatch.setattr(export, "OUTLIER_ERROR_STEPS", 0.0)
+    written = export.export_tflite_full_int8(tiny_shared_model(seed=2), tmp_path, posters(16, seed=1))
+    interpreter = Interpreter(model_path=str(written.path))
+    dtypes = {d["name"]: d["dtype"] for d in interpreter.get_tensor_details()}
+    assert len(written.float_layers) >= 3  # the convolution, the pooling, the two dense layers...
+    assert all(dtypes[name] == np.float32 for name in written.float_layers)
+    assert list(interpreter.get_signature_list()) == ["pixels"]  # one file, the same signature
+    scores = export.run_tflite(written.path, posters(2, seed=9))
+    assert scores.shape == (2, YEARS, GENRE_COUNT)
 
 
 def test_agreement_check_runs_and_its_verdict_is_recorded_beside_the_model(exported: dict[str, Any]) -> None:
