@@ -124,6 +124,8 @@ def demo(args: argparse.Namespace) -> int:
                         "--window", "year", "--min-posters", "30", "--image-size", str(args.image_size),
                         "--seed", "0", timings=timings)
         dataset_id = last.split()[-1]
+        # Not tflite-full-int8: its calibration and agreement check cost about 40 s (80 on a slower
+        # machine) of the 10-minute budget, for a model that fails that check and is served in float.
         formats = "savedmodel,tflite"
         if TFJS_CONVERTER.exists():  # made by `make test` (scripts/make_tfjs_env.sh): in-browser mode
             formats += ",tfjs"

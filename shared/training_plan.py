@@ -8,15 +8,35 @@ One task per target for the ``independent`` and ``window`` layouts, one for all 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shared.hyperparameters import LAYOUTS, LITE_ARCHITECTURES, Hyperparameters
 from shared.models import model_name
 
+# The exports a training can ask for, in the order they are written. ``tflite-full-int8`` is the
+# full-integer LiteRT model, calibrated on training posters and checked against the float model on
+# the test posters before the server may choose it: the slowest export by far, so a request can
+# leave it out (the demo does; its model is served in float anyway).
+EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-full-int8", "tfjs")
+FULL_INT8_FORMAT = "tflite-full-int8"
+
 
 class TrainInputError(ValueError):
     """The training request does not fit the dataset (message says why)."""
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The requested export formats without repeats, or :class:`TrainInputError` saying what is wrong."""
+    names = list(dict.fromkeys(formats))
+    unknown = [name for name in names if name not in EXPORT_FORMATS]
+    if unknown or not names:
+        raise TrainInputError(f"export formats are a list of {', '.join(EXPORT_FORMATS)}; "
+                              f"not {', '.join(unknown) if unknown else 'an empty list'}")
+    if "tfjs" in names and "savedmodel" not in names:
+        raise TrainInputError("the TF.js export is converted from the SavedModel: include savedmodel")
+    return names
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,7 @@ def plan_tasks(manifest: dict[str, Any], years: range, layout: str, hp: Hyperpar
         raise TrainInputError(f"dataset {manifest['id']} has no target in {years[0]}-{years[-1]} "
                               f"(its targets: {', '.join(sorted(manifest['targets'])) or 'none'})")
     common: dict[str, Any] = {"dataset_id": manifest["id"], "layout": layout, "hyperparameters": hp.as_dict(),
-                              "formats": formats, "bless": bless}
+                              "formats": None if formats is None else check_formats(formats), "bless": bless}
     if tolerance is not None:
         common["tolerance"] = tolerance
     if layout == "shared":

@@ -11,18 +11,17 @@ from typing import Any
 
 from services.cli_support import add_output_options
 from shared.hyperparameters import ARCHITECTURES
+from shared.training_plan import EXPORT_FORMATS, TrainInputError, check_formats
 from shared.years import year_span_argument
 
 LAYOUTS = ("independent", "shared", "window")
-FORMATS = ("savedmodel", "tflite", "tfjs")
 
 
 def _formats(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in FORMATS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"formats are a comma list of {', '.join(FORMATS)}, not {text!r}")
-    return names
+    try:
+        return check_formats([name.strip() for name in text.split(",") if name.strip()])
+    except TrainInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _weights(text: str) -> str:
@@ -47,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
     from shared.db import require_current_schema
     from shared.hyperparameters import default_hyperparameters
     from shared.storage import object_store_from_settings
-    from shared.training_plan import TrainInputError, plan_tasks
+    from shared.training_plan import plan_tasks
 
     settings = get_settings()
     require_current_schema(settings.effective_database_url)
@@ -230,7 +229,8 @@ def register(commands: Any) -> None:
                        help="features: backbone blocks (from the top) trained in the fine-tune")
     train.add_argument("--finetune-learning-rate", type=float, default=None)
     train.add_argument("--formats", type=_formats, default=None,
-                       help="exports, e.g. savedmodel,tflite (default: all, tfjs where its converter exists)")
+                       help=f"exports, a comma list of {','.join(EXPORT_FORMATS)} "
+                            "(default: all, tfjs where its converter exists)")
     train.add_argument("--prefix", default="", help="model names are <prefix>-<year> (default: settings)")
     train.add_argument("--tolerance", type=float, default=None, help="bless rule tolerance on test macro mAP")
     train.add_argument("--no-bless", action="store_true", help="register as candidates only")

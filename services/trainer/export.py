@@ -9,8 +9,8 @@ Every model version is written once, in the layout of ``docs/contracts.md``::
         assets.extra/postergenre.json         (the metadata given by the trainer)
         exports/model.tflite                  fp32
         exports/model_int8.tflite             dynamic-range int8 weights
-        exports/model_full_int8.tflite        int8 weights and activations, outlier layers float (when
-                                              calibration posters are given), and model_full_int8.json:
+        exports/model_full_int8.tflite        int8 weights and activations, outlier layers float (the
+                                              tflite-full-int8 format), and model_full_int8.json:
                                               its agreement check against the float model (the
                                               server's verdict)
         exports/tfjs/model.json, *.bin        TF.js graph model of the ``pixels`` signature
@@ -63,6 +63,7 @@ from services.trainer.explain import (
     grad_cam,
 )
 from services.trainer.tf_decoding import poster_bytes_to_pixels
+from shared.training_plan import EXPORT_FORMATS, FULL_INT8_FORMAT, TrainInputError, check_formats
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ TFLITE_FILE = "model.tflite"
 TFLITE_INT8_FILE = "model_int8.tflite"
 TFJS_DIR = "tfjs"
 WARMUP_FILE = "tf_serving_warmup_requests"
-ALL_FORMATS = ("savedmodel", "tflite", "tfjs")
 
 # Number of generated sample images when the caller gives none: enough to catch a wrong layout,
 # small enough for a quick check.
@@ -444,26 +444,26 @@ def check_exports(model: keras.Model, dest: Path, sample_pixels: np.ndarray) -> 
 
 
 def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: np.ndarray | None = None,
-               formats: Sequence[str] = ALL_FORMATS,
+               formats: Sequence[str] = EXPORT_FORMATS,
                metadata: dict[str, Any] | None = None, calibration_pixels: np.ndarray | None = None,
                agreement_split: AgreementSplit | None = None) -> dict[str, Any]:
     """Write every requested format of one model version under ``dest`` and check each against Keras.
 
-    With ``calibration_pixels`` (training posters) or ``agreement_split`` (labelled test posters)
-    and the ``tflite`` format, the full-integer model is exported and checked too
-    (:func:`export_full_int8`); its verdict is returned under ``full_int8``.
+    With the ``tflite-full-int8`` format the full-integer model is exported, calibrated on
+    ``calibration_pixels`` (training posters) and checked on ``agreement_split`` (labelled test
+    posters) (:func:`export_full_int8`); its verdict, a failure saying why when either is missing, is
+    returned under ``full_int8``.
 
-    ``formats`` is a subset of ``("savedmodel", "tflite", "tfjs")``; TF.js needs the SavedModel.
+    ``formats`` is a subset of :data:`shared.training_plan.EXPORT_FORMATS`; TF.js needs the SavedModel.
     Returns ``{"paths": {"savedmodel": ".", "tflite": "exports/model.tflite", "tflite_int8": ...,
     "tfjs": "exports/tfjs/model.json"}, "max_abs_diff": {...from check_exports...},
     "image_size": S}`` with paths relative to ``dest`` (the layout the object store keeps).
     """
     dest = Path(dest)
-    unknown = set(formats) - set(ALL_FORMATS)
-    if unknown:
-        raise ExportError(f"unknown export formats {sorted(unknown)}; choose from {list(ALL_FORMATS)}")
-    if "tfjs" in formats and "savedmodel" not in formats:
-        raise ExportError("the TF.js export is converted from the SavedModel: include 'savedmodel'")
+    try:
+        formats = check_formats(formats)
+    except TrainInputError as exc:
+        raise ExportError(str(exc)) from None
     if "tfjs" in formats:
         tfjs_converter_path()  # fail before the slow steps, not after them
     samples = sample_inputs(image_size) if sample_pixels is None else np.asarray(sample_pixels, np.float32)
@@ -480,7 +480,7 @@ def export_all(model: keras.Model, dest: Path, image_size: int, sample_pixels: n
     logger.info("exports of %s checked against Keras: %s", dest, diffs)
     paths = {key: path.relative_to(dest).as_posix() for key, path in written.items()}
     result: dict[str, Any] = {"paths": paths, "max_abs_diff": diffs, "image_size": image_size}
-    if "tflite" in formats and (calibration_pixels is not None or agreement_split is not None):
+    if FULL_INT8_FORMAT in formats:
         result["full_int8"] = verdict = export_full_int8(network, dest, calibration_pixels, agreement_split)
         if (dest / EXPORTS_DIR / TFLITE_FULL_INT8_FILE).is_file():
             paths["tflite_full_int8"] = f"{EXPORTS_DIR}/{TFLITE_FULL_INT8_FILE}"

@@ -329,11 +329,15 @@ def training_metrics() -> list[keras.metrics.Metric]:
     ]
 
 
-def compile_model(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int = 1) -> None:
+def compile_model(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int = 1,
+                  steps_per_execution: int = 1) -> None:
+    """``steps_per_execution`` > 1 runs that many batches in one graph call: the same updates, less
+    per-batch Python (for the heads on cached features, whose batches cost less than that overhead)."""
     model.compile(
         optimizer=make_optimizer(hp, steps_per_epoch),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=hp.label_smoothing),
         metrics=training_metrics(),
+        steps_per_execution=steps_per_execution,
     )
 
 

@@ -33,10 +33,10 @@ from shared.config import Settings, get_settings
 from shared.jobs import update_job
 from shared.queues import TRAIN_TASK
 from shared.storage import ObjectExistsError, ObjectStore
+from shared.training_plan import EXPORT_FORMATS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FORMATS = ("savedmodel", "tflite", "tfjs")
 TRAINING_SHARE = 90.0  # progress percent spent training; the rest is export and registration
 FEATURES_SHARE = 0.3  # features strategy with a fine-tune: share of training before the first epoch
 
@@ -58,12 +58,12 @@ def _retract_worker(**_kwargs: Any) -> None:
 
 
 def available_formats(requested: list[str] | None) -> list[str]:
-    """The requested export formats; by default all three, TF.js only where its converter is installed."""
+    """The requested export formats; by default all of them, TF.js only where its converter is installed."""
     from services.trainer import export
 
     if requested:
         return list(requested)
-    formats = list(DEFAULT_FORMATS)
+    formats = list(EXPORT_FORMATS)
     try:
         export.tfjs_converter_path()
     except export.ExportError as exc:

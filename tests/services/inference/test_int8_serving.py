@@ -33,7 +33,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     labels = (rng.random((24, len(GENRES))) < 0.5).astype(np.float32)
     split = AgreementSplit(random_pixels(24, seed=2), labels, np.zeros(24, np.int64))
     folder = tmp_path_factory.mktemp("exported") / "genre-2000" / "1"
-    result = export_all(model, folder, IMAGE_SIZE, formats=("savedmodel", "tflite"),
+    result = export_all(model, folder, IMAGE_SIZE, formats=("savedmodel", "tflite", "tflite-full-int8"),
                         metadata={"genres": GENRES, "years": [2000]},
                         calibration_pixels=random_pixels(32, seed=3), agreement_split=split)
     assert (folder / "exports" / "model_full_int8.tflite").is_file(), result["full_int8"]

@@ -45,7 +45,7 @@ def labelled_split(count: int = 48, seed: int = 5) -> export.AgreementSplit:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model = tiny_shared_model()
     dest = tmp_path_factory.mktemp("models") / "genre-shared" / "1"
-    result = export.export_all(model, dest, IMAGE_SIZE, formats=("savedmodel", "tflite"),
+    result = export.export_all(model, dest, IMAGE_SIZE, formats=("savedmodel", "tflite", "tflite-full-int8"),
                                calibration_pixels=posters(64, seed=1), agreement_split=labelled_split())
     return {"model": model, "dest": dest, "result": result}
 
@@ -129,7 +129,7 @@ def test_no_calibration_posters_is_a_clear_error_and_keeps_the_float_exports(tmp
     with pytest.raises(export.ExportError, match="calibration pixels must be"):
         export.export_tflite_full_int8(model, tmp_path / "direct", posters(4, seed=0)[:, :16])
     dest = tmp_path / "genre-shared" / "1"
-    result = export.export_all(model, dest, IMAGE_SIZE, formats=("tflite",),
+    result = export.export_all(model, dest, IMAGE_SIZE, formats=("tflite", "tflite-full-int8"),
                                calibration_pixels=np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32),
                                agreement_split=labelled_split())
     verdict = result["full_int8"]
@@ -140,6 +140,15 @@ def test_no_calibration_posters_is_a_clear_error_and_keeps_the_float_exports(tmp
     for relative in ("exports/model.tflite", "exports/model_int8.tflite"):
         assert (dest / relative).is_file(), relative
     assert result["max_abs_diff"]["tflite"] < 1e-4
+
+
+def test_the_full_integer_model_is_only_written_when_its_format_is_asked(tmp_path: Path) -> None:
+    """The demo asks for savedmodel,tflite: calibration posters alone do not start the int8 pass."""
+    dest = tmp_path / "genre-shared" / "1"
+    result = export.export_all(tiny_shared_model(seed=5), dest, IMAGE_SIZE, formats=("tflite",),
+                               calibration_pixels=posters(16, seed=2), agreement_split=labelled_split())
+    assert "full_int8" not in result and set(result["paths"]) == {"tflite", "tflite_int8"}
+    assert sorted(path.name for path in (dest / "exports").iterdir()) == ["model.tflite", "model_int8.tflite"]
 
 
 def test_without_test_posters_the_int8_model_is_kept_but_not_passed(tmp_path: Path) -> None:
@@ -165,7 +174,8 @@ def test_a_training_records_the_int8_verdict_with_the_version(settings: Any) -> 
     write_dataset(store, "int8-tiny", [2000, 2001], per_year=8)
     hp = default_hyperparameters("smallcnn", epochs=1, batch_size=8, width=4, weights="none", patience=50)
     params = {"model_name": "genre-shared", "dataset_id": "int8-tiny", "targets": ["2000", "2001"],
-              "layout": "shared", "hyperparameters": hp.as_dict(), "formats": ["tflite"], "bless": False}
+              "layout": "shared", "hyperparameters": hp.as_dict(), "formats": ["tflite", "tflite-full-int8"],
+              "bless": False}
     run_training("int8-job", params, settings)
     [row] = registry.list_versions("genre-shared")
     check = row["metrics"]["int8_check"]
