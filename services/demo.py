@@ -33,6 +33,7 @@ DEMO_YEARS = "1983-2015"  # every year of the shared poster collection
 DEMO_ARCH = "efficientnet-lite0"
 DEMO_IMAGE_SIZE = 224  # the backbone's own; features at 224 px take most of the demo's time
 TFJS_CONVERTER = Path(".venv-tfjs/bin/tensorflowjs_converter")
+TFJS_ENV_SCRIPT = Path("scripts/make_tfjs_env.sh")
 
 log = logging.getLogger("postergenre.demo")
 
@@ -84,6 +85,31 @@ def print_timings(timings: dict[str, float], prefix: str) -> None:
     print(f"    {'total':<32} {sum(timings.values()):7.1f} s", flush=True)
 
 
+def start_tfjs_environment(logs: Path) -> subprocess.Popen[bytes] | None:
+    """Start making the TF.js converter's environment, which the page's in-browser mode needs (the
+    demo's model exported for TF.js), beside the import and dataset steps: it is mostly unpacking
+    wheels, and waiting for it after them costs less than making it first. None when it exists."""
+    if TFJS_CONVERTER.exists() or not TFJS_ENV_SCRIPT.is_file():
+        return None
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / "tfjs-env.log"
+    print(f"==> making the TF.js converter's environment in the background: bash {TFJS_ENV_SCRIPT} "
+          f"(log {log_path})", flush=True)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(["bash", str(TFJS_ENV_SCRIPT)], stdout=log, stderr=subprocess.STDOUT)
+
+
+def tfjs_ready(maker: subprocess.Popen[bytes] | None, timings: dict[str, float]) -> bool:
+    """Whether the TF.js converter exists, after waiting for ``maker`` (its wait goes in ``timings``)."""
+    if maker is not None:
+        started = time.monotonic()
+        if maker.wait() != 0:
+            print(f"the TF.js converter's environment could not be made (exit {maker.returncode}): the "
+                  "page's in-browser mode stays off; server mode works", file=sys.stderr, flush=True)
+        timings["wait for the TF.js environment"] = time.monotonic() - started
+    return TFJS_CONVERTER.exists()
+
+
 def blessed_years(prefix: str) -> set[int]:
     with session_scope() as session:
         rows = session.scalars(select(ModelVersion).where(ModelVersion.status == "blessed")).all()
@@ -110,7 +136,8 @@ def demo(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     if missing and not args.skip_training:
         data = Path(args.data) if args.data else None
-        if movie_count(years) == 0:
+        needs_import = movie_count(years) == 0
+        if needs_import:
             if data is None or not (data / "labels.csv").is_file():
                 print("No posters to learn from. Point DATA at a poster folder laid out as "
                       "images/<id>.jpg + labels.csv (imdb_id,year,title,genres), e.g.\n"
@@ -119,6 +146,8 @@ def demo(args: argparse.Namespace) -> int:
                       f"  TMDB_API_KEY=... .venv/bin/postergenre crawl --years {args.years} "
                       "--max-movies-per-year 300", file=sys.stderr)
                 return 2
+        tfjs_maker = start_tfjs_environment(settings.home_dir / "logs")
+        if needs_import:
             run_step("import posters", "import", "--from", str(data), "--years", args.years, timings=timings)
         last = run_step("build the per-year dataset", "dataset", "build", "--years", args.years,
                         "--window", "year", "--min-posters", "30", "--image-size", str(args.image_size),
@@ -127,7 +156,7 @@ def demo(args: argparse.Namespace) -> int:
         # Not tflite-full-int8: its calibration and agreement check cost about 40 s (80 on a slower
         # machine) of the 10-minute budget, for a model that fails that check and is served in float.
         formats = "savedmodel,tflite"
-        if TFJS_CONVERTER.exists():  # made by `make test` (scripts/make_tfjs_env.sh): in-browser mode
+        if tfjs_ready(tfjs_maker, timings):  # the page's in-browser mode runs the TF.js export
             formats += ",tfjs"
         finetune = ["--finetune-blocks", str(args.finetune_blocks)] if args.epochs else []
         run_step(f"train the {args.layout} model", "train", "--dataset", dataset_id, "--years", args.years,
