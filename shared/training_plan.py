@@ -19,8 +19,8 @@ from shared.models import model_name
 # full-integer LiteRT model, calibrated on training posters and checked against the float model on
 # the test posters before the server may choose it: the slowest export by far, so a request can
 # leave it out (the demo does; its model is served in float anyway).
-EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-full-int8", "tfjs")
 FULL_INT8_FORMAT = "tflite-full-int8"
+EXPORT_FORMATS = ("savedmodel", "tflite", FULL_INT8_FORMAT, "tfjs")
 
 
 class TrainInputError(ValueError):
