@@ -31,10 +31,10 @@ from shared.years import parse_year_span
 
 DEMO_YEARS = "1983-2015"  # every year of the shared poster collection
 DEMO_ARCH = "efficientnet-lite0"
-# Posters at 384 px, not the backbone's own 224: the features of a larger poster rank genres better on
-# validation (macro ROC-AUC 224 px 0.771, 288 px 0.786, 320 px 0.795, 384 px 0.800; docs/models.md), for
-# 2.6x the backbone's time a poster, about 100 s more of the demo's 10 minutes.
-DEMO_IMAGE_SIZE = 384
+# Posters at 320 px, not the backbone's own 224: the features of a larger poster rank genres better on
+# validation (macro ROC-AUC 224 px 0.771, 288 px 0.786, 320 px 0.795, 384 px 0.800; docs/models.md).
+# 384 px took the fresh-clone demo to 10 minutes; 320 px costs about 2x the backbone's time of 224 px.
+DEMO_IMAGE_SIZE = 320
 TFJS_CONVERTER = Path(".venv-tfjs/bin/tensorflowjs_converter")
 TFJS_ENV_SCRIPT = Path("scripts/make_tfjs_env.sh")
 
