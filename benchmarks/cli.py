@@ -67,6 +67,14 @@ def _bench_train(args: argparse.Namespace) -> int:
 
 
 @_stops_children
+def _bench_features(args: argparse.Namespace) -> int:
+    from benchmarks.trainer import run_features_benchmark
+
+    print(json.dumps(run_features_benchmark(args.arch, args.weights, args.side, args.posters), indent=1))
+    return 0
+
+
+@_stops_children
 def _bench_explain(args: argparse.Namespace) -> int:
     from benchmarks.explain import run_explain_benchmark
 
@@ -201,6 +209,14 @@ def register(bench: Any) -> None:
     bench_train.add_argument("--batch-size", type=int, default=32)
     bench_train.add_argument("--steps", type=int, default=10)
     bench_train.set_defaults(handler=_bench_train)
+
+    bench_features = bench.add_parser(
+        "features", help="the features strategy's vectors per second: Keras against LiteRT, in one run")
+    bench_features.add_argument("--arch", choices=ARCHITECTURES, default="efficientnet-lite0")
+    bench_features.add_argument("--weights", default="package")
+    bench_features.add_argument("--side", type=int, default=320, help="working side (the demo's: 320)")
+    bench_features.add_argument("--posters", type=int, default=256)
+    bench_features.set_defaults(handler=_bench_features)
 
     bench_explain = bench.add_parser(
         "explain", help="an explanation's latency (Grad-CAM) against one prediction of the same model")

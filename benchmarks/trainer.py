@@ -6,6 +6,7 @@ The numbers go in docs/benchmarks.md with the machine they were measured on; the
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -51,4 +52,37 @@ def run_training_benchmark(architecture: str, image_size: int, resolution: int |
         "predict_one_ms": round(1000 * single_seconds, 2),
         "keras": keras.__version__, "tensorflow": tf.__version__,
         "devices": [d.device_type for d in tf.config.list_physical_devices()],
+    }
+
+
+def run_features_benchmark(architecture: str, weights: str, side: int, posters: int, seed: int = 0
+                           ) -> dict[str, Any]:
+    """Pooled features of ``posters`` random posters: Keras' ``predict`` against the LiteRT runner the
+    features strategy uses on a CPU (conversion timed apart), in one run."""
+    import tensorflow as tf
+
+    from services.trainer.features import EXTRACT_BATCH, FeatureRunner
+    from services.trainer.models import build_independent_model, feature_extractor
+    from shared.hyperparameters import default_hyperparameters
+
+    hp = default_hyperparameters(architecture, resolution=side, weights=weights)
+    extractor = feature_extractor(build_independent_model(side, 20, hp), side)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(posters, side, side, 3)).astype(np.float32)
+    extractor.predict(pixels[:EXTRACT_BATCH], batch_size=EXTRACT_BATCH, verbose=0)  # trace outside the timing
+    started = time.perf_counter()
+    reference = np.asarray(extractor.predict(pixels, batch_size=EXTRACT_BATCH, verbose=0))
+    keras_seconds = time.perf_counter() - started
+    runner = FeatureRunner(extractor, "litert")
+    runner(pixels[:1])  # converts and checks against Keras
+    started = time.perf_counter()
+    converted = runner(pixels)
+    litert_seconds = time.perf_counter() - started
+    return {
+        "architecture": architecture, "weights": weights, "side": side, "posters": posters,
+        "keras_posters_per_s": round(posters / keras_seconds, 1),
+        "litert_posters_per_s": round(posters / litert_seconds, 1),
+        "litert_over_keras": round(keras_seconds / litert_seconds, 2),
+        "litert_conversion_s": round(runner.conversion_s, 1),
+        "largest_difference": float(np.abs(converted - reference).max()),
+        "tensorflow": tf.__version__, "cpus": os.cpu_count(),
     }

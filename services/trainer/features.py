@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,11 @@ logger = logging.getLogger(__name__)
 FEATURES_FORMAT = 1  # bumped when the way vectors are computed changes, so old entries are not reused
 DEGRADED_JPEG_QUALITY = 40
 EXTRACT_BATCH = 32
+FEATURE_RUNTIMES = ("auto", "litert", "keras")
+LITERT_CHECK_POSTERS = 2  # posters computed both ways before LiteRT computes the rest
+# Largest allowed difference from Keras, relative to the largest vector value: float32 LiteRT differed
+# by about 2e-6 on Lite0 (a wrong conversion differs by the values themselves).
+LITERT_TOLERANCE = 1e-3
 
 # stage progress: (stage name, done, total)
 StageFn = Callable[[str, int, int], None]
@@ -139,7 +146,107 @@ def _decode(data: bytes, key: str, expected_ids: list[int]) -> tuple[np.ndarray,
     return features.astype(np.float32), labels.astype(np.float32)
 
 
-def split_features(store: ObjectStore, manifest: dict[str, Any], extractor: keras.Model, fingerprint: str,
+class FeatureRunner:
+    """The pooled features of posters, computed with the weights of a Keras ``extractor``.
+
+    On a CPU they are computed through LiteRT (XNNPACK), not Keras: for EfficientNet-Lite0 at 320 px on
+    2 cores, LiteRT ran about 6.5 times Keras' ``predict`` (docs/benchmarks.md, "Feature extraction"),
+    and the features step is most of a features training. The extractor is converted once, on the
+    first entry to compute (a training that finds every entry cached converts nothing), and its first
+    posters are checked against Keras: a conversion that fails, or that disagrees, leaves Keras to
+    compute every vector (logged), so a wrong conversion cannot reach the cache. With a GPU, Keras.
+    """
+
+    def __init__(self, extractor: keras.Model, runtime: str = "auto") -> None:
+        if runtime not in FEATURE_RUNTIMES:
+            raise ValueError(f"feature runtime is one of {', '.join(FEATURE_RUNTIMES)}, not {runtime!r}")
+        self.extractor = extractor
+        self.requested = runtime
+        self.runtime = ""  # "litert" or "keras" once the first vectors are computed
+        self.conversion_s = 0.0
+        self._litert: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.extractor.outputs[0].shape[-1])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """``[N, D]`` float32 vectors of float32 posters ``[N, S, S, 3]`` (0..255)."""
+        if not len(pixels):
+            return np.zeros((0, self.dim), np.float32)
+        if not self.runtime:
+            self.runtime = self._choose(pixels[:LITERT_CHECK_POSTERS])
+        if self.runtime == "litert" and self._litert is not None:
+            return self._litert(pixels)
+        return np.asarray(self.extractor.predict(pixels, batch_size=EXTRACT_BATCH, verbose=0), np.float32)
+
+    def _choose(self, sample: np.ndarray) -> str:
+        if self.requested == "keras" or (self.requested == "auto" and _has_gpu()):
+            return "keras"
+        started = time.monotonic()
+        try:
+            self._litert = litert_features(self.extractor)
+            converted = self._litert(sample)
+        except Exception as exc:  # the converter and interpreter raise ConverterError, RuntimeError, ...
+            if self.requested == "litert":
+                raise
+            logger.warning("features through Keras: LiteRT conversion failed (%s)", str(exc).strip()[-300:])
+            return "keras"
+        finally:
+            self.conversion_s = time.monotonic() - started
+        reference = np.asarray(self.extractor(sample, training=False), np.float32)
+        error = float(np.abs(converted - reference).max())
+        if error > LITERT_TOLERANCE * max(1.0, float(np.abs(reference).max())):
+            if self.requested == "litert":
+                raise FeatureCacheError(f"LiteRT features differ from Keras' by {error:.3g}")
+            logger.warning("features through Keras: LiteRT's differ from Keras' by %.3g", error)
+            return "keras"
+        logger.info("features through LiteRT (converted in %.1f s; largest difference from Keras %.2g)",
+                    self.conversion_s, error)
+        return "litert"
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def litert_features(extractor: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """``extractor`` converted to a float LiteRT model, as a function of float32 posters.
+
+    Through a SavedModel written by Keras' ExportArchive: the converter's supported path for Keras 3
+    models (as ``services.trainer.export`` does for the served model).
+    """
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    side = int(extractor.inputs[0].shape[1])
+    with tempfile.TemporaryDirectory(prefix="features-litert-") as folder:
+        archive = keras.export.ExportArchive()
+        archive.track(extractor)
+        archive.add_endpoint(name="features", fn=lambda pixels: extractor(pixels, training=False),
+                             input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+        archive.write_out(folder, verbose=False)
+        content = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["features"]).convert()
+    interpreter = Interpreter(model_content=content, num_threads=os.cpu_count() or 1)
+    runner = interpreter.get_signature_runner("features")
+    (input_name,) = runner.get_input_details()
+    (output_name,) = runner.get_output_details()
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        # One poster a call: on 2 cores it ran faster than batches of 8 or 32 (XNNPACK's threads
+        # split each layer; a fixed shape also spares re-allocating the interpreter's tensors).
+        return np.concatenate([runner(**{input_name: pixels[index:index + 1].astype(np.float32)})[output_name]
+                               for index in range(len(pixels))])
+
+    return run
+
+
+def split_features(store: ObjectStore, manifest: dict[str, Any], runner: FeatureRunner, fingerprint: str,
                    target: str, split: str, view: str, log: CacheLog,
                    stage: StageFn | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(features [N, D], labels [N, G])`` of one split of one target in one view, cached."""
@@ -156,11 +263,7 @@ def split_features(store: ObjectStore, manifest: dict[str, Any], extractor: kera
         log.reused.append(key)
     else:
         pixels, labels, movie_ids, _years = load_arrays(store, manifest, target, split)
-        inputs = view_pixels(pixels, view)
-        if len(inputs):
-            features = np.asarray(extractor.predict(inputs, batch_size=EXTRACT_BATCH, verbose=0), np.float32)
-        else:
-            features = np.zeros((0, int(extractor.outputs[0].shape[-1])), np.float32)
+        features = runner(view_pixels(pixels, view))
         # Another worker may have written it meanwhile: the same backbone on the same posters gives the
         # same vectors, so either copy will do.
         store.put(key, _encode(features, labels, movie_ids), content_type="application/octet-stream")
@@ -170,14 +273,14 @@ def split_features(store: ObjectStore, manifest: dict[str, Any], extractor: kera
     return features, labels
 
 
-def feature_set(store: ObjectStore, manifest: dict[str, Any], extractor: keras.Model, fingerprint: str,
+def feature_set(store: ObjectStore, manifest: dict[str, Any], runner: FeatureRunner, fingerprint: str,
                 targets: list[str], split: str, views: list[str], log: CacheLog,
                 stage: StageFn | None = None) -> FeatureSet:
     """Vectors of ``split`` for every target (head index = position in ``targets``) and view."""
     features, labels, heads = [], [], []
     for view in views:
         for head, target in enumerate(targets):
-            part_features, part_labels = split_features(store, manifest, extractor, fingerprint, target,
+            part_features, part_labels = split_features(store, manifest, runner, fingerprint, target,
                                                         split, view, log, stage)
             features.append(part_features)
             labels.append(part_labels)

@@ -315,6 +315,7 @@ def fit_heads_on_features(request: TrainRequest, store: ObjectStore, manifest: d
     views = features.parse_views(hp.views)
     extractor = models.feature_extractor(model, image_size)
     fingerprint = features.backbone_fingerprint(extractor, hp, image_size)
+    runner = features.FeatureRunner(extractor)
     log = features.CacheLog(total=len(targets) * (len(views) + 2))
 
     def entry_done(name: str, done: int, total: int) -> None:
@@ -322,15 +323,15 @@ def fit_heads_on_features(request: TrainRequest, store: ObjectStore, manifest: d
             stage(name, done, total, {})
 
     started = time.monotonic()
-    train_set = features.feature_set(store, manifest, extractor, fingerprint, targets, "train", views, log,
+    train_set = features.feature_set(store, manifest, runner, fingerprint, targets, "train", views, log,
                                      entry_done)
-    validation = features.feature_set(store, manifest, extractor, fingerprint, targets, "validation",
+    validation = features.feature_set(store, manifest, runner, fingerprint, targets, "validation",
                                       ["plain"], log, entry_done)
-    test = features.feature_set(store, manifest, extractor, fingerprint, targets, "test", ["plain"], log,
+    test = features.feature_set(store, manifest, runner, fingerprint, targets, "test", ["plain"], log,
                                 entry_done)
     features_s = time.monotonic() - started
-    logger.info("features %s: %d entries computed, %d reused, in %.1f s", fingerprint, len(log.computed),
-                len(log.reused), features_s)
+    logger.info("features %s: %d entries computed (%s), %d reused, in %.1f s", fingerprint, len(log.computed),
+                runner.runtime or "nothing to compute", len(log.reused), features_s)
 
     def head_epoch(epoch: int, logs: dict[str, float]) -> None:
         if stage is not None:
@@ -346,7 +347,8 @@ def fit_heads_on_features(request: TrainRequest, store: ObjectStore, manifest: d
             else {key: values[best] for key, values in history.items() if values})
     state["heads"] = {
         "fingerprint": fingerprint, "views": views, "computed": len(log.computed), "reused": len(log.reused),
-        "features_s": round(features_s, 2), "heads_s": round(time.monotonic() - started, 2),
+        "features_runtime": runner.runtime or None, "features_s": round(features_s, 2),
+        "heads_s": round(time.monotonic() - started, 2),
         "epochs_run": len(history.get("loss", [])), "best_epoch": best + 1,
         "val_auc": kept.get("val_auc"), "train_examples": len(train_set.labels),
     }

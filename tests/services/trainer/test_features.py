@@ -41,12 +41,14 @@ def test_features_are_cached_once_and_reused_by_a_later_training(settings: objec
                                                  features_hp()), store, home, tmp_path / "w1")
     # train plain + flip, validation plain, test plain, for each of the two years
     assert first.metrics["heads"]["computed"] == 8 and first.metrics["heads"]["reused"] == 0
+    assert first.metrics["heads"]["features_runtime"] == "litert"  # a CPU: the converted extractor
     written = stamps(store, "features/feat1/")
     assert len(written) == 8
 
     second = training.train(training.TrainRequest("f-2", "feat1", YEARS, "shared", "genre-shared",
                                                   features_hp(head_epochs=2)), store, home, tmp_path / "w2")
     assert second.metrics["heads"]["computed"] == 0 and second.metrics["heads"]["reused"] == 8
+    assert second.metrics["heads"]["features_runtime"] is None  # nothing computed, nothing converted
     assert stamps(store, "features/feat1/") == written  # nothing rewritten
 
     # A third view is new work for its entries only.
@@ -108,15 +110,58 @@ def test_flipped_view_entry_holds_the_features_of_mirrored_posters(settings: obj
     pixels, labels, _ids, _years = load_arrays(store, manifest, "2000", "train")
     extractor = models.feature_extractor(outcome.model, 32)
     cache = features.CacheLog()
-    flipped, flipped_labels = features.split_features(store, manifest, extractor, fingerprint, "2000",
+    runner = features.FeatureRunner(extractor)
+    flipped, flipped_labels = features.split_features(store, manifest, runner, fingerprint, "2000",
                                                       "train", "flip", cache)
-    plain, _ = features.split_features(store, manifest, extractor, fingerprint, "2000", "train", "plain",
+    plain, _ = features.split_features(store, manifest, runner, fingerprint, "2000", "train", "plain",
                                        cache)
     assert cache.computed == [] and len(cache.reused) == 2
     expected = np.asarray(extractor.predict(pixels[:, :, ::-1, :].astype(np.float32), verbose=0))
     np.testing.assert_allclose(flipped, expected, atol=1e-5)
     np.testing.assert_array_equal(flipped_labels, labels)
     assert not np.allclose(flipped, plain, atol=1e-4)
+
+
+def small_extractor() -> object:
+    model = models.build_independent_model(32, len(GENRES), features_hp())
+    return models.feature_extractor(model, 32)
+
+
+def test_litert_features_are_keras_features() -> None:
+    extractor = small_extractor()
+    posters = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3)).astype(np.float32)
+    litert = features.FeatureRunner(extractor, "litert")  # type: ignore[arg-type]
+    keras_runner = features.FeatureRunner(extractor, "keras")  # type: ignore[arg-type]
+    converted, reference = litert(posters), keras_runner(posters)
+    assert (litert.runtime, keras_runner.runtime) == ("litert", "keras")
+    assert converted.shape == reference.shape == (5, litert.dim) and converted.dtype == np.float32
+    np.testing.assert_allclose(converted, reference, rtol=1e-4, atol=1e-4)
+    assert np.abs(reference).max() > 1e-2  # not vectors of zeros agreeing by accident
+    assert features.FeatureRunner(extractor)(posters[:0]).shape == (0, litert.dim)  # type: ignore[arg-type]
+
+
+def test_a_litert_conversion_that_disagrees_with_keras_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    extractor = small_extractor()
+    posters = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(extractor.predict(posters, verbose=0))  # type: ignore[attr-defined]
+    # A conversion gone wrong: the right shape, other values.
+    monkeypatch.setattr(features, "litert_features", lambda model: lambda pixels: np.asarray(
+        model.predict(pixels, verbose=0)) + 1.0)
+    auto = features.FeatureRunner(extractor)  # type: ignore[arg-type]
+    np.testing.assert_allclose(auto(posters), expected, atol=1e-5)
+    assert auto.runtime == "keras"
+    with pytest.raises(features.FeatureCacheError, match="differ from Keras"):
+        features.FeatureRunner(extractor, "litert")(posters)  # type: ignore[arg-type]
+
+    def failing(model: object) -> object:
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(features, "litert_features", failing)
+    fallback = features.FeatureRunner(extractor)  # type: ignore[arg-type]
+    np.testing.assert_allclose(fallback(posters), expected, atol=1e-5)
+    assert fallback.runtime == "keras"
+    with pytest.raises(ValueError, match="feature runtime is one of"):
+        features.FeatureRunner(extractor, "onnx")  # type: ignore[arg-type]
 
 
 def test_degraded_view_is_a_smaller_recompressed_copy_at_the_same_size() -> None:
