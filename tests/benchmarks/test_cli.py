@@ -71,3 +71,13 @@ def test_bench_web_without_a_web_service_says_so(capsys: pytest.CaptureFixture[s
     assert main(["bench", "web", "--url", url, "--requests", "1", "--concurrency", "1"]) == 1
     errors = capsys.readouterr().err
     assert f"no web service answers at {url}" in errors and "Traceback" not in errors
+
+
+def test_bench_features_compares_keras_and_litert_on_the_same_posters(capsys: pytest.CaptureFixture[str]
+                                                                      ) -> None:
+    assert main(["bench", "features", "--arch", "smallcnn", "--weights", "none", "--side", "32",
+                 "--posters", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["posters"] == 4 and result["side"] == 32
+    assert result["keras_posters_per_s"] > 0 and result["litert_posters_per_s"] > 0
+    assert result["largest_difference"] < 1e-3
