@@ -166,7 +166,7 @@ class FeatureRunner:
         self.requested = runtime
         self.runtime = ""  # "litert" or "keras" once the first vectors are computed
         self.conversion_s = 0.0
-        self._litert: Callable[[np.ndarray], np.ndarray] | None = None
+        self._litert: Callable[[np.ndarray], np.ndarray] | None = None  # kept only when "litert"
 
     @property
     def dim(self) -> int:
@@ -178,7 +178,7 @@ class FeatureRunner:
             return np.zeros((0, self.dim), np.float32)
         if not self.runtime:
             self.runtime = self._choose(pixels[:LITERT_CHECK_POSTERS])
-        if self.runtime == "litert" and self._litert is not None:
+        if self._litert is not None:
             return self._litert(pixels)
         return np.asarray(self.extractor.predict(pixels, batch_size=EXTRACT_BATCH, verbose=0), np.float32)
 
@@ -187,8 +187,8 @@ class FeatureRunner:
             return "keras"
         started = time.monotonic()
         try:
-            self._litert = litert_features(self.extractor)
-            converted = self._litert(sample)
+            litert = litert_features(self.extractor)
+            converted = litert(sample)
         except Exception as exc:  # the converter and interpreter raise ConverterError, RuntimeError, ...
             if self.requested == "litert":
                 raise
@@ -205,6 +205,7 @@ class FeatureRunner:
             return "keras"
         logger.info("features through LiteRT (converted in %.1f s; largest difference from Keras %.2g)",
                     self.conversion_s, error)
+        self._litert = litert  # a rejected conversion is not kept (nor its interpreter's memory)
         return "litert"
 
 

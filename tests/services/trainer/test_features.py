@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from shared.dataset_reader import load_arrays
 from shared.hyperparameters import Hyperparameters, default_hyperparameters
 from shared.storage import LocalObjectStore, object_store_from_settings
 from tests.services.trainer.datasets import GENRES, write_dataset
+
+if TYPE_CHECKING:
+    import keras
 
 YEARS = ["2000", "2001"]
 
@@ -122,7 +126,7 @@ def test_flipped_view_entry_holds_the_features_of_mirrored_posters(settings: obj
     assert not np.allclose(flipped, plain, atol=1e-4)
 
 
-def small_extractor() -> object:
+def small_extractor() -> keras.Model:
     model = models.build_independent_model(32, len(GENRES), features_hp())
     return models.feature_extractor(model, 32)
 
@@ -130,38 +134,38 @@ def small_extractor() -> object:
 def test_litert_features_are_keras_features() -> None:
     extractor = small_extractor()
     posters = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3)).astype(np.float32)
-    litert = features.FeatureRunner(extractor, "litert")  # type: ignore[arg-type]
-    keras_runner = features.FeatureRunner(extractor, "keras")  # type: ignore[arg-type]
+    litert = features.FeatureRunner(extractor, "litert")
+    keras_runner = features.FeatureRunner(extractor, "keras")
     converted, reference = litert(posters), keras_runner(posters)
     assert (litert.runtime, keras_runner.runtime) == ("litert", "keras")
     assert converted.shape == reference.shape == (5, litert.dim) and converted.dtype == np.float32
     np.testing.assert_allclose(converted, reference, rtol=1e-4, atol=1e-4)
     assert np.abs(reference).max() > 1e-2  # not vectors of zeros agreeing by accident
-    assert features.FeatureRunner(extractor)(posters[:0]).shape == (0, litert.dim)  # type: ignore[arg-type]
+    assert features.FeatureRunner(extractor)(posters[:0]).shape == (0, litert.dim)
 
 
 def test_a_litert_conversion_that_disagrees_with_keras_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     extractor = small_extractor()
     posters = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3)).astype(np.float32)
-    expected = np.asarray(extractor.predict(posters, verbose=0))  # type: ignore[attr-defined]
+    expected = np.asarray(extractor.predict(posters, verbose=0))
     # A conversion gone wrong: the right shape, other values.
     monkeypatch.setattr(features, "litert_features", lambda model: lambda pixels: np.asarray(
         model.predict(pixels, verbose=0)) + 1.0)
-    auto = features.FeatureRunner(extractor)  # type: ignore[arg-type]
+    auto = features.FeatureRunner(extractor)
     np.testing.assert_allclose(auto(posters), expected, atol=1e-5)
     assert auto.runtime == "keras"
     with pytest.raises(features.FeatureCacheError, match="differ from Keras"):
-        features.FeatureRunner(extractor, "litert")(posters)  # type: ignore[arg-type]
+        features.FeatureRunner(extractor, "litert")(posters)
 
     def failing(model: object) -> object:
         raise RuntimeError("converter crashed")
 
     monkeypatch.setattr(features, "litert_features", failing)
-    fallback = features.FeatureRunner(extractor)  # type: ignore[arg-type]
+    fallback = features.FeatureRunner(extractor)
     np.testing.assert_allclose(fallback(posters), expected, atol=1e-5)
     assert fallback.runtime == "keras"
     with pytest.raises(ValueError, match="feature runtime is one of"):
-        features.FeatureRunner(extractor, "onnx")  # type: ignore[arg-type]
+        features.FeatureRunner(extractor, "onnx")
 
 
 def test_degraded_view_is_a_smaller_recompressed_copy_at_the_same_size() -> None:
