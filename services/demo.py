@@ -33,7 +33,8 @@ DEMO_YEARS = "1983-2015"  # every year of the shared poster collection
 DEMO_ARCH = "efficientnet-lite0"
 # Posters at 320 px, not the backbone's own 224: the features of a larger poster rank genres better on
 # validation (macro ROC-AUC 224 px 0.771, 288 px 0.786, 320 px 0.795, 384 px 0.800; docs/models.md).
-# 384 px took the fresh-clone demo to 10 minutes; 320 px costs about 2x the backbone's time of 224 px.
+# 384 px also fits the 10 minutes since the features run through LiteRT (537 s from a fresh clone on the
+# slower CPU, against 497 s), but leaves less room for a busier machine and costs 1.44x a served poster.
 DEMO_IMAGE_SIZE = 320
 TFJS_CONVERTER = Path(".venv-tfjs/bin/tensorflowjs_converter")
 TFJS_ENV_SCRIPT = Path("scripts/make_tfjs_env.sh")
