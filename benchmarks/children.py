@@ -81,6 +81,30 @@ def cpu_seconds(pids: set[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def pin(pids: set[int], cpus: set[int]) -> None:
+    """Every thread of these processes onto ``cpus`` (Linux); the threads they start later inherit it.
+
+    Affinity belongs to a thread, not a process, so each task of ``/proc/PID/task`` is moved."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                continue
+
+
+def cpus_of(pids: set[int]) -> set[int]:
+    """The CPUs any thread of these processes may run on (Linux)."""
+    cpus: set[int] = set()
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                cpus |= os.sched_getaffinity(int(task.name))
+            except ProcessLookupError:
+                continue
+    return cpus
+
+
 def stop_on_sigterm() -> None:
     """Raise ``SystemExit(143)`` on SIGTERM, so that ``finally`` and ``with`` blocks stop the children
     (Python's default for SIGTERM is to die on the spot). Main thread only, as any signal handler."""

@@ -105,6 +105,7 @@ def _bench_inference(args: argparse.Namespace) -> int:
         processes=args.processes,
         layouts=("shared",) if args.export else tuple(args.layouts.split(",")),
         export=args.export,
+        inference_cpus=args.inference_cpus,
     )
     try:
         report = run_benchmark(config)
@@ -116,6 +117,16 @@ def _bench_inference(args: argparse.Namespace) -> int:
     else:
         print(format_markdown(report))
     return 0
+
+
+def _cpu_list(value: str) -> tuple[int, ...]:
+    try:
+        cpus = tuple(sorted({int(cpu) for cpu in value.split(",") if cpu.strip()}))
+    except ValueError:
+        cpus = ()
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"CPUs are comma-separated numbers (e.g. 1 or 2,3), not {value!r}")
+    return cpus
 
 
 def _layouts(value: str) -> str:
@@ -267,6 +278,11 @@ def register(bench: Any) -> None:
         "--export", default="", metavar="VERSION_FOLDER",
         help="serve this shared-layout version folder (trainer export) instead of a random ResNet50; "
              "its years, genres and input size are the export's; implies --layouts shared",
+    )
+    bench_inference.add_argument(
+        "--inference-cpus", type=_cpu_list, default=(), metavar="LIST",
+        help="CPUs (e.g. 1 or 2,3) of the inference server, the floor and the offline batch; the web "
+             "service and the clients get the others, as services deployed on cores of their own",
     )
     bench_inference.set_defaults(handler=_bench_inference)
 

@@ -30,17 +30,17 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, replace
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.children import child_pids, cpu_seconds
+from benchmarks.children import child_pids, cpu_seconds, cpus_of, pin
 from benchmarks.models import (
     FIRST_YEAR,
     PREFIX,
@@ -84,6 +84,56 @@ class BenchConfig:
     # place of the random ResNet50 (how EfficientNet-Lite0 is measured); its years, genres and input
     # size come from the export, and the floor is one in-process pass of the exported model itself.
     export: str = ""
+    # CPUs of the inference server and of the in-process floor and offline batch; the web service and
+    # the clients run on the others, as where the services are deployed on machines (or cores) of their
+    # own. Empty: everything shares every CPU.
+    inference_cpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the two sides of the benchmark run (``--inference-cpus``): the inference server, the floor
+    and the offline batch on ``inference``; the web service and the clients on ``others``. Empty sets:
+    no pinning, every process on every CPU."""
+
+    inference: frozenset[int] = frozenset()
+    others: frozenset[int] = frozenset()
+
+    def place(self, pids: set[int], side: str) -> None:
+        """Pin these processes to ``side``'s CPUs (``inference`` or ``others``); nothing when unpinned."""
+        if self.inference:
+            pin(pids, set(self.inference if side == "inference" else self.others))
+
+    def inference_side(self) -> AbstractContextManager[None]:
+        """This process's threads on the inference CPUs for the block (the floor, the offline batch),
+        then back with the clients. Entered outside the timers: moving every thread costs time."""
+        return self._moved() if self.inference else nullcontext()
+
+    @contextmanager
+    def _moved(self) -> Iterator[None]:
+        self.place({os.getpid()}, "inference")
+        try:
+            yield
+        finally:
+            self.place({os.getpid()}, "others")
+
+
+def placement_of(config: BenchConfig) -> Placement:
+    """The config's ``inference_cpus`` checked against the CPUs this process may use."""
+    if not config.inference_cpus:
+        return Placement()
+    if config.processes == "one":
+        raise ValueError("--inference-cpus puts the inference server on CPUs of its own: it needs the "
+                         "services in processes of their own (--processes separate)")
+    available = os.sched_getaffinity(0)
+    inference = frozenset(config.inference_cpus)
+    if not inference <= available:
+        raise ValueError(f"--inference-cpus {','.join(map(str, sorted(inference)))}: this process may "
+                         f"only use CPUs {','.join(map(str, sorted(available)))}")
+    others = frozenset(available - inference)
+    if not others:
+        raise ValueError("--inference-cpus must leave at least one CPU for the web service and the clients")
+    return Placement(inference, others)
 
 
 # Per layout: the report key of its floor, and the key and aim (at most) of its table p50 over it.
@@ -131,6 +181,8 @@ class LayoutResult:
     # not on the path (the web service ``--through grpc``).
     web_cpu_ms_per_poster: float | None = None
     inference_cpu_ms_per_poster: float | None = None
+    # The CPUs each service process (and ``bench``, this process) was allowed at the end of the bursts.
+    cpus: dict[str, list[int]] = field(default_factory=dict)
 
 
 def time_once(function: Callable[[], Any]) -> float:
@@ -151,34 +203,42 @@ def measure_layout(
     offline: Callable[[], Any],
     config: BenchConfig,
     services: dict[str, set[int]] | None = None,
+    placement: Placement | None = None,
 ) -> LayoutResult:
     """Served tables and their floor, interleaved: on a shared machine both see the same load.
 
     Latency: each repeat times the floor (in-process passes), then one table through the service.
     Throughput: each round times the offline batch (``concurrency`` posters in one call per model),
     then a burst of ``concurrency`` concurrent clients asking for one table each. ``services`` (``web``,
-    ``inference``: their process ids) get their CPU time per poster of the bursts measured.
+    ``inference``: their process ids) get their CPU time per poster of the bursts measured. With a
+    ``placement``, the floor and the offline batch run on the inference server's CPUs.
     """
     services = services or {}
+    placement = placement or Placement()
     burst_cpu_s = dict.fromkeys(services, 0.0)
     for _ in range(2):
         ask()
-    floor()
-    offline()
+    with placement.inference_side():
+        floor()
+        offline()
     floor_times, table_times = [], []
     for _ in range(config.repeats):
-        floor_times.append(time_once(floor))
+        with placement.inference_side():
+            floor_times.append(time_once(floor))
         table_times.append(time_once(ask))
     offline_times, concurrent_times = [], []
     with ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="client") as clients:
         burst(ask, clients, config.concurrency)  # every client thread connects before the clock starts
         for _ in range(config.rounds):
-            offline_times.append(time_once(offline))
+            with placement.inference_side():
+                offline_times.append(time_once(offline))
             # Read around the burst only: the offline batch runs in this process, not in the services.
             cpu_before = {name: cpu_seconds(pids) for name, pids in services.items()}
             concurrent_times.append(time_once(lambda: burst(ask, clients, config.concurrency)))
             for name, pids in services.items():
                 burst_cpu_s[name] += cpu_seconds(pids) - cpu_before[name]
+        cpus = {name: sorted(cpus_of(pids)) for name, pids in services.items()}
+        cpus["bench"] = sorted(cpus_of({os.getpid()}))
     posters = config.concurrency * config.rounds
     cpu_ms = {name: seconds * 1000.0 / posters for name, seconds in burst_cpu_s.items()}
     return LayoutResult(
@@ -193,6 +253,7 @@ def measure_layout(
         [offline / concurrent for offline, concurrent in zip(offline_times, concurrent_times, strict=True)],
         cpu_ms.get("web"),
         cpu_ms.get("inference"),
+        cpus,
     )
 
 
@@ -272,6 +333,7 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
     from services.inference.server import start_server
     from shared.config import get_settings
 
+    placement = placement_of(config)
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="bench-inference-"))
     settings = settings_in(workdir)
     load_before = os.getloadavg()
@@ -297,6 +359,8 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
             ensure_tflite(settings.models_dir / name / "1")
     services: dict[str, set[int]] = {}  # service processes of their own, by name: their pids
     with ExitStack() as stack:
+        own_cpus = os.sched_getaffinity(0)
+        stack.callback(pin, {os.getpid()}, own_cpus)  # this process as it was, pinned or not
         started = time.perf_counter()
         if config.processes == "one":
             server = start_server(
@@ -330,6 +394,8 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
                 batch_timeout_ms=config.batch_timeout_ms, batch_threads=config.batch_threads,
                 backend=config.backend))
             services["inference"] = child_pids() - before
+            placement.place(services["inference"], "inference")
+            placement.place({os.getpid()}, "others")
         load_s = time.perf_counter() - started
         os.environ["POSTERGENRE_INFERENCE_URL"] = inference_url
         os.environ["POSTERGENRE_INFERENCE_TIMEOUT_S"] = "600"
@@ -337,7 +403,7 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
         settings = get_settings()
         results = {
             layout: measure_served_layout(layout, config, settings, manager, inference_url, names, shared,
-                                          services)
+                                          services, placement)
             for layout in layouts
         }
     litert = (
@@ -374,9 +440,12 @@ def _run_benchmark(config: BenchConfig) -> dict[str, Any]:
 
 
 def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manager: Any, inference_url: str,
-                          names: list[str], shared: str, services: dict[str, set[int]]) -> LayoutResult:
+                          names: list[str], shared: str, services: dict[str, set[int]],
+                          placement: Placement | None = None) -> LayoutResult:
     """Bless ``layout``'s models, then time its tables (through the web API or gRPC) and its floor;
-    ``services`` are the service processes already running (their CPU time per poster is measured)."""
+    ``services`` are the service processes already running (their CPU time per poster is measured);
+    the web service started here runs on ``placement``'s client CPUs."""
+    placement = placement or Placement()
     import tensorflow as tf
 
     from shared.images import poster_pixels
@@ -431,6 +500,7 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
             )
             if config.processes != "one":
                 measured["web"] = child_pids() - before
+                placement.place(measured["web"], "others")
             post = poster_poster(web_url)
 
             def ask() -> None:
@@ -445,7 +515,7 @@ def measure_served_layout(layout: str, config: BenchConfig, settings: Any, manag
                 if any(isinstance(answer, Exception) for answer in answers.values()):
                     raise RuntimeError(f"inference failed: {answers}")
 
-        return measure_layout(layout, ask, floor, offline, config, measured)
+        return measure_layout(layout, ask, floor, offline, config, measured, placement)
 
 
 def machine() -> dict[str, Any]:
@@ -457,6 +527,10 @@ def machine() -> dict[str, Any]:
 def cpu_cell(ms: float | None) -> str:
     """A CPU-per-poster figure, or a dash where that service was not a process of its own."""
     return "-" if ms is None else f"{ms:.1f}"
+
+
+def _cpus(cpus: list[int]) -> str:
+    return ",".join(map(str, cpus))
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -504,6 +578,11 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"| {measure} | " + " | ".join(column[row] for column in columns) + " |"
         for row, measure in enumerate(measures)
     ]
+    pinned = report["config"].get("inference_cpus")
+    if pinned:
+        cpus = layouts[next(iter(layouts))]["cpus"]
+        lines += ["", f"Inference server, floor and offline batch on CPU(s) {_cpus(pinned)}; web service and "
+                      f"clients on CPU(s) {_cpus(cpus.get('bench', []))}."]
     litert = report.get("litert_vs_tensorflow")
     if litert:
         lines += [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.children import child_command, start_child
+from benchmarks.children import child_command, cpus_of, pin, start_child
 
 REPO = Path(__file__).resolve().parents[2]
 GONE_WITHIN_S = 5.0
@@ -191,3 +191,40 @@ def test_a_child_whose_parent_is_already_gone_does_not_start() -> None:
                              "echo", "started"], capture_output=True, text=True, timeout=30)
     assert "started" not in result.stdout
     assert result.stdout.strip() == "ran"
+
+
+# A thread that runs before pinning, and one started after it: each prints the CPUs it may use.
+THREAD_BEFORE_AND_AFTER = """
+import os, sys, threading
+stop = threading.Event()
+threading.Thread(target=stop.wait, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.readline()
+later = []
+threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0)))).start()
+while not later:
+    pass
+print(",".join(map(str, later[0])), flush=True)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning to one CPU of two needs two")
+def test_pin_moves_every_thread_and_the_threads_started_later() -> None:
+    """Affinity is per thread: every running thread moves, and a thread started afterwards inherits it."""
+    first = min(os.sched_getaffinity(0))
+    process = subprocess.Popen([sys.executable, "-c", THREAD_BEFORE_AND_AFTER], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "ready"
+        tasks = list(Path(f"/proc/{process.pid}/task").iterdir())
+        assert len(tasks) >= 2  # the main thread and the waiting one
+        pin({process.pid}, {first})
+        assert all(os.sched_getaffinity(int(task.name)) == {first} for task in tasks)
+        assert cpus_of({process.pid}) == {first}
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == str(first)
+    finally:
+        process.kill()
+        process.wait()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.inference import BenchConfig, format_markdown, run_benchmark
+from benchmarks.inference import BenchConfig, format_markdown, placement_of, run_benchmark
 
 
 @pytest.mark.slow
@@ -58,6 +58,47 @@ def test_bench_inference_serves_an_export_with_its_own_shape(tmp_path: Path) -> 
     assert len(shared["table_times_s"]) == config.repeats  # each table answered all three years
     assert shared["floor_p50_s"] > 0
     assert "one pass of the exported model" in format_markdown(report)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="an inference CPU and a client CPU")
+def test_bench_inference_puts_the_inference_server_on_cpus_of_its_own(tmp_path: Path) -> None:
+    """``--inference-cpus``: the inference server on its CPU, the web service and the clients on the
+    others, and the benchmark's process as it was afterwards."""
+    from benchmarks.models import export_pixels_signature, shared_model
+
+    own = os.sched_getaffinity(0)
+    inference_cpu = max(own)
+    version = tmp_path / "trained" / "genre-shared" / "1"
+    export_pixels_signature(shared_model(32, 2, 3, seed=0), version, 32)
+    config = BenchConfig(repeats=2, concurrency=2, rounds=1, layouts=("shared",), export=str(version),
+                         workdir=str(tmp_path / "bench"), inference_cpus=(inference_cpu,))
+    report = run_benchmark(config)
+
+    cpus = report["layouts"]["shared"]["cpus"]
+    assert cpus["inference"] == [inference_cpu]
+    assert cpus["web"] == cpus["bench"] == sorted(own - {inference_cpu})
+    assert os.sched_getaffinity(0) == own
+    assert f"offline batch on CPU(s) {inference_cpu}" in format_markdown(report)
+
+
+def test_inference_cpus_are_refused_where_they_cannot_apply() -> None:
+    available = sorted(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="only use CPUs"):
+        placement_of(BenchConfig(inference_cpus=(max(available) + 1000,)))
+    with pytest.raises(ValueError, match="leave at least one CPU"):
+        placement_of(BenchConfig(inference_cpus=tuple(available)))
+    with pytest.raises(ValueError, match="processes of their own"):
+        placement_of(BenchConfig(inference_cpus=(available[0],), processes="one"))
+    assert placement_of(BenchConfig()).inference == frozenset()
+
+
+def test_inference_cpus_option_refuses_what_is_not_a_cpu_list(capsys: pytest.CaptureFixture[str]) -> None:
+    from services.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "inference", "--inference-cpus", "one"])
+    assert "CPUs are comma-separated numbers" in capsys.readouterr().err
 
 
 def test_bench_export_refuses_a_folder_without_a_model(tmp_path: Path) -> None:
