@@ -181,6 +181,9 @@ class LayoutResult:
     # not on the path (the web service ``--through grpc``).
     web_cpu_ms_per_poster: float | None = None
     inference_cpu_ms_per_poster: float | None = None
+    # The same for this process during the bursts: its client threads (and, with ``--processes one``,
+    # the services inside it too).
+    bench_cpu_ms_per_poster: float | None = None
     # The CPUs each service process (and ``bench``, this process) was allowed at the end of the bursts.
     cpus: dict[str, list[int]] = field(default_factory=dict)
 
@@ -215,6 +218,7 @@ def measure_layout(
     """
     services = services or {}
     placement = placement or Placement()
+    services = {**services, "bench": {os.getpid()}}
     burst_cpu_s = dict.fromkeys(services, 0.0)
     for _ in range(2):
         ask()
@@ -238,7 +242,6 @@ def measure_layout(
             for name, pids in services.items():
                 burst_cpu_s[name] += cpu_seconds(pids) - cpu_before[name]
         cpus = {name: sorted(cpus_of(pids)) for name, pids in services.items()}
-        cpus["bench"] = sorted(cpus_of({os.getpid()}))
     posters = config.concurrency * config.rounds
     cpu_ms = {name: seconds * 1000.0 / posters for name, seconds in burst_cpu_s.items()}
     return LayoutResult(
@@ -253,6 +256,7 @@ def measure_layout(
         [offline / concurrent for offline, concurrent in zip(offline_times, concurrent_times, strict=True)],
         cpu_ms.get("web"),
         cpu_ms.get("inference"),
+        cpu_ms["bench"],
         cpus,
     )
 
@@ -554,6 +558,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"{ratios[f'{layout}_concurrent_over_offline']:.2f} (aim >= {CONCURRENT_OVER_OFFLINE_AIM})",
             cpu_cell(result.get("web_cpu_ms_per_poster")),
             cpu_cell(result.get("inference_cpu_ms_per_poster")),
+            cpu_cell(result.get("bench_cpu_ms_per_poster")),
         ]
 
     floor = ("one pass of the exported model" if report["config"].get("export")
@@ -568,6 +573,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "concurrent / offline",
         "web service CPU per poster, bursts (ms)",
         "inference server CPU per poster, bursts (ms)",
+        "benchmark's own process (its clients) CPU per poster, bursts (ms)",
     ]
     columns = [cells(layout) for layout in layouts]
     lines = [

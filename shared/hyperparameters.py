@@ -16,6 +16,9 @@ ARCHITECTURES: tuple[str, ...] = ("smallcnn", "resnet50", "efficientnetb0", "mob
 LAYOUTS: tuple[str, ...] = ("independent", "shared", "window")
 STRATEGIES: tuple[str, ...] = ("end-to-end", "features")
 FEATURE_VIEWS: tuple[str, ...] = ("plain", "flip", "degraded")
+# "float": the backbone's kernels as loaded or trained; "int8": rounded to the grid the full-integer
+# LiteRT export stores them on (services.trainer.models.snap_kernels_to_int8)
+KERNEL_GRIDS: tuple[str, ...] = ("float", "int8")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class Hyperparameters:
     head_seeds: int = 1
     finetune_blocks: int = 0
     finetune_learning_rate: float = 1e-4
+    # "int8": the backbone's convolution and dense kernels are rounded to int8 per output channel (as
+    # loaded, and again after training moved them), so that the float model and its full-integer
+    # export hold the same weights and differ only by the export's int8 activations.
+    kernel_grid: str = "float"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

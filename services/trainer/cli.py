@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cli_support import add_output_options
-from shared.hyperparameters import ARCHITECTURES
+from shared.hyperparameters import ARCHITECTURES, KERNEL_GRIDS
 from shared.training_plan import EXPORT_FORMATS, TrainInputError, check_formats
 from shared.years import year_span_argument
 
@@ -61,7 +61,8 @@ def _train(args: argparse.Namespace) -> int:
             optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
             strategy=args.strategy, views=args.views, head_epochs=args.head_epochs,
             head_patience=args.head_patience, head_seeds=args.head_seeds,
-            finetune_blocks=args.finetune_blocks, finetune_learning_rate=args.finetune_learning_rate)
+            finetune_blocks=args.finetune_blocks, finetune_learning_rate=args.finetune_learning_rate,
+            kernel_grid=args.kernel_grid)
         if hp.strategy == "features":
             # The heads are chosen on validation ROC-AUC; a fine-tune epoch must beat them on the same.
             hp = replace(hp, monitor=args.monitor or "val_auc",
@@ -228,6 +229,9 @@ def register(commands: Any) -> None:
     train.add_argument("--finetune-blocks", type=int, default=None,
                        help="features: backbone blocks (from the top) trained in the fine-tune")
     train.add_argument("--finetune-learning-rate", type=float, default=None)
+    train.add_argument("--kernel-grid", choices=KERNEL_GRIDS, default=None,
+                       help="int8: the backbone's kernels rounded to the int8 grid of the full-integer "
+                            "export, so that export holds the float model's own weights (default: float)")
     train.add_argument("--formats", type=_formats, default=None,
                        help=f"exports, a comma list of {','.join(EXPORT_FORMATS)} "
                             "(default: all, tfjs where its converter exists)")

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
-from shared.hyperparameters import ARCHITECTURES, LITE_ARCHITECTURES, Hyperparameters
+from shared.hyperparameters import ARCHITECTURES, KERNEL_GRIDS, LITE_ARCHITECTURES, Hyperparameters
 
 SCORES_LAYER = "scores"
+INT8_LEVELS = 127  # symmetric int8 kernels: -127..127 steps of one scale per output channel
 # The identity layer every backbone puts on its last convolutional block's output (before the
 # global pooling): Grad-CAM (services/trainer/explain.py) finds the feature map by this name, so
 # no architecture's layer names need guessing. A new architecture must end with ``_pooled``.
@@ -174,7 +176,12 @@ def _features(pixels: Any, image_size: int, hp: Hyperparameters) -> Any:
         x = layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
     if hp.augment:
         x = augmentation(hp.augment_strength, hp.seed)(x)
-    x = backbone(hp.architecture, side, hp.weights, hp.width)(x)
+    net = backbone(hp.architecture, side, hp.weights, hp.width)
+    if hp.kernel_grid == "int8":
+        snap_kernels_to_int8(leaf_layers(net))
+    elif hp.kernel_grid not in KERNEL_GRIDS:
+        raise ValueError(f"kernel grid {hp.kernel_grid!r}: choose one of {', '.join(KERNEL_GRIDS)}")
+    x = net(x)
     return layers.Dropout(hp.dropout, name="dropout")(x) if hp.dropout > 0 else x
 
 
@@ -236,14 +243,41 @@ def feature_extractor(model: keras.Model, image_size: int) -> keras.Model:
     return keras.Model(pixels, model.get_layer("backbone")(x), name="feature_extractor")
 
 
+def leaf_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """``layer`` itself, or every leaf layer of a model, in order (nested models flattened)."""
+    if isinstance(layer, keras.Model):
+        return [leaf for inner in layer.layers for leaf in leaf_layers(inner)]
+    return [layer]
+
+
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """Every leaf layer of ``model``'s backbone, in order (nested models flattened)."""
-    def leaves(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-        if isinstance(layer, keras.Model):
-            return [leaf for inner in layer.layers for leaf in leaves(inner)]
-        return [layer]
+    return leaf_layers(model.get_layer("backbone"))
 
-    return leaves(model.get_layer("backbone"))
+
+def snap_kernels_to_int8(leaves: list[keras.layers.Layer]) -> int:
+    """Round the kernel of every convolution and dense layer among ``leaves`` to the grid LiteRT's
+    full-integer quantiser stores it on: symmetric int8, one scale per output channel (max |w| / 127).
+    In place; returns how many kernels were rounded.
+
+    The kernels stay float32, but the full-integer export then keeps them exactly: batch normalisation
+    folds into a kernel as one factor per output channel, which scales that channel's grid with it.
+    The float model and its int8 export so differ only by the export's activations.
+    """
+    rounded = 0
+    for layer in leaves:
+        if isinstance(layer, layers.DepthwiseConv2D):
+            axes: tuple[int, ...] = (0, 1)  # kernel [h, w, channels, multiplier]: a scale per channel
+        elif isinstance(layer, (layers.Conv2D, layers.Dense)):
+            axes = tuple(range(len(layer.kernel.shape) - 1))  # the output channel is the last axis
+        else:
+            continue
+        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float32)
+        step = np.max(np.abs(kernel), axis=axes, keepdims=True) / INT8_LEVELS
+        step = np.where(step > 0, step, 1.0).astype(np.float32)  # an all-zero channel stays zero
+        layer.kernel.assign(np.round(kernel / step) * step)
+        rounded += 1
+    return rounded
 
 
 def block_name(layer_name: str) -> str:

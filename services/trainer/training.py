@@ -425,6 +425,11 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
                   callbacks=callbacks, verbose=0)
     if (folder / BEST_WEIGHTS).is_file():
         model.load_weights(folder / BEST_WEIGHTS)
+    backbone_trained = state.get("best_epoch") != 0  # 0: the heads on cached features were kept
+    if hp.kernel_grid == "int8" and backbone_trained:
+        # Training moved the kernels it trained off the int8 grid: put them back, so that the model
+        # evaluated, registered and exported is the one its full-integer export quantises exactly.
+        models.snap_kernels_to_int8(models.backbone_layers(model))
     serving = models.serving_model_of(model)
 
     years = [int(t) for t in targets] if request.layout == "shared" else \
@@ -434,7 +439,7 @@ def train(request: TrainRequest, store: ObjectStore, home: Path, work_dir: Path,
         history = {key: list(values) for key, values in state["heads_history"].items()}
     # Scores from the cached features are the full model's own only while the backbone is the one that
     # computed them: after a fine-tune whose epoch was kept, score the pixels again.
-    if state.get("best_epoch") != 0:
+    if backbone_trained:
         precomputed = None
     evaluation = evaluate_model(serving, store, manifest, targets, hp.batch_size, precomputed)
     evaluation.update({

@@ -187,3 +187,78 @@ def test_a_training_records_the_int8_verdict_with_the_version(settings: Any) -> 
     stored = json.loads(store.get(f"models/genre-shared/{row['version']}/exports/model_full_int8.json"))
     assert stored == check
     assert store.get(f"models/genre-shared/{row['version']}/exports/model_full_int8.tflite")
+
+
+def int8_kernels_against_float(model: keras.Model, int8_path: Path) -> dict[str, float]:
+    """For each int8 kernel of the export, matched to its float layer by shape: the largest relative
+    spread, over output channels, of dequantised int8 / float weight. 0 when the export holds the float
+    kernel exactly up to one factor per output channel (what folding a rescale or a batch
+    normalisation into the kernel multiplies it by)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from services.trainer.models import leaf_layers
+
+    interpreter = Interpreter(model_path=str(int8_path))
+    floats = {layer.name: np.asarray(layer.kernel)
+              for layer in leaf_layers(model) if hasattr(layer, "kernel")}
+    spreads: dict[str, float] = {}
+    for detail in interpreter.get_tensor_details():
+        scales = detail["quantization_parameters"]["scales"]
+        if detail["dtype"] != np.int8 or len(detail["shape"]) < 2 or len(scales) < 2:
+            continue
+        assert detail["quantization_parameters"]["quantized_dimension"] == 0  # output channel first
+        steps = interpreter.get_tensor(detail["index"]).astype(np.float64)
+        dequantised = steps * scales.reshape([-1] + [1] * (steps.ndim - 1))
+        for name, kernel in floats.items():
+            # Keras keeps the output channel last: [in, out] and [h, w, in, out]
+            layout = kernel.T if kernel.ndim == 2 else kernel.transpose(3, 0, 1, 2)
+            if layout.shape != dequantised.shape:
+                continue
+            rows_int8 = dequantised.reshape(len(dequantised), -1)
+            rows_float = layout.reshape(len(layout), -1).astype(np.float64)
+            factors = np.sum(rows_int8 * rows_float, axis=1) / np.sum(rows_float ** 2, axis=1)
+            spread = np.abs(rows_int8 - factors[:, np.newaxis] * rows_float)
+            spreads[name] = float(np.max(spread / np.max(np.abs(rows_int8), axis=1, keepdims=True)))
+    return spreads
+
+
+def test_kernels_on_the_int8_grid_are_kept_exactly_by_the_full_integer_export(tmp_path: Path) -> None:
+    """``--kernel-grid int8``: after snapping, the export's int8 kernels are the float model's own (up to
+    the per-channel factor of the rescale folded into the convolution); without it they are not."""
+    from services.trainer.models import leaf_layers, snap_kernels_to_int8
+
+    model = tiny_shared_model()
+    before = export.export_tflite_full_int8(model, tmp_path / "float", posters(64, seed=1))
+    spreads_before = int8_kernels_against_float(model, before.path)
+
+    assert snap_kernels_to_int8(leaf_layers(model)) == 3  # the convolution and the two dense layers
+    snapped = [np.asarray(layer.kernel) for layer in leaf_layers(model) if hasattr(layer, "kernel")]
+    assert snap_kernels_to_int8(leaf_layers(model)) == 3
+    for kernel, again in zip(snapped, [np.asarray(layer.kernel) for layer in leaf_layers(model)
+                                       if hasattr(layer, "kernel")], strict=True):
+        np.testing.assert_allclose(again, kernel, rtol=1e-6)  # a kernel on the grid stays there
+    after = export.export_tflite_full_int8(model, tmp_path / "grid", posters(64, seed=1))
+    spreads_after = int8_kernels_against_float(model, after.path)
+
+    assert len(spreads_after) == 3 and after.float_layers == []
+    assert max(spreads_after.values()) < 1e-5
+    assert min(spreads_before.values()) > 1e-3  # rounding moved every kernel of the float model
+
+
+def test_snapping_rounds_each_output_channel_to_127_steps_of_its_own_scale() -> None:
+    from services.trainer.models import snap_kernels_to_int8
+
+    depthwise = keras.layers.DepthwiseConv2D(3)
+    depthwise.build((None, 8, 8, 4))
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 4, 1)).astype(np.float32)
+    kernel[..., 2, :] = 0.0  # a channel of zeros stays zeros
+    depthwise.kernel.assign(kernel)
+    assert snap_kernels_to_int8([depthwise, keras.layers.ReLU()]) == 1
+    snapped = np.asarray(depthwise.kernel)
+    for channel in (0, 1, 3):
+        step = np.max(np.abs(kernel[..., channel, 0])) / 127
+        levels = snapped[..., channel, 0] / step
+        np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+        assert np.max(np.abs(levels)) == pytest.approx(127)
+        assert np.max(np.abs(snapped[..., channel, 0] - kernel[..., channel, 0])) <= step / 2 + 1e-7
+    assert not snapped[..., 2, :].any()

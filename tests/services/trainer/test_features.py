@@ -212,6 +212,50 @@ def test_finetune_trains_only_the_top_blocks_and_keeps_batch_norm_frozen(setting
     assert norms and not any(layer.trainable for layer in norms)
 
 
+def off_grid_kernels(model: keras.Model) -> list[str]:
+    """The backbone layers whose kernel is not on the int8 grid (127 steps per output channel)."""
+    off = []
+    for layer in models.backbone_layers(model):
+        if not hasattr(layer, "kernel"):
+            continue
+        kernel = np.asarray(layer.kernel, dtype=np.float64)
+        depthwise = "depthwise" in type(layer).__name__.lower()  # [h, w, channels, multiplier]
+        axes = tuple(range(kernel.ndim - 2 if depthwise else kernel.ndim - 1))
+        step = np.max(np.abs(kernel), axis=axes, keepdims=True) / models.INT8_LEVELS
+        levels = kernel / np.where(step > 0, step, 1.0)
+        if np.max(np.abs(levels - np.round(levels))) > 1e-3:
+            off.append(layer.name)
+    return off
+
+
+def test_kernel_grid_int8_keeps_the_backbone_on_the_grid_through_training(settings: object, tmp_path: Path
+                                                                         ) -> None:
+    """Snapped as built (so the cached features are those of the snapped backbone), and snapped again
+    after training moved the kernels (end to end here, where every epoch trains the backbone)."""
+    store = object_store_from_settings()
+    write_dataset(store, "grid", [2000], per_year=12)
+    home = settings.home_dir  # type: ignore[attr-defined]
+    heads_only = training.train(training.TrainRequest("g-1", "grid", ["2000"], "independent", "genre-2000",
+                                                      features_hp(kernel_grid="int8")), store, home,
+                                tmp_path / "heads")
+    assert models.backbone_layers(heads_only.model) and off_grid_kernels(heads_only.model) == []
+    floating = training.train(training.TrainRequest("g-2", "grid", ["2000"], "independent", "genre-2000",
+                                                    features_hp()), store, home, tmp_path / "float")
+    assert off_grid_kernels(floating.model)  # seeded the same: the grid is what differs
+    assert heads_only.metrics["heads"]["fingerprint"] != floating.metrics["heads"]["fingerprint"]
+
+    end_to_end = replace(features_hp(kernel_grid="int8"), strategy="end-to-end", epochs=1, learning_rate=1e-2)
+    trained = training.train(training.TrainRequest("g-3", "grid", ["2000"], "independent", "genre-2000",
+                                                   end_to_end), store, home, tmp_path / "e2e")
+    assert off_grid_kernels(trained.model) == []
+    assert trained.metrics["hyperparameters"]["kernel_grid"] == "int8"
+
+
+def test_an_unknown_kernel_grid_is_refused() -> None:
+    with pytest.raises(ValueError, match="kernel grid 'int4'"):
+        models.build_independent_model(32, len(GENRES), features_hp(kernel_grid="int4"))
+
+
 def test_bad_requests_are_refused_with_a_reason(settings: object, tmp_path: Path) -> None:
     store = object_store_from_settings()
     write_dataset(store, "feat5", [2000], per_year=8)
