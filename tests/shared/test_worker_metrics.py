@@ -24,14 +24,20 @@ BROKER_DB = 15
 def test_queue_lengths_come_from_the_broker_and_an_unreachable_one_fails_no_scrape(
     stack_settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import redis
+
     from shared.celery_app import make_celery
     from shared.config import get_settings
 
     broker = stack_settings.redis_url.rsplit("/", 1)[0] + f"/{servers.redis_db(BROKER_DB)}"
+    # The database is this file's own: empty it before and after. ``app.control.purge()`` empties only
+    # the queues the app declares, not ``dataset``, so an earlier run's three messages used to stay
+    # there and be counted with this run's (6, not 3) when no worker of the other test took them.
+    broker_db = redis.Redis.from_url(broker)
+    broker_db.flushdb()
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", broker)
     get_settings.cache_clear()
     app = make_celery(get_settings())
-    app.control.purge()
     try:
         for _ in range(3):  # no worker consumes them: they wait in the list
             app.send_task("postergenre.dataset", kwargs={"years": "2000"})
@@ -40,7 +46,7 @@ def test_queue_lengths_come_from_the_broker_and_an_unreachable_one_fails_no_scra
         assert family.name == QUEUE_LENGTH_FAMILY and lengths["dataset"] == 3
         assert lengths.get("crawl", 0) == 0
     finally:
-        app.control.purge()
+        broker_db.flushdb()
 
     monkeypatch.setenv("POSTERGENRE_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     get_settings.cache_clear()
