@@ -81,27 +81,30 @@ def cpu_seconds(pids: set[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _threads(pids: set[int]) -> list[int]:
+    """The thread ids of these processes (Linux ``/proc/PID/task``)."""
+    return [int(task.name) for pid in pids for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
 def pin(pids: set[int], cpus: set[int]) -> None:
     """Every thread of these processes onto ``cpus`` (Linux); the threads they start later inherit it.
 
     Affinity belongs to a thread, not a process, so each task of ``/proc/PID/task`` is moved."""
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                os.sched_setaffinity(int(task.name), cpus)
-            except ProcessLookupError:  # a thread that ended meanwhile
-                continue
+    for thread in _threads(pids):
+        try:
+            os.sched_setaffinity(thread, cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
 
 
 def cpus_of(pids: set[int]) -> set[int]:
     """The CPUs any thread of these processes may run on (Linux)."""
     cpus: set[int] = set()
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                cpus |= os.sched_getaffinity(int(task.name))
-            except ProcessLookupError:
-                continue
+    for thread in _threads(pids):
+        try:
+            cpus |= os.sched_getaffinity(thread)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
     return cpus
 
 

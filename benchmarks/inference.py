@@ -213,12 +213,12 @@ def measure_layout(
     Latency: each repeat times the floor (in-process passes), then one table through the service.
     Throughput: each round times the offline batch (``concurrency`` posters in one call per model),
     then a burst of ``concurrency`` concurrent clients asking for one table each. ``services`` (``web``,
-    ``inference``: their process ids) get their CPU time per poster of the bursts measured. With a
-    ``placement``, the floor and the offline batch run on the inference server's CPUs.
+    ``inference``: their process ids) and this process (``bench``: the clients) get their CPU time per
+    poster of the bursts measured. With a ``placement``, the floor and the offline batch run on the
+    inference server's CPUs.
     """
-    services = services or {}
+    services = {**(services or {}), "bench": {os.getpid()}}
     placement = placement or Placement()
-    services = {**services, "bench": {os.getpid()}}
     burst_cpu_s = dict.fromkeys(services, 0.0)
     for _ in range(2):
         ask()
